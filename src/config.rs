@@ -1,0 +1,186 @@
+//! Settings, read once from the environment at startup.
+//!
+//! Every setting has a default that works on a fresh machine, so `cargo run` needs no `.env`.
+//! A setting that is present but malformed stops startup with a message naming it, rather than
+//! being silently replaced by its default.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+/// Everything the server reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Interface to listen on (`BIND_ADDRESS`). Defaults to all interfaces so the server is
+    /// reachable from containers and other machines; set `127.0.0.1` to keep it local.
+    pub bind_address: IpAddr,
+    /// TCP port (`PORT`), 5000 by default like the Node.js app this replaces.
+    pub port: u16,
+    /// Where the embedded store keeps its database and generated secret (`DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// HMAC secret for signing tokens (`JWT_SECRET`). When unset, one is generated and kept in
+    /// the data directory so tokens survive restarts.
+    pub jwt_secret: Option<String>,
+    /// How long an issued token stays valid (`JWT_TTL`, e.g. `3600`, `90m`, `12h`, `7d`).
+    pub jwt_ttl: Duration,
+    /// bcrypt work factor (`BCRYPT_COST`, 4 to 31). Each step doubles the cost of a login.
+    pub bcrypt_cost: u32,
+    /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, comma
+    /// separated, or `*` for any). Empty means same-origin only.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// A setting that is present but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {name}={value:?}: {reason}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    reason: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can supply their own environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let bind_address = parse_or(
+            get("BIND_ADDRESS"),
+            "BIND_ADDRESS",
+            "0.0.0.0".parse().unwrap(),
+        )?;
+        let port = parse_or(get("PORT"), "PORT", 5000)?;
+        let bcrypt_cost = parse_or(get("BCRYPT_COST"), "BCRYPT_COST", 12u32)?;
+        if !(4..=31).contains(&bcrypt_cost) {
+            return Err(ConfigError::new(
+                "BCRYPT_COST",
+                bcrypt_cost.to_string(),
+                "must be 4 to 31",
+            ));
+        }
+        let jwt_ttl = match get("JWT_TTL") {
+            Some(value) => parse_duration(&value).ok_or_else(|| {
+                ConfigError::new("JWT_TTL", value, "expected seconds or 30m, 12h, 7d")
+            })?,
+            None => Duration::from_secs(7 * 24 * 3600),
+        };
+        Ok(Config {
+            bind_address,
+            port,
+            data_dir: get("DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            jwt_secret: get("JWT_SECRET"),
+            jwt_ttl,
+            bcrypt_cost,
+            cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|o| !o.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl ConfigError {
+    fn new(name: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            name,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    value: Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match value {
+        None => Ok(default),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|error: T::Err| ConfigError::new(name, raw, error.to_string())),
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `12h` or `7d` into a non-zero duration.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_work_on_an_empty_environment() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.port, 5000);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.bcrypt_cost, 12);
+        assert_eq!(config.jwt_ttl, Duration::from_secs(7 * 86_400));
+        assert!(config.jwt_secret.is_none());
+        assert!(config.cors_allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn malformed_settings_are_refused_by_name() {
+        let error = config(&[("PORT", "eighty")]).unwrap_err();
+        assert!(error.to_string().contains("PORT"), "{error}");
+        assert!(config(&[("BCRYPT_COST", "3")]).is_err());
+        assert!(config(&[("JWT_TTL", "5 weeks")]).is_err());
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0"), None);
+        assert_eq!(parse_duration("1w"), None);
+    }
+
+    #[test]
+    fn cors_origins_are_a_list() {
+        let config = config(&[("CORS_ALLOWED_ORIGINS", "http://a.test, http://b.test")]).unwrap();
+        assert_eq!(
+            config.cors_allowed_origins,
+            vec!["http://a.test", "http://b.test"]
+        );
+    }
+}

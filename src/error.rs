@@ -1,0 +1,126 @@
+//! The one error type every layer returns to a client.
+//!
+//! Each variant names the `extensions.code` a GraphQL client sees, so a frontend can branch on the
+//! code instead of parsing messages. Internal failures are logged in full where they are turned
+//! into a client error and reach the client only as a masked message.
+
+use async_graphql::ErrorExtensions;
+
+/// What went wrong, phrased as what the client should be told.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The input is malformed or breaks a documented rule (`BAD_USER_INPUT`).
+    #[error("{0}")]
+    BadUserInput(String),
+    /// No valid credentials were presented (`UNAUTHENTICATED`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (`FORBIDDEN`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thing asked for does not exist, or the caller may not know it exists (`NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request clashes with existing data, such as a phone number already registered
+    /// (`CONFLICT`).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backing store cannot be reached right now; retrying later may succeed
+    /// (`SERVICE_UNAVAILABLE`).
+    #[error("the service is temporarily unavailable, please retry")]
+    ServiceUnavailable(String),
+    /// A bug or an unexpected failure (`INTERNAL_SERVER_ERROR`). The detail is logged, never shown.
+    #[error("internal server error")]
+    Internal(String),
+}
+
+impl AppError {
+    /// The machine-readable code placed in `extensions.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadUserInput(_) => "BAD_USER_INPUT",
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::ServiceUnavailable(_) => "SERVICE_UNAVAILABLE",
+            AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// Shorthand for an internal error built from anything printable.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        AppError::Internal(detail.to_string())
+    }
+
+    /// The error a client gets when a resolver needs a signed-in caller.
+    pub fn unauthenticated() -> Self {
+        AppError::Unauthenticated("a valid access token is required".into())
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(error: AppError) -> Self {
+        // Log the hidden detail once, here, where it is about to be masked.
+        match &error {
+            AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            AppError::ServiceUnavailable(detail) => tracing::warn!(%detail, "store unavailable"),
+            _ => {}
+        }
+        let code = error.code();
+        async_graphql::Error::new(error.to_string()).extend_with(|_, extensions| {
+            extensions.set("code", code);
+        })
+    }
+}
+
+/// Why the server could not start; printed to the operator, never sent to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is malformed.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A setting is well-formed but unusable (for example a too-short `JWT_SECRET`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The data directory or a file in it could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying failure.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The result type of domain operations.
+pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_masked_and_coded() {
+        let error: async_graphql::Error = AppError::internal("disk on fire at /var/lib").into();
+        assert_eq!(error.message, "internal server error");
+        let extensions = error.extensions.expect("extensions are set");
+        assert_eq!(
+            extensions.get("code"),
+            Some(&async_graphql::Value::from("INTERNAL_SERVER_ERROR"))
+        );
+    }
+
+    #[test]
+    fn client_errors_keep_their_message() {
+        let error: async_graphql::Error = AppError::Conflict("phone number taken".into()).into();
+        assert_eq!(error.message, "phone number taken");
+        assert_eq!(
+            error.extensions.unwrap().get("code"),
+            Some(&async_graphql::Value::from("CONFLICT"))
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The HTTP layer: routes, and turning requests into GraphQL executions with the caller's token.
+//!
+//! `/graphql` serves everything a GraphQL client expects on one path: `POST` (single or
+//! batched), `GET` with query parameters, the websocket upgrade for subscriptions (both the
+//! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols), and GraphiQL for a browser.
+
+use async_graphql::{
+    Data,
+    http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, parse_query_string},
+    parser::types::OperationType,
+};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::{
+    Json, Router,
+    extract::{FromRequestParts, Request, State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    config::Config,
+    error::AppError,
+    schema::AppSchema,
+    services::Services,
+    sessions::{self, RequestAuth},
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+struct AppState {
+    schema: AppSchema,
+    services: Services,
+}
+
+/// The app's routes, ready to serve.
+pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router {
+    let router = Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(healthz))
+        .with_state(AppState { schema, services })
+        .layer(TraceLayer::new_for_http());
+    match cors_layer(&config.cors_allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers(Any),
+    )
+}
+
+fn request_auth(headers: &HeaderMap) -> RequestAuth {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(sessions::bearer_token)
+        .map(String::from);
+    RequestAuth::from_token(token)
+}
+
+async fn graphql_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLBatchRequest,
+) -> GraphQLResponse {
+    let request = request.into_inner().data(request_auth(&headers));
+    state.schema.execute_batch(request).await.into()
+}
+
+/// `GET /graphql`: a websocket upgrade, a query in the URL, or GraphiQL for a browser.
+async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    if parts.headers.contains_key(header::UPGRADE) {
+        return websocket(state, &mut parts).await;
+    }
+    let query_string = parts.uri.query().unwrap_or_default();
+    if query_string.is_empty() {
+        return Html(graphiql()).into_response();
+    }
+    let mut request = match parse_query_string(query_string) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    // GET must not change anything (GraphQL over HTTP): mutations go through POST.
+    let is_mutation = request.parsed_query().ok().is_some_and(|document| {
+        document
+            .operations
+            .iter()
+            .any(|(_, operation)| operation.node.ty == OperationType::Mutation)
+    });
+    if is_mutation {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "mutations must use POST",
+        )
+            .into_response();
+    }
+    request = request.data(request_auth(&parts.headers));
+    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+}
+
+async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
+    let protocol = match GraphQLProtocol::from_request_parts(parts, &()).await {
+        Ok(protocol) => protocol,
+        Err(status) => return (status, "unsupported websocket subprotocol").into_response(),
+    };
+    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let AppState { schema, services } = state;
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = sessions::token_from_init_payload(&payload)
+                        .ok_or_else(AppError::unauthenticated)?;
+                    let viewer = sessions::authenticate(&services, &token).await?;
+                    let mut data = Data::default();
+                    data.insert(RequestAuth::authenticated(viewer));
+                    Ok(data)
+                })
+                .serve()
+        })
+        .into_response()
+}
+
+fn graphiql() -> String {
+    GraphiQLSource::build()
+        .endpoint("/graphql")
+        .subscription_endpoint("/graphql")
+        .title("chatapp GraphiQL")
+        .finish()
+}
+
+/// `GET /healthz`: 200 when the store answers, 503 when it does not.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let store = state.services.store.kind();
+    match state.services.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ok", "store": store })).into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "store": store })),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! chatapp: a real-time chat backend with a GraphQL API.
+//!
+//! Users register and log in with a phone number, send messages with a mutation, and receive
+//! them over the `messageReceived` subscription, which first replays what they missed and then
+//! streams live messages without a gap or a duplicate.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment.
+//! - [`users`], [`sessions`], [`messages`]: one module per domain concept, each holding its
+//!   domain types and rules, and a `graphql` submodule with its part of the schema.
+//! - [`messages::delivery`]: the replay-then-live stream behind `messageReceived`.
+//! - [`store`]: the [`store::Store`] trait and the embedded SQLite implementation.
+//! - [`bus`]: live fan-out of stored messages to open subscriptions.
+//! - [`schema`]: the merged GraphQL schema; knows nothing of HTTP.
+//! - [`http`]: axum routes: GraphQL over HTTP and websockets, GraphiQL, `/healthz`.
+//! - [`error`]: the error type clients see, with its `extensions.code`.
+//!
+//! [`build`] assembles the app from a [`config::Config`] and [`serve`] runs it on a listener
+//! until a shutdown future resolves; `main` and the integration tests both use exactly these.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod messages;
+pub mod schema;
+pub mod services;
+pub mod sessions;
+pub mod store;
+pub mod users;
+
+use std::{future::Future, sync::Arc};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::{
+    bus::InProcessBus,
+    config::Config,
+    error::StartupError,
+    services::Services,
+    sessions::{passwords::PasswordHasher, tokens::TokenService},
+    store::{Store, sqlite::SqliteStore},
+};
+
+/// A built application: its routes and the services behind them.
+pub struct App {
+    /// The HTTP routes, ready for [`serve`].
+    pub router: Router,
+    /// The services the routes use (tests reach into the store through this).
+    pub services: Services,
+}
+
+/// File name of the embedded database inside the data directory.
+const DATABASE_FILE: &str = "chat.db";
+
+/// Builds the app described by `config`: opens the store, loads the signing secret, and wires
+/// the schema and routes.
+pub async fn build(config: &Config) -> Result<App, StartupError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::Io {
+        context: format!("cannot create data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let secret = signing_secret(config)?;
+    let database = config.data_dir.join(DATABASE_FILE);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database)?);
+    tracing::info!(store = store.kind(), path = %database.display(), "store ready");
+    let services = Services {
+        store,
+        bus: Arc::new(InProcessBus::new()),
+        tokens: Arc::new(TokenService::new(&secret, config.jwt_ttl)),
+        passwords: PasswordHasher::new(config.bcrypt_cost),
+    };
+    let schema = schema::build(services.clone());
+    let router = http::router(schema, services.clone(), config);
+    Ok(App { router, services })
+}
+
+fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
+    if let Some(secret) = &config.jwt_secret {
+        if secret.len() < TokenService::MIN_SECRET_BYTES {
+            return Err(StartupError::Invalid(format!(
+                "JWT_SECRET must be at least {} bytes long; generate one with `openssl rand -base64 48`",
+                TokenService::MIN_SECRET_BYTES
+            )));
+        }
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let (secret, created) =
+        sessions::tokens::load_or_create_secret(&config.data_dir).map_err(|source| {
+            StartupError::Io {
+                context: "cannot read or create the token secret".into(),
+                source,
+            }
+        })?;
+    if created {
+        tracing::warn!(dir = %config.data_dir.display(), "JWT_SECRET is unset: generated a secret and saved it in the data directory");
+    } else {
+        tracing::info!(dir = %config.data_dir.display(), "JWT_SECRET is unset: using the secret saved in the data directory");
+    }
+    Ok(secret)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,22 @@
+//! Starts the chat server: settings from the environment (and `.env`), then serve until Ctrl-C
+//! or SIGTERM.
+
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    dotenvy::dotenv().ok();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            format!("{}=info,tower_http=info", env!("CARGO_CRATE_NAME")).into()
+        }))
+        .init();
+
+    let config = chatapp::config::Config::from_env()?;
+    let app = chatapp::build(&config).await?;
+    let listener = TcpListener::bind((config.bind_address, config.port)).await?;
+    tracing::info!("listening on http://{}/graphql", listener.local_addr()?);
+    chatapp::serve(listener, app.router, chatapp::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The GraphQL face of messages: the `Message` type, history, sending, acknowledging, and the
+//! `messageReceived` subscription.
+
+use async_graphql::{
+    Context, ID, InputObject, Object, Subscription,
+    connection::{Connection, Edge},
+};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+
+use super::{Message, SendRequest, delivery, encode_cursor};
+use crate::{
+    error::AppError,
+    schema::{services, viewer},
+    users::User,
+};
+
+#[Object]
+impl Message {
+    /// Stable, opaque id; pass it to `markDelivered` once the message is shown.
+    async fn id(&self) -> ID {
+        ID(self.id.clone())
+    }
+
+    /// The sender's user id.
+    async fn sender_id(&self) -> ID {
+        ID(self.sender_id.clone())
+    }
+
+    /// The recipient's user id.
+    async fn recipient_id(&self) -> ID {
+        ID(self.recipient_id.clone())
+    }
+
+    /// Who sent the message.
+    async fn sender(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        load_user(ctx, &self.sender_id).await
+    }
+
+    /// Who the message is for.
+    async fn recipient(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        load_user(ctx, &self.recipient_id).await
+    }
+
+    /// The text, exactly as sent.
+    async fn content(&self) -> &str {
+        &self.content
+    }
+
+    /// When the server accepted the message.
+    async fn sent_at(&self) -> DateTime<Utc> {
+        self.sent_at
+    }
+
+    /// When the recipient acknowledged it with `markDelivered`; null until then.
+    async fn delivered_at(&self) -> Option<DateTime<Utc>> {
+        self.delivered_at
+    }
+
+    /// The sender's idempotency key, if one was given.
+    async fn client_message_id(&self) -> Option<&str> {
+        self.client_message_id.as_deref()
+    }
+}
+
+async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<User> {
+    let user = services(ctx)?.store.user_by_id(id).await?;
+    user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")).into())
+}
+
+/// A message to send.
+#[derive(InputObject)]
+pub struct SendMessageInput {
+    /// The recipient's user id.
+    pub recipient_id: ID,
+    /// The text: not blank, at most 4000 characters.
+    pub content: String,
+    /// Optional idempotency key (at most 128 characters). Sending again with the same key
+    /// returns the first message instead of storing a copy, so retries after a network error
+    /// are safe.
+    pub client_message_id: Option<String>,
+}
+
+/// Queries about messages.
+#[derive(Default)]
+pub struct MessageQuery;
+
+#[Object]
+impl MessageQuery {
+    /// The history between the caller and another user, newest page first. Within a page,
+    /// edges run oldest to newest. To load older messages, pass `pageInfo.startCursor` as
+    /// `before`; `pageInfo.hasPreviousPage` says whether there are any. `last` is 1 to 100
+    /// (default 50). Cursors stay valid while new messages arrive.
+    async fn conversation(
+        &self,
+        ctx: &Context<'_>,
+        with_user_id: ID,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<Connection<String, Message>> {
+        let services = services(ctx)?;
+        let viewer = viewer(ctx).await?;
+        let page =
+            super::history(services, &viewer, &with_user_id, last, before.as_deref()).await?;
+        let mut connection = Connection::new(page.has_older, before.is_some());
+        connection.edges.extend(
+            page.messages
+                .into_iter()
+                .map(|message| Edge::new(encode_cursor(message.seq), message)),
+        );
+        Ok(connection)
+    }
+}
+
+/// Mutations on messages.
+#[derive(Default)]
+pub struct MessageMutation;
+
+#[Object]
+impl MessageMutation {
+    /// Sends a message. It is stored durably before this returns, then delivered live to every
+    /// open `messageReceived` subscription of the recipient, or replayed when they next
+    /// subscribe.
+    async fn send_message(
+        &self,
+        ctx: &Context<'_>,
+        input: SendMessageInput,
+    ) -> async_graphql::Result<Message> {
+        let services = services(ctx)?;
+        let viewer = viewer(ctx).await?;
+        let request = SendRequest {
+            recipient_id: input.recipient_id.0,
+            content: input.content,
+            client_message_id: input.client_message_id,
+        };
+        Ok(super::send(services, &viewer, request).await?)
+    }
+
+    /// Acknowledges messages the caller has received, so they are not replayed again. Only the
+    /// recipient may acknowledge; acknowledging twice is harmless. At most 500 ids per call.
+    async fn mark_delivered(
+        &self,
+        ctx: &Context<'_>,
+        message_ids: Vec<ID>,
+    ) -> async_graphql::Result<Vec<Message>> {
+        let services = services(ctx)?;
+        let viewer = viewer(ctx).await?;
+        let ids = message_ids.into_iter().map(|id| id.0).collect();
+        Ok(super::mark_delivered(services, &viewer, ids).await?)
+    }
+}
+
+/// Live message delivery.
+#[derive(Default)]
+pub struct MessageSubscription;
+
+#[Subscription]
+impl MessageSubscription {
+    /// Messages addressed to the caller: first every message not yet acknowledged with
+    /// `markDelivered`, oldest first, then new ones as they are sent, with no gap and no
+    /// duplicate in between. Every open connection of the user receives live messages.
+    async fn message_received(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
+        let services = services(ctx)?.clone();
+        let viewer = viewer(ctx).await?;
+        Ok(delivery::replay_then_live(services, viewer.user_id)
+            .map(|item| item.map_err(Into::into)))
+    }
+}

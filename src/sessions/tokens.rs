@@ -1,0 +1,191 @@
+//! Access tokens: HS256 JWTs that name a user and a server-side session.
+//!
+//! A token alone is never enough: the session it names must still exist in the store, which is
+//! what lets `logout` make a token useless before it expires.
+
+use std::{path::Path, time::Duration};
+
+use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The claims every token carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The session id; the session must still exist for the token to work.
+    pub sid: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, seconds since the epoch.
+    pub exp: i64,
+}
+
+/// Signs and checks tokens with one secret.
+pub struct TokenService {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// Pinned to HS256 so a token cannot pick its own algorithm (`none`, or an asymmetric one).
+    validation: Validation,
+    ttl: Duration,
+}
+
+/// Why a token was refused; the client only ever sees "invalid or expired token".
+#[derive(Debug, thiserror::Error)]
+#[error("token refused: {0}")]
+pub struct TokenError(String);
+
+impl TokenService {
+    /// Shortest secret accepted, in bytes: HS256 is only as strong as its key.
+    pub const MIN_SECRET_BYTES: usize = 32;
+
+    /// A service signing with `secret`; tokens live for `ttl`.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub", "iat"]);
+        TokenService {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+        }
+    }
+
+    /// Issues a token for `user_id`'s session `session_id`, returning it with its expiry.
+    pub fn issue(
+        &self,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<(String, DateTime<Utc>), TokenError> {
+        let now = Utc::now();
+        let expires_at =
+            now + chrono::Duration::from_std(self.ttl).map_err(|e| TokenError(e.to_string()))?;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            sid: session_id.to_string(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| TokenError(e.to_string()))?;
+        Ok((token, expires_at))
+    }
+
+    /// Checks the signature, algorithm and expiry of `token`.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| TokenError(e.to_string()))
+    }
+
+    /// How long new tokens live.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// Where a generated secret is kept inside the data directory.
+const SECRET_FILE: &str = "jwt_secret";
+
+/// Reads the secret kept in `data_dir`, creating a random one on first use.
+///
+/// Used when `JWT_SECRET` is unset, so a fresh checkout has strong, stable tokens without any
+/// setup. Returns the secret and whether it was just created.
+pub fn load_or_create_secret(data_dir: &Path) -> std::io::Result<(Vec<u8>, bool)> {
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= TokenService::MIN_SECRET_BYTES => {
+            return Ok((text.trim().as_bytes().to_vec(), false));
+        }
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is shorter than {} bytes; delete it to have a new one generated",
+                path.display(),
+                TokenService::MIN_SECRET_BYTES
+            )));
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let mut random = [0u8; 48];
+    getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secret = STANDARD_NO_PAD.encode(random);
+    write_private(&path, secret.as_bytes())?;
+    Ok((secret.into_bytes(), true))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn issued_tokens_verify() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        let (token, _) = service.issue("user-1", "session-1").unwrap();
+        let claims = service.verify(&token).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.sid.as_str()),
+            ("user-1", "session-1")
+        );
+        assert_eq!(claims.exp - claims.iat, 60);
+    }
+
+    #[test]
+    fn tokens_from_another_secret_or_tampered_are_refused() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        let other = TokenService::new(
+            b"another secret that is long enough!!",
+            Duration::from_secs(60),
+        );
+        let (token, _) = other.issue("user-1", "session-1").unwrap();
+        assert!(service.verify(&token).is_err());
+
+        let (token, _) = service.issue("user-1", "session-1").unwrap();
+        let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+        let forged = STANDARD_NO_PAD
+            .encode(br#"{"sub":"user-2","sid":"session-1","iat":1,"exp":99999999999}"#)
+            .replace('+', "-")
+            .replace('/', "_");
+        parts[1] = forged;
+        assert!(service.verify(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn unsigned_tokens_are_refused() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        let header = STANDARD_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = STANDARD_NO_PAD.encode(br#"{"sub":"u","sid":"s","iat":1,"exp":99999999999}"#);
+        assert!(service.verify(&format!("{header}.{body}.")).is_err());
+    }
+
+    #[test]
+    fn a_generated_secret_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, created) = load_or_create_secret(dir.path()).unwrap();
+        assert!(created);
+        assert!(first.len() >= TokenService::MIN_SECRET_BYTES);
+        let (second, created) = load_or_create_secret(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(first, second);
+    }
+}

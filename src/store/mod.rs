@@ -1,0 +1,123 @@
+//! Storage: the one trait every backing store implements.
+//!
+//! The server only talks to [`Store`]; the embedded SQLite store lives in [`sqlite`], and the
+//! MongoDB store will sit beside it. Anything the server relies on (uniqueness, the order of
+//! the undelivered backlog, idempotent sends) is part of this contract and is checked by the
+//! contract tests in `tests/contract`, which run against every implementation.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    error::AppError,
+    messages::{Message, NewMessage},
+    sessions::{NewSession, Session},
+    users::{NewUser, User, UserCredentials},
+};
+
+/// What a store can fail with, in terms the server can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken; the text names the rule, for the client.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot be reached; the request may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; logged, never shown.
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(message) => AppError::Conflict(message),
+            StoreError::Unavailable(detail) => AppError::ServiceUnavailable(detail),
+            StoreError::Internal(detail) => AppError::Internal(detail),
+        }
+    }
+}
+
+impl From<StoreError> for async_graphql::Error {
+    fn from(error: StoreError) -> Self {
+        AppError::from(error).into()
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What [`Store::insert_message`] did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// A new message was stored.
+    Created(Message),
+    /// The sender had already sent a message with this `client_message_id`; this is that one,
+    /// unchanged.
+    Existing(Message),
+}
+
+/// Durable storage of users, sessions and messages.
+///
+/// Implementations must make every write durable before returning, assign each message a
+/// `seq` that grows in the order messages are committed, and treat message ids as opaque.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs and `/healthz` (`sqlite`, `mongodb`).
+    fn kind(&self) -> &'static str;
+
+    /// Succeeds when the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores a new user; a taken phone number is a [`StoreError::Conflict`].
+    async fn create_user(&self, user: NewUser) -> StoreResult<User>;
+    /// The user with this id.
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+    /// The user with this normalised phone number.
+    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>>;
+    /// The user with this normalised phone number, with the password hash, for logging in.
+    async fn credentials_by_phone(
+        &self,
+        phone_number: &str,
+    ) -> StoreResult<Option<UserCredentials>>;
+
+    /// Stores a new session.
+    async fn create_session(&self, session: NewSession) -> StoreResult<Session>;
+    /// The session with this id, if it has not been ended.
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>>;
+    /// Ends a session; returns whether it existed.
+    async fn delete_session(&self, id: &str) -> StoreResult<bool>;
+
+    /// Stores a message, or returns the sender's earlier one with the same
+    /// `client_message_id`.
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted>;
+    /// Messages to `recipient_id` not yet acknowledged, with `seq > after_seq`, oldest first,
+    /// at most `limit`.
+    async fn undelivered_messages(
+        &self,
+        recipient_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>>;
+    /// The messages with these ids that exist, in no particular order.
+    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>>;
+    /// Sets `delivered_at` on those of `ids` addressed to `recipient_id` that have none yet.
+    async fn mark_delivered(
+        &self,
+        recipient_id: &str,
+        ids: &[String],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// Messages between two users, newest first, with `seq < before_seq` when given, at most
+    /// `limit`.
+    async fn conversation(
+        &self,
+        user_a: &str,
+        user_b: &str,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>>;
+}

@@ -1,0 +1,208 @@
+//! Users: who can chat, and the rules their registration details must follow.
+//!
+//! Input is parsed into newtypes ([`PhoneNumber`], [`Username`], [`Password`]) at the edge, so
+//! code further in never sees an unchecked value.
+
+pub mod graphql;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::AppError;
+
+/// A registered user, as stored (never carries the password hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Opaque, store-assigned id.
+    pub id: String,
+    /// The normalised phone number the user registered with; unique across users.
+    pub phone_number: String,
+    /// Display name; not unique.
+    pub username: String,
+    /// When the account was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Normalised phone number; the store refuses a second user with the same one.
+    pub phone_number: PhoneNumber,
+    /// Validated display name.
+    pub username: Username,
+    /// bcrypt hash of the password; the password itself is never stored.
+    pub password_hash: String,
+}
+
+/// A user together with the password hash, for checking a login and nothing else.
+#[derive(Debug, Clone)]
+pub struct UserCredentials {
+    /// The user the hash belongs to.
+    pub user: User,
+    /// bcrypt hash to verify the presented password against.
+    pub password_hash: String,
+}
+
+/// A phone number in E.164 form (`+` then 8 to 15 digits).
+///
+/// Spaces, dashes, dots and brackets are dropped, so `+1 (202) 555-0143` and `+12025550143`
+/// are the same account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    /// Normalises `input`, or says what a valid phone number looks like.
+    pub fn parse(input: &str) -> Result<Self, AppError> {
+        let invalid = || {
+            AppError::BadUserInput(
+                "phoneNumber must be an international number starting with + and the country \
+                 code, for example +12025550143"
+                    .into(),
+            )
+        };
+        let trimmed = input.trim();
+        let rest = trimmed.strip_prefix('+').ok_or_else(invalid)?;
+        let mut digits = String::with_capacity(16);
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' | '.' | '(' | ')' => {}
+                _ => return Err(invalid()),
+            }
+        }
+        if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
+            return Err(invalid());
+        }
+        Ok(PhoneNumber(format!("+{digits}")))
+    }
+
+    /// The normalised number.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A display name: 2 to 32 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    /// Longest accepted name, in characters.
+    pub const MAX_CHARS: usize = 32;
+
+    /// Trims `input` and checks it, or says what a valid username looks like.
+    pub fn parse(input: &str) -> Result<Self, AppError> {
+        let name = input.trim();
+        let length = name.chars().count();
+        if length < 2 || length > Self::MAX_CHARS {
+            return Err(AppError::BadUserInput(format!(
+                "username must be 2 to {} characters long",
+                Self::MAX_CHARS
+            )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(AppError::BadUserInput(
+                "username must not contain control characters".into(),
+            ));
+        }
+        Ok(Username(name.to_string()))
+    }
+
+    /// The trimmed name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password that bcrypt can hash without losing any of it.
+///
+/// bcrypt only reads the first 72 bytes (71 plus a terminator in many implementations), so a
+/// longer password would silently be cut; it is refused instead.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    /// Shortest accepted password, in characters.
+    pub const MIN_CHARS: usize = 8;
+    /// Longest accepted password, in UTF-8 bytes.
+    pub const MAX_BYTES: usize = 71;
+
+    /// Checks a new password against the length rules.
+    pub fn parse(input: &str) -> Result<Self, AppError> {
+        if input.chars().count() < Self::MIN_CHARS {
+            return Err(AppError::BadUserInput(format!(
+                "password must be at least {} characters long",
+                Self::MIN_CHARS
+            )));
+        }
+        if input.len() > Self::MAX_BYTES {
+            return Err(AppError::BadUserInput(format!(
+                "password must be at most {} bytes long (bcrypt would ignore the rest)",
+                Self::MAX_BYTES
+            )));
+        }
+        Ok(Password(input.to_string()))
+    }
+
+    /// The password text, for hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_normalised() {
+        let pretty = PhoneNumber::parse(" +1 (202) 555-0143 ").unwrap();
+        let plain = PhoneNumber::parse("+12025550143").unwrap();
+        assert_eq!(pretty, plain);
+        assert_eq!(plain.as_str(), "+12025550143");
+    }
+
+    #[test]
+    fn malformed_phone_numbers_are_refused() {
+        for bad in [
+            "",
+            "12025550143",
+            "+",
+            "+1234",
+            "+1202555014312345",
+            "+1202abc0143",
+            "+0123456789",
+        ] {
+            let error = PhoneNumber::parse(bad).unwrap_err();
+            assert_eq!(error.code(), "BAD_USER_INPUT", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn usernames_are_trimmed_and_bounded() {
+        assert_eq!(Username::parse("  alice ").unwrap().as_str(), "alice");
+        assert!(Username::parse("a").is_err());
+        assert!(Username::parse(&"x".repeat(33)).is_err());
+        assert!(Username::parse("bad\u{0007}name").is_err());
+        assert!(Username::parse("Zoë 🚀").is_ok());
+    }
+
+    #[test]
+    fn passwords_are_bounded_in_bytes() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse("long enough").is_ok());
+        assert!(Password::parse(&"a".repeat(71)).is_ok());
+        assert!(Password::parse(&"a".repeat(72)).is_err());
+        // 24 three-byte characters: only 24 characters, but 72 bytes.
+        assert!(Password::parse(&"€".repeat(24)).is_err());
+        assert_eq!(
+            format!("{:?}", Password::parse("long enough").unwrap()),
+            "Password(***)"
+        );
+    }
+}
