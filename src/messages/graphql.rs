@@ -15,6 +15,7 @@ use crate::{
     users::User,
 };
 
+/// A chat message between two users.
 #[Object]
 impl Message {
     /// Stable, opaque id; pass it to `markDelivered` once the message is shown.

@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, Object};
 use super::{PhoneNumber, User};
 use crate::schema::{services, viewer};
 
+/// Someone who can send and receive messages.
 #[Object]
 impl User {
     /// Stable, opaque id. Use it as `recipientId` when sending a message.

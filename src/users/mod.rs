@@ -93,7 +93,7 @@ impl Username {
     pub fn parse(input: &str) -> Result<Self, AppError> {
         let name = input.trim();
         let length = name.chars().count();
-        if length < 2 || length > Self::MAX_CHARS {
+        if !(2..=Self::MAX_CHARS).contains(&length) {
             return Err(AppError::BadUserInput(format!(
                 "username must be 2 to {} characters long",
                 Self::MAX_CHARS

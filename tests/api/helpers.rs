@@ -1,0 +1,290 @@
+//! A real server on 127.0.0.1:0 per test, with an HTTP client and a graphql-transport-ws client.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use chatapp::config::Config;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message as WsMessage, client::IntoClientRequest, http::HeaderValue},
+};
+
+/// How long a test waits for anything the server should send.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The selection every test reads from a message.
+pub const MESSAGE_FIELDS: &str = "id senderId recipientId content sentAt deliveredAt clientMessageId sender { id username } recipient { id }";
+
+static TRACING: Once = Once::new();
+
+/// Test logs are quiet unless `TEST_LOG=1`.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("chatapp=debug,tower_http=debug")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub http: reqwest::Client,
+    /// The data directory; shared so a restarted server can open the same one.
+    pub data_dir: Arc<TempDir>,
+    pub services: chatapp::services::Services,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// A registered user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: String,
+    pub token: String,
+}
+
+/// Starts a server with a fresh data directory.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(Arc::new(tempfile::tempdir().expect("temp dir"))).await
+}
+
+/// Starts a server on an existing data directory (to test restarts).
+pub async fn spawn_app_in(data_dir: Arc<TempDir>) -> TestApp {
+    init_tracing();
+    let path = data_dir.path().display().to_string();
+    let config = Config::from_lookup(|name| match name {
+        "DATA_DIR" => Some(path.clone()),
+        "BCRYPT_COST" => Some("4".into()),
+        _ => None,
+    })
+    .expect("test config");
+    let app = chatapp::build(&config).await.expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().unwrap();
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(chatapp::serve(listener, app.router, async {
+        let _ = stop.await;
+    }));
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        data_dir,
+        services: app.services,
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    /// Stops the server, waiting briefly for in-flight requests.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(mut server) = self.server.take() {
+            // Upgraded websockets may outlive graceful shutdown; do not wait on them forever.
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+    }
+
+    /// POSTs a GraphQL operation and returns the whole response body.
+    pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        let mut request = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request sent");
+        assert!(response.status().is_success(), "HTTP {}", response.status());
+        response.json().await.expect("JSON body")
+    }
+
+    /// Registers a user, asserting success.
+    pub async fn register(&self, phone_number: &str, username: &str) -> TestUser {
+        let body = self
+            .graphql(
+                "mutation($input: RegisterInput!) { register(input: $input) { token profileId user { id } } }",
+                json!({ "input": { "phoneNumber": phone_number, "username": username, "password": "password123" } }),
+                None,
+            )
+            .await;
+        let payload = &body["data"]["register"];
+        assert!(payload.is_object(), "register failed: {body}");
+        TestUser {
+            id: payload["profileId"].as_str().unwrap().to_string(),
+            token: payload["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Sends a message, returning the response body.
+    pub async fn send(
+        &self,
+        from: &TestUser,
+        to: &TestUser,
+        content: &str,
+        client_message_id: Option<&str>,
+    ) -> Value {
+        self.graphql(
+            &format!("mutation($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"),
+            json!({ "input": { "recipientId": to.id, "content": content, "clientMessageId": client_message_id } }),
+            Some(&from.token),
+        )
+        .await
+    }
+
+    /// Sends a message, asserting success, and returns it.
+    pub async fn send_ok(&self, from: &TestUser, to: &TestUser, content: &str) -> Value {
+        let body = self.send(from, to, content, None).await;
+        let message = body["data"]["sendMessage"].clone();
+        assert!(message.is_object(), "send failed: {body}");
+        message
+    }
+
+    /// Acknowledges messages, returning the response body.
+    pub async fn mark_delivered(&self, user: &TestUser, ids: &[&str]) -> Value {
+        self.graphql(
+            "mutation($ids: [ID!]!) { markDelivered(messageIds: $ids) { id deliveredAt } }",
+            json!({ "ids": ids }),
+            Some(&user.token),
+        )
+        .await
+    }
+
+    /// Opens a graphql-transport-ws connection authenticated with `{ "token": ... }`.
+    pub async fn ws(&self, user: &TestUser) -> WsClient {
+        let mut client = WsClient::connect(self, "graphql-transport-ws")
+            .await
+            .expect("websocket connects");
+        let reply = client.init(json!({ "token": user.token })).await;
+        assert_eq!(reply, Incoming::Json(json!({ "type": "connection_ack" })));
+        client
+    }
+}
+
+/// Anything a test reads from a websocket.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+/// A minimal graphql-transport-ws client.
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects to `/graphql` offering `protocol`.
+    pub async fn connect(
+        app: &TestApp,
+        protocol: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("ws://{}/graphql", app.address).into_client_request()?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(WsClient { socket })
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.socket
+            .send(WsMessage::text(value.to_string()))
+            .await
+            .expect("websocket send");
+    }
+
+    /// Sends `connection_init` and returns the server's answer.
+    pub async fn init(&mut self, payload: Value) -> Incoming {
+        self.send_json(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+        self.recv().await
+    }
+
+    /// The next protocol message (answering server pings), or the close; panics after
+    /// [`PATIENCE`].
+    pub async fn recv(&mut self) -> Incoming {
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("server answered in time");
+            match frame {
+                None => return Incoming::Closed(None),
+                Some(Err(_)) => return Incoming::Closed(None),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Incoming::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Some(Ok(WsMessage::Text(text))) => {
+                    let value: Value =
+                        serde_json::from_str(text.as_str()).expect("server sends JSON");
+                    if value["type"] == "ping" {
+                        self.send_json(json!({ "type": "pong" })).await;
+                        continue;
+                    }
+                    return Incoming::Json(value);
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Starts `messageReceived` under `id`.
+    pub async fn subscribe_messages(&mut self, id: &str) {
+        self.send_json(json!({
+            "id": id,
+            "type": "subscribe",
+            "payload": { "query": format!("subscription {{ messageReceived {{ {MESSAGE_FIELDS} }} }}") },
+        }))
+        .await;
+    }
+
+    /// The next `messageReceived` payload on subscription `id`.
+    pub async fn next_message(&mut self, id: &str) -> Value {
+        match self.recv().await {
+            Incoming::Json(value) if value["type"] == "next" && value["id"] == id => {
+                assert!(
+                    value["payload"]["errors"].is_null(),
+                    "subscription error: {value}"
+                );
+                value["payload"]["data"]["messageReceived"].clone()
+            }
+            other => panic!("expected a message on {id}, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(frame) = tokio::time::timeout(wait, self.socket.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}

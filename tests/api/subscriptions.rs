@@ -1,0 +1,222 @@
+//! `messageReceived` over graphql-transport-ws: replay, handover, fan-out, restarts, auth.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::json;
+
+use crate::helpers::{Incoming, TestApp, TestUser, WsClient, spawn_app, spawn_app_in};
+
+async fn two_users(app: &TestApp) -> (TestUser, TestUser) {
+    (
+        app.register("+12025550143", "alice").await,
+        app.register("+12025550144", "bob").await,
+    )
+}
+
+#[tokio::test]
+async fn missed_messages_are_replayed_in_order_then_live_ones_follow() {
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(app.send_ok(&alice, &bob, &format!("offline {i}")).await["id"].clone());
+    }
+
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.subscribe_messages("1").await;
+    for (i, id) in sent.iter().enumerate() {
+        let message = bob_ws.next_message("1").await;
+        assert_eq!(&message["id"], id);
+        assert_eq!(message["content"], format!("offline {i}"));
+        assert_eq!(message["sender"]["username"], "alice");
+    }
+    let live = app.send_ok(&alice, &bob, "live one").await;
+    let received = bob_ws.next_message("1").await;
+    assert_eq!(received["id"], live["id"]);
+    assert_eq!(received["content"], "live one");
+    bob_ws.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn acknowledged_messages_are_not_replayed_but_the_rest_are() {
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+    let first = app.send_ok(&alice, &bob, "first").await;
+    let second = app.send_ok(&alice, &bob, "second").await;
+    let third = app.send_ok(&alice, &bob, "third").await;
+    let body = app
+        .mark_delivered(
+            &bob,
+            &[first["id"].as_str().unwrap(), third["id"].as_str().unwrap()],
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.subscribe_messages("s").await;
+    assert_eq!(bob_ws.next_message("s").await["id"], second["id"]);
+    bob_ws.expect_silence(Duration::from_millis(300)).await;
+    bob_ws.close().await;
+
+    // Not acknowledged yet, so a new connection gets it again.
+    let mut again = app.ws(&bob).await;
+    again.subscribe_messages("s").await;
+    assert_eq!(again.next_message("s").await["id"], second["id"]);
+}
+
+#[tokio::test]
+async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
+    const COUNT: usize = 200;
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+
+    let sender = {
+        let (http, url, token, bob_id) = (
+            app.http.clone(),
+            app.url("/graphql"),
+            alice.token.clone(),
+            bob.id.clone(),
+        );
+        tokio::spawn(async move {
+            let sends = (0..COUNT).map(|i| {
+                let request = http.post(&url).bearer_auth(&token).json(&json!({
+                    "query": "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }",
+                    "variables": { "input": { "recipientId": bob_id, "content": format!("burst {i}") } },
+                }));
+                async move {
+                    let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+                    body["data"]["sendMessage"]["id"].as_str().expect("send succeeded").to_string()
+                }
+            });
+            futures::future::join_all(sends).await
+        })
+    };
+    // Subscribe once the burst is under way, so some messages are in the backlog and some
+    // arrive while the backlog is being read.
+    while app
+        .services
+        .store
+        .undelivered_messages(&bob.id, 0, COUNT)
+        .await
+        .unwrap()
+        .len()
+        < 20
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.subscribe_messages("burst").await;
+
+    let mut received = Vec::new();
+    for _ in 0..COUNT {
+        received.push(
+            bob_ws.next_message("burst").await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let sent: HashSet<String> = sender.await.unwrap().into_iter().collect();
+    let unique: HashSet<String> = received.iter().cloned().collect();
+    assert_eq!(unique.len(), COUNT, "a message was delivered twice");
+    assert_eq!(unique, sent, "delivered messages differ from sent ones");
+    bob_ws.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn every_connection_of_the_recipient_gets_live_messages() {
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+    let mut phone = app.ws(&bob).await;
+    let mut laptop = app.ws(&bob).await;
+    phone.subscribe_messages("p").await;
+    laptop.subscribe_messages("l").await;
+    // Let both subscriptions start before sending.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let message = app.send_ok(&alice, &bob, "to all devices").await;
+    assert_eq!(phone.next_message("p").await["id"], message["id"]);
+    assert_eq!(laptop.next_message("l").await["id"], message["id"]);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_backlog_and_the_tokens() {
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+    let kept = app.send_ok(&alice, &bob, "survives a restart").await;
+    let data_dir = app.data_dir.clone();
+    app.stop().await;
+
+    let app = spawn_app_in(data_dir).await;
+    let me = app
+        .graphql("{ me { id } }", json!({}), Some(&bob.token))
+        .await;
+    assert_eq!(me["data"]["me"]["id"], bob.id.as_str(), "{me}");
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.subscribe_messages("1").await;
+    let replayed = bob_ws.next_message("1").await;
+    assert_eq!(replayed["id"], kept["id"]);
+    assert_eq!(replayed["content"], "survives a restart");
+}
+
+#[tokio::test]
+async fn the_authorization_key_works_in_any_case() {
+    let app = spawn_app().await;
+    let (alice, bob) = two_users(&app).await;
+    for key in ["Authorization", "authorization"] {
+        let mut client = WsClient::connect(&app, "graphql-transport-ws")
+            .await
+            .unwrap();
+        let reply = client
+            .init(json!({ key: format!("Bearer {}", bob.token) }))
+            .await;
+        assert_eq!(
+            reply,
+            Incoming::Json(json!({ "type": "connection_ack" })),
+            "key {key}"
+        );
+        client.subscribe_messages("1").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let message = app.send_ok(&alice, &bob, key).await;
+        assert_eq!(client.next_message("1").await["id"], message["id"]);
+        // Acknowledge it, so the next connection does not get it replayed.
+        app.mark_delivered(&bob, &[message["id"].as_str().unwrap()])
+            .await;
+        client.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_without_a_valid_token_is_refused() {
+    let app = spawn_app().await;
+    let (_alice, bob) = two_users(&app).await;
+    let mut logged_out = bob.clone();
+    logged_out.token = app.register("+12025550145", "carol").await.token;
+    app.graphql(
+        "mutation { logout { message } }",
+        json!({}),
+        Some(&logged_out.token),
+    )
+    .await;
+
+    for payload in [
+        json!({}),
+        json!({ "token": "not-a-jwt" }),
+        json!({ "Authorization": "Bearer not-a-jwt" }),
+        json!({ "token": logged_out.token }),
+    ] {
+        let mut client = WsClient::connect(&app, "graphql-transport-ws")
+            .await
+            .unwrap();
+        let reply = client.init(payload.clone()).await;
+        assert!(
+            matches!(reply, Incoming::Closed(_)),
+            "{payload} was let in: {reply:?}"
+        );
+    }
+    // Subscribing without connection_init at all gets nothing either.
+    let mut client = WsClient::connect(&app, "graphql-transport-ws")
+        .await
+        .unwrap();
+    client.subscribe_messages("1").await;
+    assert!(matches!(client.recv().await, Incoming::Closed(_)));
+}
