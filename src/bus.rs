@@ -1,9 +1,10 @@
-//! Live delivery: the bus that wakes a recipient's open subscriptions when a message is stored.
+//! Live events: the bus that wakes open connections when something they care about happens.
 //!
-//! The bus carries no durability promise. A message is in the store before it is published, so a
-//! subscriber that falls behind is told so ([`BusEvent::Lagged`]) and catches up from the store.
-//! [`InProcessBus`] serves a single server process; a multi-instance bus implements the same
-//! trait.
+//! Two kinds of topic: a user's inbox (a message addressed to them was stored) and a session
+//! (it was ended, so its websockets must close). The bus carries no durability promise. A message
+//! is in the store before it is published, so an inbox subscriber that falls behind is told so
+//! ([`BusEvent::Lagged`]) and catches up from the store. [`InProcessBus`] serves a single server
+//! process; a multi-instance bus implements the same trait.
 
 use std::{
     collections::HashMap,
@@ -24,33 +25,47 @@ use crate::messages::Message;
 pub enum BusEvent {
     /// A message for the subscribed user was stored.
     Message(Arc<Message>),
+    /// The subscribed session was ended (logout or revocation).
+    SessionEnded,
     /// Events were dropped because the subscriber was too slow; it must re-read the store.
     Lagged,
 }
 
-/// A stream of events for one user, live from the moment it was created.
+/// A stream of events for one topic, live from the moment it was created.
 pub type BusSubscription = Pin<Box<dyn Stream<Item = BusEvent> + Send>>;
 
-/// Fans stored messages out to every live subscription of their recipient.
+/// Fans events out to the open connections that subscribed to them.
 #[async_trait]
 pub trait MessageBus: Send + Sync + 'static {
-    /// Announces a stored message to its recipient's subscribers.
+    /// Announces a stored message to its recipient's inbox subscribers.
     async fn publish(&self, message: Arc<Message>);
 
-    /// Starts listening for `user_id`'s messages. Listening has begun when this returns, so a
-    /// caller may read the store afterwards without missing anything published in between.
+    /// Announces that these sessions were ended.
+    async fn end_sessions(&self, session_ids: &[String]);
+
+    /// Starts listening to `user_id`'s inbox. Listening has begun when this returns, so a caller
+    /// may read the store afterwards without missing anything published in between.
     fn subscribe(&self, user_id: &str) -> BusSubscription;
+
+    /// Starts listening for the end of session `session_id`.
+    fn watch_session(&self, session_id: &str) -> BusSubscription;
 }
 
-/// How many undelivered events one user's channel holds before a slow subscriber lags.
-const CHANNEL_CAPACITY: usize = 1024;
+/// Events one inbox channel holds before a slow subscriber lags. Kept small because tokio
+/// allocates every slot up front, per user with an open subscription; a subscriber that lags
+/// catches up from the store, so nothing is lost.
+const INBOX_CAPACITY: usize = 64;
+/// A session channel only ever carries one event.
+const SESSION_CAPACITY: usize = 1;
 
-/// A bus inside one process: one broadcast channel per user with live subscribers.
+type Channels = Arc<Mutex<HashMap<String, broadcast::Sender<BusEvent>>>>;
+
+/// A bus inside one process: one broadcast channel per topic with live subscribers.
 #[derive(Default, Clone)]
 pub struct InProcessBus {
-    /// Channels by recipient id. A std mutex: it is held only for map lookups, never across an
-    /// `.await`. Entries are removed when their last subscriber goes.
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Message>>>>>,
+    /// Channels by topic key (`inbox:<user>`, `session:<id>`). A std mutex: it is held only for
+    /// map lookups, never across an `.await`. Entries go when their last subscriber does.
+    channels: Channels,
 }
 
 impl InProcessBus {
@@ -59,47 +74,68 @@ impl InProcessBus {
         Self::default()
     }
 
-    /// Number of users with at least one live subscription (for tests and metrics).
-    pub fn active_users(&self) -> usize {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+    /// Number of topics with at least one live subscriber (for tests and metrics).
+    pub fn active_topics(&self) -> usize {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    fn send(&self, key: &str, event: BusEvent) {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = channels.get(key) {
+            // An error only means nobody is listening right now.
+            let _ = sender.send(event);
+        }
+    }
+
+    fn listen(&self, key: String, capacity: usize) -> BusSubscription {
+        let receiver = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            channels
+                .entry(key.clone())
+                .or_insert_with(|| broadcast::channel(capacity).0)
+                .subscribe()
+        };
+        Box::pin(InProcessSubscription {
+            inner: BroadcastStream::new(receiver),
+            _cleanup: Cleanup { channels: self.channels.clone(), key },
+        })
+    }
+}
+
+fn inbox_key(user_id: &str) -> String {
+    format!("inbox:{user_id}")
+}
+
+fn session_key(session_id: &str) -> String {
+    format!("session:{session_id}")
 }
 
 #[async_trait]
 impl MessageBus for InProcessBus {
     async fn publish(&self, message: Arc<Message>) {
-        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = channels.get(&message.recipient_id) {
-            // An error only means nobody is listening right now; the store has the message.
-            let _ = sender.send(message);
+        let key = inbox_key(&message.recipient_id);
+        self.send(&key, BusEvent::Message(message));
+    }
+
+    async fn end_sessions(&self, session_ids: &[String]) {
+        for session_id in session_ids {
+            self.send(&session_key(session_id), BusEvent::SessionEnded);
         }
     }
 
     fn subscribe(&self, user_id: &str) -> BusSubscription {
-        let receiver = {
-            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-            channels
-                .entry(user_id.to_string())
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-                .subscribe()
-        };
-        Box::pin(InProcessSubscription {
-            inner: BroadcastStream::new(receiver),
-            _cleanup: Cleanup {
-                channels: self.channels.clone(),
-                user_id: user_id.to_string(),
-            },
-        })
+        self.listen(inbox_key(user_id), INBOX_CAPACITY)
+    }
+
+    fn watch_session(&self, session_id: &str) -> BusSubscription {
+        self.listen(session_key(session_id), SESSION_CAPACITY)
     }
 }
 
-/// One subscriber's end of a user's channel.
+/// One subscriber's end of a channel.
 struct InProcessSubscription {
     /// Declared first so the receiver is dropped before [`Cleanup`] counts receivers.
-    inner: BroadcastStream<Arc<Message>>,
+    inner: BroadcastStream<BusEvent>,
     _cleanup: Cleanup,
 }
 
@@ -109,28 +145,25 @@ impl Stream for InProcessSubscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
         Pin::new(&mut self.inner).poll_next(cx).map(|item| {
             item.map(|event| match event {
-                Ok(message) => BusEvent::Message(message),
+                Ok(event) => event,
                 Err(BroadcastStreamRecvError::Lagged(_)) => BusEvent::Lagged,
             })
         })
     }
 }
 
-/// Removes a user's channel once its last subscriber has gone, so the map does not grow with
-/// every user who ever connected.
+/// Removes a channel once its last subscriber has gone, so the map does not grow with every
+/// user who ever connected.
 struct Cleanup {
-    channels: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<Message>>>>>,
-    user_id: String,
+    channels: Channels,
+    key: String,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if channels
-            .get(&self.user_id)
-            .is_some_and(|sender| sender.receiver_count() == 0)
-        {
-            channels.remove(&self.user_id);
+        if channels.get(&self.key).is_some_and(|sender| sender.receiver_count() == 0) {
+            channels.remove(&self.key);
         }
     }
 }
@@ -177,18 +210,30 @@ mod tests {
         let bus = InProcessBus::new();
         let first = bus.subscribe("bob");
         let second = bus.subscribe("bob");
-        assert_eq!(bus.active_users(), 1);
+        assert_eq!(bus.active_topics(), 1);
         drop(first);
-        assert_eq!(bus.active_users(), 1);
+        assert_eq!(bus.active_topics(), 1);
         drop(second);
-        assert_eq!(bus.active_users(), 0);
+        assert_eq!(bus.active_topics(), 0);
+    }
+
+    #[tokio::test]
+    async fn ending_a_session_reaches_only_its_watchers() {
+        let bus = InProcessBus::new();
+        let mut ended = bus.watch_session("s1");
+        let mut other = bus.watch_session("s2");
+        bus.end_sessions(&["s1".to_string()]).await;
+        assert!(matches!(ended.next().await, Some(BusEvent::SessionEnded)));
+        let nothing =
+            tokio::time::timeout(std::time::Duration::from_millis(50), other.next()).await;
+        assert!(nothing.is_err());
     }
 
     #[tokio::test]
     async fn a_slow_subscriber_is_told_it_lagged() {
         let bus = InProcessBus::new();
         let mut slow = bus.subscribe("bob");
-        for i in 0..CHANNEL_CAPACITY + 5 {
+        for i in 0..INBOX_CAPACITY + 5 {
             bus.publish(message(&format!("m{i}"), "bob")).await;
         }
         assert!(matches!(slow.next().await, Some(BusEvent::Lagged)));

@@ -23,6 +23,11 @@ pub struct Config {
     pub jwt_ttl: Duration,
     /// bcrypt work factor (`BCRYPT_COST`, 4 to 31). Each step doubles the cost of a login.
     pub bcrypt_cost: u32,
+    /// How long a websocket client has to send `connection_init` (`WS_INIT_TIMEOUT`).
+    pub ws_init_timeout: Duration,
+    /// How often the server pings websocket clients (`WS_PING_INTERVAL`); a client silent for two
+    /// intervals is dropped.
+    pub ws_ping_interval: Duration,
     /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, comma
     /// separated, or `*` for any). Empty means same-origin only.
     pub cors_allowed_origins: Vec<String>,
@@ -46,11 +51,8 @@ impl Config {
     /// Reads settings through `lookup`, so tests can supply their own environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let bind_address = parse_or(
-            get("BIND_ADDRESS"),
-            "BIND_ADDRESS",
-            "0.0.0.0".parse().unwrap(),
-        )?;
+        let bind_address =
+            parse_or(get("BIND_ADDRESS"), "BIND_ADDRESS", "0.0.0.0".parse().unwrap())?;
         let port = parse_or(get("PORT"), "PORT", 5000)?;
         let bcrypt_cost = parse_or(get("BCRYPT_COST"), "BCRYPT_COST", 12u32)?;
         if !(4..=31).contains(&bcrypt_cost) {
@@ -60,18 +62,21 @@ impl Config {
                 "must be 4 to 31",
             ));
         }
-        let jwt_ttl = match get("JWT_TTL") {
+        let duration = |name: &'static str, default: Duration| match get(name) {
             Some(value) => parse_duration(&value).ok_or_else(|| {
-                ConfigError::new("JWT_TTL", value, "expected seconds or 30m, 12h, 7d")
-            })?,
-            None => Duration::from_secs(7 * 24 * 3600),
+                ConfigError::new(name, value, "expected seconds or a number with ms, s, m, h or d")
+            }),
+            None => Ok(default),
         };
+        let jwt_ttl = duration("JWT_TTL", Duration::from_secs(7 * 24 * 3600))?;
+        let ws_init_timeout = duration("WS_INIT_TIMEOUT", Duration::from_secs(3))?;
+        let ws_ping_interval = duration("WS_PING_INTERVAL", Duration::from_secs(15))?;
         Ok(Config {
+            ws_init_timeout,
+            ws_ping_interval,
             bind_address,
             port,
-            data_dir: get("DATA_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir: get("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),
             jwt_secret: get("JWT_SECRET"),
             jwt_ttl,
             bcrypt_cost,
@@ -90,11 +95,7 @@ impl Config {
 
 impl ConfigError {
     fn new(name: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError {
-            name,
-            value: value.into(),
-            reason: reason.into(),
-        }
+        ConfigError { name, value: value.into(), reason: reason.into() }
     }
 }
 
@@ -115,22 +116,21 @@ where
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `12h` or `7d` into a non-zero duration.
+/// Parses `90`, `90s`, `500ms`, `15m`, `12h` or `7d` into a non-zero duration.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number.checked_mul(60)?,
-        "h" => number.checked_mul(3600)?,
-        "d" => number.checked_mul(86_400)?,
+    let millis = match unit {
+        "ms" => number,
+        "" | "s" => number.checked_mul(1000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        "d" => number.checked_mul(86_400_000)?,
         _ => return None,
     };
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+    (millis > 0).then(|| Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -139,10 +139,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| env.get(name).cloned())
     }
 
@@ -155,6 +153,8 @@ mod tests {
         assert_eq!(config.jwt_ttl, Duration::from_secs(7 * 86_400));
         assert!(config.jwt_secret.is_none());
         assert!(config.cors_allowed_origins.is_empty());
+        assert_eq!(config.ws_init_timeout, Duration::from_secs(3));
+        assert_eq!(config.ws_ping_interval, Duration::from_secs(15));
     }
 
     #[test]
@@ -171,6 +171,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("1w"), None);
     }
@@ -178,9 +179,6 @@ mod tests {
     #[test]
     fn cors_origins_are_a_list() {
         let config = config(&[("CORS_ALLOWED_ORIGINS", "http://a.test, http://b.test")]).unwrap();
-        assert_eq!(
-            config.cors_allowed_origins,
-            vec!["http://a.test", "http://b.test"]
-        );
+        assert_eq!(config.cors_allowed_origins, vec!["http://a.test", "http://b.test"]);
     }
 }

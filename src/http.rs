@@ -5,11 +5,10 @@
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols), and GraphiQL for a browser.
 
 use async_graphql::{
-    Data,
-    http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource, parse_query_string},
+    http::{GraphiQLSource, parse_query_string},
     parser::types::OperationType,
 };
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
 use axum::{
     Json, Router,
     extract::{FromRequestParts, Request, State, WebSocketUpgrade},
@@ -25,10 +24,10 @@ use tower_http::{
 
 use crate::{
     config::Config,
-    error::AppError,
     schema::AppSchema,
     services::Services,
     sessions::{self, RequestAuth},
+    websocket::{self, WebsocketSettings, protocol::Protocol},
 };
 
 /// What every handler can reach.
@@ -36,6 +35,7 @@ use crate::{
 struct AppState {
     schema: AppSchema,
     services: Services,
+    websocket_settings: WebsocketSettings,
 }
 
 /// The app's routes, ready to serve.
@@ -43,7 +43,14 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
     let router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
-        .with_state(AppState { schema, services })
+        .with_state(AppState {
+            schema,
+            services,
+            websocket_settings: WebsocketSettings {
+                init_timeout: config.ws_init_timeout,
+                ping_interval: config.ws_ping_interval,
+            },
+        })
         .layer(TraceLayer::new_for_http());
     match cors_layer(&config.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
@@ -58,11 +65,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     let allow_origin = if origins.iter().any(|origin| origin == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
+        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
     };
     Some(
         CorsLayer::new()
@@ -123,29 +126,25 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 
+/// Upgrades to a GraphQL websocket, speaking whichever subprotocol the client offers.
 async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
-    let protocol = match GraphQLProtocol::from_request_parts(parts, &()).await {
-        Ok(protocol) => protocol,
-        Err(status) => return (status, "unsupported websocket subprotocol").into_response(),
+    let offer = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    let Some(protocol) = offer.and_then(Protocol::negotiate) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "offer the graphql-transport-ws (or legacy graphql-ws) websocket subprotocol",
+        )
+            .into_response();
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let AppState { schema, services } = state;
+    let AppState { schema, services, websocket_settings } = state;
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .protocols([protocol.name()])
         .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = sessions::token_from_init_payload(&payload)
-                        .ok_or_else(AppError::unauthenticated)?;
-                    let viewer = sessions::authenticate(&services, &token).await?;
-                    let mut data = Data::default();
-                    data.insert(RequestAuth::authenticated(viewer));
-                    Ok(data)
-                })
-                .serve()
+            websocket::serve(socket, protocol, schema, services, websocket_settings)
         })
         .into_response()
 }

@@ -12,7 +12,8 @@
 //! - [`store`]: the [`store::Store`] trait and the embedded SQLite implementation.
 //! - [`bus`]: live fan-out of stored messages to open subscriptions.
 //! - [`schema`]: the merged GraphQL schema; knows nothing of HTTP.
-//! - [`http`]: axum routes: GraphQL over HTTP and websockets, GraphiQL, `/healthz`.
+//! - [`http`]: axum routes: GraphQL over HTTP, the websocket upgrade, GraphiQL, `/healthz`.
+//! - [`websocket`]: the graphql-ws serve loop, with its close codes and session ending.
 //! - [`error`]: the error type clients see, with its `extensions.code`.
 //!
 //! [`build`] assembles the app from a [`config::Config`] and [`serve`] runs it on a listener
@@ -28,6 +29,7 @@ pub mod services;
 pub mod sessions;
 pub mod store;
 pub mod users;
+pub mod websocket;
 
 use std::{future::Future, sync::Arc};
 
@@ -88,10 +90,7 @@ fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
     }
     let (secret, created) =
         sessions::tokens::load_or_create_secret(&config.data_dir).map_err(|source| {
-            StartupError::Io {
-                context: "cannot read or create the token secret".into(),
-                source,
-            }
+            StartupError::Io { context: "cannot read or create the token secret".into(), source }
         })?;
     if created {
         tracing::warn!(dir = %config.data_dir.display(), "JWT_SECRET is unset: generated a secret and saved it in the data directory");
@@ -107,9 +106,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -7,13 +7,16 @@ use crate::{
     error::AppError,
     messages::graphql::{MessageMutation, MessageQuery, MessageSubscription},
     services::Services,
-    sessions::{RequestAuth, Viewer, graphql::AuthMutation},
+    sessions::{
+        RequestAuth, Viewer,
+        graphql::{AuthMutation, SessionQuery},
+    },
     users::graphql::UserQuery,
 };
 
 /// All queries.
 #[derive(MergedObject, Default)]
-pub struct Query(UserQuery, MessageQuery);
+pub struct Query(UserQuery, MessageQuery, SessionQuery);
 
 /// All mutations.
 #[derive(MergedObject, Default)]
@@ -28,24 +31,14 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Builds the schema with `services` as schema data.
 pub fn build(services: Services) -> AppSchema {
-    Schema::build(
-        Query::default(),
-        Mutation::default(),
-        Subscription::default(),
-    )
-    .data(services)
-    .finish()
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
+        .data(services)
+        .finish()
 }
 
 /// The schema in SDL, exactly as the server serves it; `schema.graphql` must match it.
 pub fn sdl() -> String {
-    Schema::build(
-        Query::default(),
-        Mutation::default(),
-        Subscription::default(),
-    )
-    .finish()
-    .sdl()
+    Schema::build(Query::default(), Mutation::default(), Subscription::default()).finish().sdl()
 }
 
 /// The shared services, for resolvers.
@@ -56,8 +49,6 @@ pub(crate) fn services<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Servi
 /// The authenticated caller, or an `UNAUTHENTICATED` error.
 pub(crate) async fn viewer(ctx: &Context<'_>) -> async_graphql::Result<Viewer> {
     let services = services(ctx)?;
-    let auth = ctx
-        .data_opt::<RequestAuth>()
-        .ok_or_else(AppError::unauthenticated)?;
+    let auth = ctx.data_opt::<RequestAuth>().ok_or_else(AppError::unauthenticated)?;
     Ok(auth.viewer(services).await?)
 }

@@ -118,6 +118,8 @@ impl Delivery {
                         tracing::warn!(user = %self.user_id, "subscriber lagged; catching up from the store");
                         self.phase = Phase::Replaying;
                     }
+                    // Inbox topics carry only messages; anything else is ignored.
+                    Some(BusEvent::SessionEnded) => {}
                     None => self.phase = Phase::Done,
                 },
             }

@@ -105,9 +105,7 @@ impl MessageQuery {
             super::history(services, &viewer, &with_user_id, last, before.as_deref()).await?;
         let mut connection = Connection::new(page.has_older, before.is_some());
         connection.edges.extend(
-            page.messages
-                .into_iter()
-                .map(|message| Edge::new(encode_cursor(message.seq), message)),
+            page.messages.into_iter().map(|message| Edge::new(encode_cursor(message.seq), message)),
         );
         Ok(connection)
     }

@@ -89,9 +89,7 @@ pub fn validate_content(content: &str) -> AppResult<()> {
         )));
     }
     if content.contains('\0') {
-        return Err(AppError::BadUserInput(
-            "content must not contain NUL characters".into(),
-        ));
+        return Err(AppError::BadUserInput("content must not contain NUL characters".into()));
     }
     Ok(())
 }
@@ -121,16 +119,9 @@ pub async fn send(
         validate_client_message_id(id)?;
     }
     if request.recipient_id == viewer.user_id {
-        return Err(AppError::BadUserInput(
-            "you cannot send a message to yourself".into(),
-        ));
+        return Err(AppError::BadUserInput("you cannot send a message to yourself".into()));
     }
-    if services
-        .store
-        .user_by_id(&request.recipient_id)
-        .await?
-        .is_none()
-    {
+    if services.store.user_by_id(&request.recipient_id).await?.is_none() {
         return Err(AppError::NotFound("recipient not found".into()));
     }
     let inserted = services
@@ -176,22 +167,12 @@ pub async fn mark_delivered(
     }
     let found = services.store.messages_by_ids(&unique).await?;
     if found.len() != unique.len() {
-        return Err(AppError::NotFound(
-            "one or more messages were not found".into(),
-        ));
+        return Err(AppError::NotFound("one or more messages were not found".into()));
     }
-    if found
-        .iter()
-        .any(|message| message.recipient_id != viewer.user_id)
-    {
-        return Err(AppError::Forbidden(
-            "only the recipient can acknowledge a message".into(),
-        ));
+    if found.iter().any(|message| message.recipient_id != viewer.user_id) {
+        return Err(AppError::Forbidden("only the recipient can acknowledge a message".into()));
     }
-    services
-        .store
-        .mark_delivered(&viewer.user_id, &unique, Utc::now())
-        .await?;
+    services.store.mark_delivered(&viewer.user_id, &unique, Utc::now()).await?;
     let updated = services.store.messages_by_ids(&unique).await?;
     let mut ordered = Vec::with_capacity(unique.len());
     for id in &unique {
@@ -233,17 +214,12 @@ pub async fn history(
     if services.store.user_by_id(other_user_id).await?.is_none() {
         return Err(AppError::NotFound("user not found".into()));
     }
-    let mut messages = services
-        .store
-        .conversation(&viewer.user_id, other_user_id, before_seq, limit + 1)
-        .await?;
+    let mut messages =
+        services.store.conversation(&viewer.user_id, other_user_id, before_seq, limit + 1).await?;
     let has_older = messages.len() > limit;
     messages.truncate(limit);
     messages.reverse();
-    Ok(HistoryPage {
-        messages,
-        has_older,
-    })
+    Ok(HistoryPage { messages, has_older })
 }
 
 const CURSOR_PREFIX: &str = "msg:";
@@ -272,18 +248,10 @@ mod tests {
     fn cursors_round_trip_and_reject_garbage() {
         let cursor = encode_cursor(42);
         assert_eq!(decode_cursor(&cursor).unwrap(), 42);
-        for bad in [
-            "",
-            "!!!",
-            "bXNnOg",
-            &URL_SAFE_NO_PAD.encode("msg:-1"),
-            &URL_SAFE_NO_PAD.encode("x:1"),
-        ] {
-            assert_eq!(
-                decode_cursor(bad).unwrap_err().code(),
-                "BAD_USER_INPUT",
-                "{bad:?}"
-            );
+        for bad in
+            ["", "!!!", "bXNnOg", &URL_SAFE_NO_PAD.encode("msg:-1"), &URL_SAFE_NO_PAD.encode("x:1")]
+        {
+            assert_eq!(decode_cursor(bad).unwrap_err().code(), "BAD_USER_INPUT", "{bad:?}");
         }
     }
 

@@ -2,6 +2,8 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
+use chrono::{DateTime, Utc};
+
 use super::SignedIn;
 use crate::{
     schema::{services, viewer},
@@ -78,13 +80,9 @@ impl AuthMutation {
         input: RegisterInput,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
-        let signed_in = super::register(
-            services,
-            &input.phone_number,
-            &input.username,
-            &input.password,
-        )
-        .await?;
+        let signed_in =
+            super::register(services, &input.phone_number, &input.username, &input.password)
+                .await?;
         Ok(AuthPayload::new(signed_in, "User registered successfully"))
     }
 
@@ -100,13 +98,72 @@ impl AuthMutation {
         Ok(AuthPayload::new(signed_in, "Login successful"))
     }
 
-    /// Ends the session of the token this request carries; the token stops working at once.
-    async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<LogoutPayload> {
+    /// Ends the session of the token this request carries, or with `allSessions: true` every
+    /// session of the caller. The tokens are refused from then on, and websockets opened with
+    /// them are closed with code 4401.
+    async fn logout(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = false)] all_sessions: bool,
+    ) -> async_graphql::Result<LogoutPayload> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        super::logout(services, &viewer).await?;
-        Ok(LogoutPayload {
-            message: "Logged out successfully".into(),
-        })
+        super::logout(services, &viewer, all_sessions).await?;
+        let message =
+            if all_sessions { "Logged out of all sessions" } else { "Logged out successfully" };
+        Ok(LogoutPayload { message: message.into() })
+    }
+
+    /// Ends one of the caller's sessions, for example a lost phone's; its websockets are closed
+    /// with code 4401. `NOT_FOUND` if the caller has no such session.
+    async fn revoke_session(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<LogoutPayload> {
+        let services = services(ctx)?;
+        let viewer = viewer(ctx).await?;
+        super::revoke(services, &viewer, &id).await?;
+        Ok(LogoutPayload { message: "Session revoked".into() })
+    }
+}
+
+/// One signed-in device or browser of the caller.
+#[derive(SimpleObject)]
+#[graphql(name = "Session")]
+pub struct SessionInfo {
+    /// Pass to `revokeSession` to end it.
+    pub id: ID,
+    /// When the user signed in.
+    pub created_at: DateTime<Utc>,
+    /// When the session was last used (to within a minute).
+    pub last_seen_at: DateTime<Utc>,
+    /// When its token expires.
+    pub expires_at: DateTime<Utc>,
+    /// Whether this is the session making the request.
+    pub current: bool,
+}
+
+/// Queries about the caller's sessions.
+#[derive(Default)]
+pub struct SessionQuery;
+
+#[Object]
+impl SessionQuery {
+    /// The caller's live sessions, newest first.
+    async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SessionInfo>> {
+        let services = services(ctx)?;
+        let viewer = viewer(ctx).await?;
+        let sessions = super::list(services, &viewer).await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| SessionInfo {
+                current: session.id == viewer.session_id,
+                id: ID(session.id),
+                created_at: session.created_at,
+                last_seen_at: session.last_seen_at,
+                expires_at: session.expires_at,
+            })
+            .collect())
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod graphql;
 pub mod passwords;
+pub mod sign_in;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -13,10 +14,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::OnceCell;
 
+pub use sign_in::{SignedIn, login, register};
+
 use crate::{
     error::{AppError, AppResult},
     services::Services,
-    users::{NewUser, Password, PhoneNumber, User, Username},
 };
 
 /// A live login of one user on one device.
@@ -28,6 +30,8 @@ pub struct Session {
     pub user_id: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When a request last used it (refreshed at most once a minute).
+    pub last_seen_at: DateTime<Utc>,
     /// When its token stops being accepted.
     pub expires_at: DateTime<Utc>,
 }
@@ -50,110 +54,51 @@ pub struct Viewer {
     pub user_id: String,
     /// The session the caller's token names.
     pub session_id: String,
+    /// When that session (and its token) expires; open websockets close then.
+    pub expires_at: DateTime<Utc>,
 }
 
-/// What a successful registration or login hands back.
-#[derive(Debug, Clone)]
-pub struct SignedIn {
-    /// The access token to present from now on.
-    pub token: String,
-    /// The signed-in user.
-    pub user: User,
-    /// The session the token names.
-    pub session: Session,
-}
-
-/// The same answer for an unknown phone number and a wrong password, so accounts cannot be
-/// discovered through the login form.
-fn bad_credentials() -> AppError {
-    AppError::Unauthenticated("invalid phone number or password".into())
-}
-
-/// Creates an account and signs it in.
-#[tracing::instrument(skip_all)]
-pub async fn register(
-    services: &Services,
-    phone_number: &str,
-    username: &str,
-    password: &str,
-) -> AppResult<SignedIn> {
-    let phone_number = PhoneNumber::parse(phone_number)?;
-    let username = Username::parse(username)?;
-    let password = Password::parse(password)?;
-    if services
-        .store
-        .user_by_phone(phone_number.as_str())
-        .await?
-        .is_some()
-    {
-        return Err(AppError::Conflict(
-            "this phone number is already registered".into(),
-        ));
-    }
-    let password_hash = services.passwords.hash(&password).await?;
-    let user = services
-        .store
-        .create_user(NewUser {
-            phone_number,
-            username,
-            password_hash,
-        })
-        .await?;
-    tracing::info!(user = %user.id, "user registered");
-    start_session(services, user).await
-}
-
-/// Checks a phone number and password and signs the user in.
-#[tracing::instrument(skip_all)]
-pub async fn login(services: &Services, phone_number: &str, password: &str) -> AppResult<SignedIn> {
-    let phone_number = PhoneNumber::parse(phone_number)?;
-    let credentials = services
-        .store
-        .credentials_by_phone(phone_number.as_str())
-        .await?;
-    let Some(credentials) = credentials else {
-        services.passwords.verify_decoy(password).await?;
-        return Err(bad_credentials());
+/// Ends the caller's session, or with `all_sessions` every session of the caller, and closes
+/// the websockets those sessions hold open. Their tokens stop working at once.
+#[tracing::instrument(skip_all, fields(user = %viewer.user_id, all_sessions))]
+pub async fn logout(services: &Services, viewer: &Viewer, all_sessions: bool) -> AppResult<()> {
+    let ended = if all_sessions {
+        services.store.delete_user_sessions(&viewer.user_id).await?
+    } else if services.store.delete_session(&viewer.session_id).await? {
+        vec![viewer.session_id.clone()]
+    } else {
+        Vec::new()
     };
-    if !services
-        .passwords
-        .verify(password, &credentials.password_hash)
-        .await?
-    {
-        return Err(bad_credentials());
-    }
-    start_session(services, credentials.user).await
-}
-
-/// Ends the caller's own session; its token stops working at once.
-#[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
-pub async fn logout(services: &Services, viewer: &Viewer) -> AppResult<()> {
-    services.store.delete_session(&viewer.session_id).await?;
+    services.bus.end_sessions(&ended).await;
     Ok(())
 }
 
-async fn start_session(services: &Services, user: User) -> AppResult<SignedIn> {
+/// The caller's sessions that have not ended or expired, newest first.
+pub async fn list(services: &Services, viewer: &Viewer) -> AppResult<Vec<Session>> {
+    let mut sessions = services.store.user_sessions(&viewer.user_id).await?;
     let now = Utc::now();
-    let expires_at =
-        now + chrono::Duration::from_std(services.tokens.ttl()).map_err(AppError::internal)?;
-    let session = services
-        .store
-        .create_session(NewSession {
-            user_id: user.id.clone(),
-            created_at: now,
-            expires_at,
-        })
-        .await?;
-    let (token, _) = services
-        .tokens
-        .issue(&user.id, &session.id)
-        .map_err(AppError::internal)?;
-    Ok(SignedIn {
-        token,
-        user,
-        session,
-    })
+    sessions.retain(|session| session.expires_at > now);
+    sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+    Ok(sessions)
 }
+
+/// Ends one of the caller's sessions ("log out that other device"). Someone else's session id
+/// is `NOT_FOUND`, exactly like an unknown one.
+#[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+pub async fn revoke(services: &Services, viewer: &Viewer, session_id: &str) -> AppResult<()> {
+    let owned = services.store.session(session_id).await?;
+    if owned.is_none_or(|session| session.user_id != viewer.user_id) {
+        return Err(AppError::NotFound("session not found".into()));
+    }
+    if services.store.delete_session(session_id).await? {
+        services.bus.end_sessions(&[session_id.to_string()]).await;
+    }
+    Ok(())
+}
+
+/// How stale `last_seen_at` may get before a request refreshes it; keeps authentication from
+/// writing to the store on every request.
+const LAST_SEEN_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 /// Turns a presented token into the caller, checking that its session is still live.
 pub async fn authenticate(services: &Services, token: &str) -> AppResult<Viewer> {
@@ -162,18 +107,15 @@ pub async fn authenticate(services: &Services, token: &str) -> AppResult<Viewer>
         tracing::debug!(%error, "token refused");
         refused()
     })?;
-    let session = services
-        .store
-        .session(&claims.sid)
-        .await?
-        .ok_or_else(refused)?;
-    if session.user_id != claims.sub || session.expires_at <= Utc::now() {
+    let session = services.store.session(&claims.sid).await?.ok_or_else(refused)?;
+    let now = Utc::now();
+    if session.user_id != claims.sub || session.expires_at <= now {
         return Err(refused());
     }
-    Ok(Viewer {
-        user_id: session.user_id,
-        session_id: session.id,
-    })
+    if now - session.last_seen_at > LAST_SEEN_RESOLUTION {
+        services.store.touch_session(&session.id, now).await?;
+    }
+    Ok(Viewer { user_id: session.user_id, session_id: session.id, expires_at: session.expires_at })
 }
 
 /// Per-request authentication state: the presented token, checked at most once and only when a
@@ -190,28 +132,19 @@ pub struct RequestAuth {
 impl RequestAuth {
     /// A request that presented `token` (or none).
     pub fn from_token(token: Option<String>) -> Self {
-        RequestAuth {
-            token,
-            viewer: Arc::new(OnceCell::new()),
-        }
+        RequestAuth { token, viewer: Arc::new(OnceCell::new()) }
     }
 
     /// A connection whose caller was already authenticated (a websocket, at `connection_init`).
     pub fn authenticated(viewer: Viewer) -> Self {
-        RequestAuth {
-            token: None,
-            viewer: Arc::new(OnceCell::new_with(Some(viewer))),
-        }
+        RequestAuth { token: None, viewer: Arc::new(OnceCell::new_with(Some(viewer))) }
     }
 
     /// The caller, or `UNAUTHENTICATED`.
     pub async fn viewer(&self, services: &Services) -> AppResult<Viewer> {
         self.viewer
             .get_or_try_init(|| async {
-                let token = self
-                    .token
-                    .as_deref()
-                    .ok_or_else(AppError::unauthenticated)?;
+                let token = self.token.as_deref().ok_or_else(AppError::unauthenticated)?;
                 authenticate(services, token).await
             })
             .await
@@ -233,10 +166,8 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
 /// headers editor), also nested under `headers`.
 pub fn token_from_init_payload(payload: &serde_json::Value) -> Option<String> {
     let object = payload.as_object()?;
-    if let Some(token) = object
-        .get("token")
-        .and_then(|t| t.as_str())
-        .filter(|t| !t.trim().is_empty())
+    if let Some(token) =
+        object.get("token").and_then(|t| t.as_str()).filter(|t| !t.trim().is_empty())
     {
         return Some(token.trim().to_string());
     }
@@ -266,10 +197,7 @@ mod tests {
 
     #[test]
     fn init_payload_tokens() {
-        assert_eq!(
-            token_from_init_payload(&json!({"token": "t1"})).as_deref(),
-            Some("t1")
-        );
+        assert_eq!(token_from_init_payload(&json!({"token": "t1"})).as_deref(), Some("t1"));
         assert_eq!(
             token_from_init_payload(&json!({"Authorization": "Bearer t2"})).as_deref(),
             Some("t2")
@@ -289,9 +217,6 @@ mod tests {
         assert_eq!(token_from_init_payload(&json!({})), None);
         assert_eq!(token_from_init_payload(&json!(null)), None);
         assert_eq!(token_from_init_payload(&json!({"token": 42})), None);
-        assert_eq!(
-            token_from_init_payload(&json!({"Authorization": "t6"})),
-            None
-        );
+        assert_eq!(token_from_init_payload(&json!({"Authorization": "t6"})), None);
     }
 }

@@ -22,10 +22,7 @@ pub struct PasswordHasher {
 impl PasswordHasher {
     /// A hasher using bcrypt work factor `cost`.
     pub fn new(cost: u32) -> Self {
-        PasswordHasher {
-            cost,
-            decoy: Arc::new(OnceCell::new()),
-        }
+        PasswordHasher { cost, decoy: Arc::new(OnceCell::new()) }
     }
 
     /// Hashes a validated password.
@@ -76,10 +73,7 @@ mod tests {
     #[tokio::test]
     async fn hashes_verify_and_mismatches_do_not() {
         let hasher = PasswordHasher::new(4);
-        let hash = hasher
-            .hash(&Password::parse("correct horse").unwrap())
-            .await
-            .unwrap();
+        let hash = hasher.hash(&Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hasher.verify("correct horse", &hash).await.unwrap());
         assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());
         assert!(!hasher.verify("correct horse", "not a hash").await.unwrap());

@@ -54,24 +54,30 @@ impl TokenService {
         }
     }
 
-    /// Issues a token for `user_id`'s session `session_id`, returning it with its expiry.
+    /// When a token issued at `now` expires.
+    pub fn expiry_from(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, TokenError> {
+        chrono::Duration::from_std(self.ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .ok_or_else(|| TokenError("JWT_TTL is out of range".into()))
+    }
+
+    /// Issues a token for `user_id`'s session `session_id` that expires with the session.
     pub fn issue(
         &self,
         user_id: &str,
         session_id: &str,
-    ) -> Result<(String, DateTime<Utc>), TokenError> {
+        expires_at: DateTime<Utc>,
+    ) -> Result<String, TokenError> {
         let now = Utc::now();
-        let expires_at =
-            now + chrono::Duration::from_std(self.ttl).map_err(|e| TokenError(e.to_string()))?;
         let claims = Claims {
             sub: user_id.to_string(),
             sid: session_id.to_string(),
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| TokenError(e.to_string()))?;
-        Ok((token, expires_at))
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| TokenError(e.to_string()))
     }
 
     /// Checks the signature, algorithm and expiry of `token`.
@@ -79,11 +85,6 @@ impl TokenService {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| TokenError(e.to_string()))
-    }
-
-    /// How long new tokens live.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 }
 
@@ -141,26 +142,23 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let service = TokenService::new(SECRET, Duration::from_secs(60));
-        let (token, _) = service.issue("user-1", "session-1").unwrap();
+        let token =
+            service.issue("user-1", "session-1", service.expiry_from(Utc::now()).unwrap()).unwrap();
         let claims = service.verify(&token).unwrap();
-        assert_eq!(
-            (claims.sub.as_str(), claims.sid.as_str()),
-            ("user-1", "session-1")
-        );
+        assert_eq!((claims.sub.as_str(), claims.sid.as_str()), ("user-1", "session-1"));
         assert_eq!(claims.exp - claims.iat, 60);
     }
 
     #[test]
     fn tokens_from_another_secret_or_tampered_are_refused() {
         let service = TokenService::new(SECRET, Duration::from_secs(60));
-        let other = TokenService::new(
-            b"another secret that is long enough!!",
-            Duration::from_secs(60),
-        );
-        let (token, _) = other.issue("user-1", "session-1").unwrap();
+        let other =
+            TokenService::new(b"another secret that is long enough!!", Duration::from_secs(60));
+        let expires_at = service.expiry_from(Utc::now()).unwrap();
+        let token = other.issue("user-1", "session-1", expires_at).unwrap();
         assert!(service.verify(&token).is_err());
 
-        let (token, _) = service.issue("user-1", "session-1").unwrap();
+        let token = service.issue("user-1", "session-1", expires_at).unwrap();
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let forged = STANDARD_NO_PAD
             .encode(br#"{"sub":"user-2","sid":"session-1","iat":1,"exp":99999999999}"#)
@@ -168,6 +166,15 @@ mod tests {
             .replace('/', "_");
         parts[1] = forged;
         assert!(service.verify(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        let token = service
+            .issue("user-1", "session-1", Utc::now() - chrono::Duration::seconds(1))
+            .unwrap();
+        assert!(service.verify(&token).is_err());
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id: &str) -> StoreResult<Option<Session>>;
     /// Ends a session; returns whether it existed.
     async fn delete_session(&self, id: &str) -> StoreResult<bool>;
+    /// Ends every session of a user; returns the ids that were ended.
+    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>>;
+    /// Every session of a user that has not been ended (expired ones included).
+    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>>;
+    /// Records that a session was used at `at`.
+    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
 
     /// Stores a message, or returns the sender's earlier one with the same
     /// `client_message_id`.

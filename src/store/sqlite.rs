@@ -33,8 +33,9 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE TABLE sessions (
         id         TEXT PRIMARY KEY,
         user_id    TEXT NOT NULL REFERENCES users(id),
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL
+        created_at   INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL
     );
     CREATE INDEX sessions_by_user ON sessions(user_id);
     CREATE TABLE messages (
@@ -54,6 +55,7 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX messages_by_conversation ON messages(conversation, seq);
 "#];
 
+const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
 const USER_COLUMNS: &str = "id, phone_number, username, created_at";
 const MESSAGE_COLUMNS: &str =
     "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at";
@@ -98,9 +100,7 @@ impl SqliteStore {
                 ))
                 .map_err(internal)?;
         }
-        Ok(SqliteStore {
-            connection: Arc::new(Mutex::new(connection)),
-        })
+        Ok(SqliteStore { connection: Arc::new(Mutex::new(connection)) })
     }
 
     /// Runs `work` on the connection on the blocking pool.
@@ -177,17 +177,14 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         id: row.get(0)?,
         user_id: row.get(1)?,
         created_at: time(row.get(2)?),
-        expires_at: time(row.get(3)?),
+        last_seen_at: time(row.get(3)?),
+        expires_at: time(row.get(4)?),
     })
 }
 
 /// The key both directions of a conversation share, so one index serves its history.
 fn conversation_key(a: &str, b: &str) -> String {
-    if a <= b {
-        format!("{a}|{b}")
-    } else {
-        format!("{b}|{a}")
-    }
+    if a <= b { format!("{a}|{b}") } else { format!("{b}|{a}") }
 }
 
 fn new_id() -> String {
@@ -211,8 +208,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
-            .await
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql)).await
     }
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
@@ -276,12 +272,7 @@ impl Store for SqliteStore {
             c.query_row(
                 &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE phone_number = ?1"),
                 [phone_number],
-                |row| {
-                    Ok(UserCredentials {
-                        user: user_from_row(row)?,
-                        password_hash: row.get(4)?,
-                    })
-                },
+                |row| Ok(UserCredentials { user: user_from_row(row)?, password_hash: row.get(4)? }),
             )
             .optional()
             .map_err(sql)
@@ -291,15 +282,23 @@ impl Store for SqliteStore {
 
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
         self.call(move |c| {
+            let created_at = time(millis(session.created_at));
             let stored = Session {
                 id: new_id(),
                 user_id: session.user_id,
-                created_at: time(millis(session.created_at)),
+                created_at,
+                last_seen_at: created_at,
                 expires_at: time(millis(session.expires_at)),
             };
             c.execute(
-                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![stored.id, stored.user_id, millis(stored.created_at), millis(stored.expires_at)],
+                &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![
+                    stored.id,
+                    stored.user_id,
+                    millis(stored.created_at),
+                    millis(stored.last_seen_at),
+                    millis(stored.expires_at)
+                ],
             )
             .map_err(sql)?;
             Ok(stored)
@@ -311,7 +310,7 @@ impl Store for SqliteStore {
         let id = id.to_string();
         self.call(move |c| {
             c.query_row(
-                "SELECT id, user_id, created_at, expires_at FROM sessions WHERE id = ?1",
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
                 [id],
                 session_from_row,
             )
@@ -324,9 +323,46 @@ impl Store for SqliteStore {
     async fn delete_session(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_string();
         self.call(move |c| {
-            Ok(c.execute("DELETE FROM sessions WHERE id = ?1", [id])
-                .map_err(sql)?
-                > 0)
+            Ok(c.execute("DELETE FROM sessions WHERE id = ?1", [id]).map_err(sql)? > 0)
+        })
+        .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.call(move |c| {
+            let mut statement = c
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
+                .map_err(sql)?;
+            let ids = statement.query_map([user_id], |row| row.get(0)).map_err(sql)?;
+            ids.collect::<rusqlite::Result<Vec<String>>>().map_err(sql)
+        })
+        .await
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+        let user_id = user_id.to_string();
+        self.call(move |c| {
+            let mut statement = c
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1"
+                ))
+                .map_err(sql)?;
+            let sessions = statement.query_map([user_id], session_from_row).map_err(sql)?;
+            sessions.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+        .await
+    }
+
+    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE sessions SET last_seen_at = ?1 WHERE id = ?2",
+                params![millis(at), id],
+            )
+            .map(drop)
+            .map_err(sql)
         })
         .await
     }
@@ -433,9 +469,7 @@ impl Store for SqliteStore {
                     )
                     .map_err(sql)?;
                 for id in &ids {
-                    statement
-                        .execute(params![millis(at), id, recipient_id])
-                        .map_err(sql)?;
+                    statement.execute(params![millis(at), id, recipient_id]).map_err(sql)?;
                 }
             }
             transaction.commit().map_err(sql)

@@ -169,15 +169,9 @@ mod tests {
 
     #[test]
     fn malformed_phone_numbers_are_refused() {
-        for bad in [
-            "",
-            "12025550143",
-            "+",
-            "+1234",
-            "+1202555014312345",
-            "+1202abc0143",
-            "+0123456789",
-        ] {
+        for bad in
+            ["", "12025550143", "+", "+1234", "+1202555014312345", "+1202abc0143", "+0123456789"]
+        {
             let error = PhoneNumber::parse(bad).unwrap_err();
             assert_eq!(error.code(), "BAD_USER_INPUT", "{bad:?}");
         }
@@ -200,9 +194,6 @@ mod tests {
         assert!(Password::parse(&"a".repeat(72)).is_err());
         // 24 three-byte characters: only 24 characters, but 72 bytes.
         assert!(Password::parse(&"€".repeat(24)).is_err());
-        assert_eq!(
-            format!("{:?}", Password::parse("long enough").unwrap()),
-            "Password(***)"
-        );
+        assert_eq!(format!("{:?}", Password::parse("long enough").unwrap()), "Password(***)");
     }
 }

@@ -30,11 +30,7 @@ async fn register_returns_a_working_token_and_the_user() {
     assert_eq!(payload["profileId"], payload["user"]["id"]);
 
     let me = app
-        .graphql(
-            "{ me { id username phoneNumber } }",
-            json!({}),
-            payload["token"].as_str(),
-        )
+        .graphql("{ me { id username phoneNumber } }", json!({}), payload["token"].as_str())
         .await;
     assert_eq!(me["data"]["me"]["id"], payload["profileId"]);
     assert_eq!(me["data"]["me"]["username"], "alice");
@@ -67,12 +63,7 @@ async fn invalid_registration_details_are_refused_and_nothing_is_stored() {
         let body = app.graphql(REGISTER, json!({ "input": input }), None).await;
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{input}");
     }
-    let user = app
-        .services
-        .store
-        .user_by_phone("+12025550143")
-        .await
-        .unwrap();
+    let user = app.services.store.user_by_phone("+12025550143").await.unwrap();
     assert!(user.is_none(), "a refused registration stored a user");
 }
 
@@ -90,9 +81,7 @@ async fn login_works_with_the_right_password() {
     let payload = &body["data"]["login"];
     assert_eq!(payload["profileId"], alice.id.as_str());
     assert_eq!(payload["message"], "Login successful");
-    let me = app
-        .graphql("{ me { id } }", json!({}), payload["token"].as_str())
-        .await;
+    let me = app.graphql("{ me { id } }", json!({}), payload["token"].as_str()).await;
     assert_eq!(me["data"]["me"]["id"], alice.id.as_str());
 }
 
@@ -115,10 +104,7 @@ async fn wrong_password_and_unknown_number_get_the_same_answer() {
         )
         .await;
     assert_eq!(error_code(&wrong_password), "UNAUTHENTICATED");
-    assert_eq!(
-        wrong_password["errors"][0]["message"],
-        unknown_number["errors"][0]["message"]
-    );
+    assert_eq!(wrong_password["errors"][0]["message"], unknown_number["errors"][0]["message"]);
     assert_eq!(
         wrong_password["errors"][0]["extensions"],
         unknown_number["errors"][0]["extensions"]
@@ -129,25 +115,16 @@ async fn wrong_password_and_unknown_number_get_the_same_answer() {
 async fn me_requires_a_valid_token() {
     let app = spawn_app().await;
     let alice = app.register("+12025550143", "alice").await;
+    assert_eq!(error_code(&app.graphql("{ me { id } }", json!({}), None).await), "UNAUTHENTICATED");
     assert_eq!(
-        error_code(&app.graphql("{ me { id } }", json!({}), None).await),
-        "UNAUTHENTICATED"
-    );
-    assert_eq!(
-        error_code(
-            &app.graphql("{ me { id } }", json!({}), Some("not.a.jwt"))
-                .await
-        ),
+        error_code(&app.graphql("{ me { id } }", json!({}), Some("not.a.jwt")).await),
         "UNAUTHENTICATED"
     );
     let mut tampered = alice.token.clone();
     tampered.pop();
     tampered.push(if alice.token.ends_with('A') { 'B' } else { 'A' });
     assert_eq!(
-        error_code(
-            &app.graphql("{ me { id } }", json!({}), Some(&tampered))
-                .await
-        ),
+        error_code(&app.graphql("{ me { id } }", json!({}), Some(&tampered)).await),
         "UNAUTHENTICATED"
     );
 }
@@ -165,21 +142,11 @@ async fn logout_makes_the_token_unusable_but_not_other_sessions() {
         .await;
     let second_token = second["data"]["login"]["token"].as_str().unwrap();
 
-    let body = app
-        .graphql(
-            "mutation { logout { message } }",
-            json!({}),
-            Some(&alice.token),
-        )
-        .await;
+    let body = app.graphql("mutation { logout { message } }", json!({}), Some(&alice.token)).await;
     assert_eq!(body["data"]["logout"]["message"], "Logged out successfully");
-    let after = app
-        .graphql("{ me { id } }", json!({}), Some(&alice.token))
-        .await;
+    let after = app.graphql("{ me { id } }", json!({}), Some(&alice.token)).await;
     assert_eq!(error_code(&after), "UNAUTHENTICATED");
-    let other = app
-        .graphql("{ me { id } }", json!({}), Some(second_token))
-        .await;
+    let other = app.graphql("{ me { id } }", json!({}), Some(second_token)).await;
     assert_eq!(other["data"]["me"]["id"], alice.id.as_str());
 }
 
@@ -199,11 +166,7 @@ async fn users_can_be_found_by_id_and_phone_number() {
     assert_eq!(body["data"]["userByPhoneNumber"]["id"], bob.id.as_str());
     assert!(body["data"]["missing"].is_null());
     let anonymous = app
-        .graphql(
-            "query($id: ID!) { user(id: $id) { id } }",
-            json!({ "id": bob.id }),
-            None,
-        )
+        .graphql("query($id: ID!) { user(id: $id) { id } }", json!({ "id": bob.id }), None)
         .await;
     assert_eq!(error_code(&anonymous), "UNAUTHENTICATED");
 }

@@ -70,9 +70,7 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>) -> TestApp {
     })
     .expect("test config");
     let app = chatapp::build(&config).await.expect("app builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
     let server = tokio::spawn(chatapp::serve(listener, app.router, async {
@@ -100,10 +98,7 @@ impl TestApp {
         }
         if let Some(mut server) = self.server.take() {
             // Upgraded websockets may outlive graceful shutdown; do not wait on them forever.
-            if tokio::time::timeout(Duration::from_secs(5), &mut server)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
                 server.abort();
             }
         }
@@ -176,9 +171,8 @@ impl TestApp {
 
     /// Opens a graphql-transport-ws connection authenticated with `{ "token": ... }`.
     pub async fn ws(&self, user: &TestUser) -> WsClient {
-        let mut client = WsClient::connect(self, "graphql-transport-ws")
-            .await
-            .expect("websocket connects");
+        let mut client =
+            WsClient::connect(self, "graphql-transport-ws").await.expect("websocket connects");
         let reply = client.init(json!({ "token": user.token })).await;
         assert_eq!(reply, Incoming::Json(json!({ "type": "connection_ack" })));
         client
@@ -204,25 +198,20 @@ impl WsClient {
         protocol: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut request = format!("ws://{}/graphql", app.address).into_client_request()?;
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_str(protocol).unwrap(),
-        );
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).unwrap());
         let (socket, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(WsClient { socket })
     }
 
     pub async fn send_json(&mut self, value: Value) {
-        self.socket
-            .send(WsMessage::text(value.to_string()))
-            .await
-            .expect("websocket send");
+        self.socket.send(WsMessage::text(value.to_string())).await.expect("websocket send");
     }
 
     /// Sends `connection_init` and returns the server's answer.
     pub async fn init(&mut self, payload: Value) -> Incoming {
-        self.send_json(json!({ "type": "connection_init", "payload": payload }))
-            .await;
+        self.send_json(json!({ "type": "connection_init", "payload": payload })).await;
         self.recv().await
     }
 
@@ -267,10 +256,7 @@ impl WsClient {
     pub async fn next_message(&mut self, id: &str) -> Value {
         match self.recv().await {
             Incoming::Json(value) if value["type"] == "next" && value["id"] == id => {
-                assert!(
-                    value["payload"]["errors"].is_null(),
-                    "subscription error: {value}"
-                );
+                assert!(value["payload"]["errors"].is_null(), "subscription error: {value}");
                 value["payload"]["data"]["messageReceived"].clone()
             }
             other => panic!("expected a message on {id}, got {other:?}"),

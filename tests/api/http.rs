@@ -16,31 +16,18 @@ async fn healthz_reports_a_reachable_store() {
 #[tokio::test]
 async fn a_browser_gets_graphiql_wired_for_subscriptions() {
     let app = spawn_app().await;
-    let response = app
-        .http
-        .get(app.url("/graphql"))
-        .header("accept", "text/html")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.http.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap();
     assert_eq!(response.status(), 200);
     let page = response.text().await.unwrap();
     assert!(page.contains("GraphiQL"), "not a GraphiQL page");
-    assert!(
-        page.contains("subscriptionUrl"),
-        "GraphiQL has no websocket URL"
-    );
+    assert!(page.contains("subscriptionUrl"), "GraphiQL has no websocket URL");
 }
 
 #[tokio::test]
 async fn queries_work_over_get_but_mutations_do_not() {
     let app = spawn_app().await;
-    let response = app
-        .http
-        .get(app.url("/graphql?query=%7B__typename%7D"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.http.get(app.url("/graphql?query=%7B__typename%7D")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["data"]["__typename"], "Query");
@@ -66,10 +53,7 @@ async fn batched_requests_are_answered_in_order() {
         .unwrap();
     let body: Value = response.json().await.unwrap();
     assert_eq!(body[0]["data"]["__typename"], "Query");
-    assert_eq!(
-        body[1]["errors"][0]["extensions"]["code"],
-        "UNAUTHENTICATED"
-    );
+    assert_eq!(body[1]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
 }
 
 /// `schema.graphql` is what frontends generate typed clients from; it must match the server.
@@ -92,13 +76,8 @@ fn schema_file_is_in_sync() {
 #[tokio::test]
 async fn the_served_schema_matches_the_sdl() {
     let app = spawn_app().await;
-    let body = app
-        .graphql(
-            "{ __type(name: \"Message\") { fields { name } } }",
-            json!({}),
-            None,
-        )
-        .await;
+    let body =
+        app.graphql("{ __type(name: \"Message\") { fields { name } } }", json!({}), None).await;
     let fields: Vec<&str> = body["data"]["__type"]["fields"]
         .as_array()
         .unwrap()

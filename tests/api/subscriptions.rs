@@ -7,10 +7,7 @@ use serde_json::json;
 use crate::helpers::{Incoming, TestApp, TestUser, WsClient, spawn_app, spawn_app_in};
 
 async fn two_users(app: &TestApp) -> (TestUser, TestUser) {
-    (
-        app.register("+12025550143", "alice").await,
-        app.register("+12025550144", "bob").await,
-    )
+    (app.register("+12025550143", "alice").await, app.register("+12025550144", "bob").await)
 }
 
 #[tokio::test]
@@ -45,10 +42,7 @@ async fn acknowledged_messages_are_not_replayed_but_the_rest_are() {
     let second = app.send_ok(&alice, &bob, "second").await;
     let third = app.send_ok(&alice, &bob, "third").await;
     let body = app
-        .mark_delivered(
-            &bob,
-            &[first["id"].as_str().unwrap(), third["id"].as_str().unwrap()],
-        )
+        .mark_delivered(&bob, &[first["id"].as_str().unwrap(), third["id"].as_str().unwrap()])
         .await;
     assert!(body["errors"].is_null(), "{body}");
 
@@ -71,12 +65,8 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
     let (alice, bob) = two_users(&app).await;
 
     let sender = {
-        let (http, url, token, bob_id) = (
-            app.http.clone(),
-            app.url("/graphql"),
-            alice.token.clone(),
-            bob.id.clone(),
-        );
+        let (http, url, token, bob_id) =
+            (app.http.clone(), app.url("/graphql"), alice.token.clone(), bob.id.clone());
         tokio::spawn(async move {
             let sends = (0..COUNT).map(|i| {
                 let request = http.post(&url).bearer_auth(&token).json(&json!({
@@ -93,15 +83,7 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
     };
     // Subscribe once the burst is under way, so some messages are in the backlog and some
     // arrive while the backlog is being read.
-    while app
-        .services
-        .store
-        .undelivered_messages(&bob.id, 0, COUNT)
-        .await
-        .unwrap()
-        .len()
-        < 20
-    {
+    while app.services.store.undelivered_messages(&bob.id, 0, COUNT).await.unwrap().len() < 20 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut bob_ws = app.ws(&bob).await;
@@ -109,12 +91,7 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
 
     let mut received = Vec::new();
     for _ in 0..COUNT {
-        received.push(
-            bob_ws.next_message("burst").await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        received.push(bob_ws.next_message("burst").await["id"].as_str().unwrap().to_string());
     }
     let sent: HashSet<String> = sender.await.unwrap().into_iter().collect();
     let unique: HashSet<String> = received.iter().cloned().collect();
@@ -147,9 +124,7 @@ async fn a_restart_keeps_the_backlog_and_the_tokens() {
     app.stop().await;
 
     let app = spawn_app_in(data_dir).await;
-    let me = app
-        .graphql("{ me { id } }", json!({}), Some(&bob.token))
-        .await;
+    let me = app.graphql("{ me { id } }", json!({}), Some(&bob.token)).await;
     assert_eq!(me["data"]["me"]["id"], bob.id.as_str(), "{me}");
     let mut bob_ws = app.ws(&bob).await;
     bob_ws.subscribe_messages("1").await;
@@ -163,24 +138,15 @@ async fn the_authorization_key_works_in_any_case() {
     let app = spawn_app().await;
     let (alice, bob) = two_users(&app).await;
     for key in ["Authorization", "authorization"] {
-        let mut client = WsClient::connect(&app, "graphql-transport-ws")
-            .await
-            .unwrap();
-        let reply = client
-            .init(json!({ key: format!("Bearer {}", bob.token) }))
-            .await;
-        assert_eq!(
-            reply,
-            Incoming::Json(json!({ "type": "connection_ack" })),
-            "key {key}"
-        );
+        let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
+        let reply = client.init(json!({ key: format!("Bearer {}", bob.token) })).await;
+        assert_eq!(reply, Incoming::Json(json!({ "type": "connection_ack" })), "key {key}");
         client.subscribe_messages("1").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let message = app.send_ok(&alice, &bob, key).await;
         assert_eq!(client.next_message("1").await["id"], message["id"]);
         // Acknowledge it, so the next connection does not get it replayed.
-        app.mark_delivered(&bob, &[message["id"].as_str().unwrap()])
-            .await;
+        app.mark_delivered(&bob, &[message["id"].as_str().unwrap()]).await;
         client.close().await;
     }
 }
@@ -191,12 +157,7 @@ async fn a_websocket_without_a_valid_token_is_refused() {
     let (_alice, bob) = two_users(&app).await;
     let mut logged_out = bob.clone();
     logged_out.token = app.register("+12025550145", "carol").await.token;
-    app.graphql(
-        "mutation { logout { message } }",
-        json!({}),
-        Some(&logged_out.token),
-    )
-    .await;
+    app.graphql("mutation { logout { message } }", json!({}), Some(&logged_out.token)).await;
 
     for payload in [
         json!({}),
@@ -204,19 +165,12 @@ async fn a_websocket_without_a_valid_token_is_refused() {
         json!({ "Authorization": "Bearer not-a-jwt" }),
         json!({ "token": logged_out.token }),
     ] {
-        let mut client = WsClient::connect(&app, "graphql-transport-ws")
-            .await
-            .unwrap();
+        let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
         let reply = client.init(payload.clone()).await;
-        assert!(
-            matches!(reply, Incoming::Closed(_)),
-            "{payload} was let in: {reply:?}"
-        );
+        assert!(matches!(reply, Incoming::Closed(_)), "{payload} was let in: {reply:?}");
     }
     // Subscribing without connection_init at all gets nothing either.
-    let mut client = WsClient::connect(&app, "graphql-transport-ws")
-        .await
-        .unwrap();
+    let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
     client.subscribe_messages("1").await;
     assert!(matches!(client.recv().await, Incoming::Closed(_)));
 }

@@ -66,11 +66,7 @@ async fn send(
     to: &User,
     content: &str,
 ) -> chatapp::messages::Message {
-    match store
-        .insert_message(message(from, to, content, None))
-        .await
-        .unwrap()
-    {
+    match store.insert_message(message(from, to, content, None)).await.unwrap() {
         Inserted::Created(message) => message,
         Inserted::Existing(_) => panic!("a message without client id was deduplicated"),
     }
@@ -85,27 +81,14 @@ async fn phone_numbers_are_unique(store: Arc<dyn Store>) {
             password_hash: "x".into(),
         })
         .await;
-    assert!(
-        matches!(duplicate, Err(StoreError::Conflict(_))),
-        "{duplicate:?}"
-    );
+    assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
 }
 
 async fn users_are_found_by_id_and_phone(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
-    assert_eq!(
-        store.user_by_id(&alice.id).await.unwrap().as_ref(),
-        Some(&alice)
-    );
-    assert_eq!(
-        store.user_by_phone("+12025550143").await.unwrap().as_ref(),
-        Some(&alice)
-    );
-    let credentials = store
-        .credentials_by_phone("+12025550143")
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(store.user_by_id(&alice.id).await.unwrap().as_ref(), Some(&alice));
+    assert_eq!(store.user_by_phone("+12025550143").await.unwrap().as_ref(), Some(&alice));
+    let credentials = store.credentials_by_phone("+12025550143").await.unwrap().unwrap();
     assert_eq!(credentials.user, alice);
     assert_eq!(credentials.password_hash, "$2b$04$hash");
     assert!(store.user_by_id("missing").await.unwrap().is_none());
@@ -120,25 +103,16 @@ async fn backlog_is_undelivered_messages_in_send_order(store: Arc<dyn Store>) {
         sent.push(send(&*store, &alice, &bob, &format!("m{i}")).await);
     }
     send(&*store, &bob, &alice, "not for bob").await;
-    assert!(
-        sent.windows(2).all(|pair| pair[0].seq < pair[1].seq),
-        "seq grows in send order"
-    );
+    assert!(sent.windows(2).all(|pair| pair[0].seq < pair[1].seq), "seq grows in send order");
 
     let all = store.undelivered_messages(&bob.id, 0, 100).await.unwrap();
     assert_eq!(all, sent);
     let first_page = store.undelivered_messages(&bob.id, 0, 3).await.unwrap();
     assert_eq!(first_page, sent[..3]);
-    let next_page = store
-        .undelivered_messages(&bob.id, first_page[2].seq, 3)
-        .await
-        .unwrap();
+    let next_page = store.undelivered_messages(&bob.id, first_page[2].seq, 3).await.unwrap();
     assert_eq!(next_page, sent[3..6]);
 
-    store
-        .mark_delivered(&bob.id, &[sent[1].id.clone()], Utc::now())
-        .await
-        .unwrap();
+    store.mark_delivered(&bob.id, &[sent[1].id.clone()], Utc::now()).await.unwrap();
     let remaining: Vec<String> = store
         .undelivered_messages(&bob.id, 0, 100)
         .await
@@ -160,70 +134,37 @@ async fn acknowledgement_only_touches_the_recipients_messages(store: Arc<dyn Sto
     store.mark_delivered(&bob.id, &ids, first).await.unwrap();
     let found = store.messages_by_ids(&ids).await.unwrap();
     let by_id = |id: &str| found.iter().find(|m| m.id == id).unwrap().clone();
-    let delivered_at = by_id(&to_bob.id)
-        .delivered_at
-        .expect("bob's message is acknowledged");
+    let delivered_at = by_id(&to_bob.id).delivered_at.expect("bob's message is acknowledged");
     assert!((delivered_at - first).num_milliseconds().abs() < 1000);
-    assert!(
-        by_id(&to_alice.id).delivered_at.is_none(),
-        "bob acknowledged alice's message"
-    );
+    assert!(by_id(&to_alice.id).delivered_at.is_none(), "bob acknowledged alice's message");
 
-    store
-        .mark_delivered(&bob.id, &ids, first + Duration::hours(1))
-        .await
-        .unwrap();
-    let again = store
-        .messages_by_ids(std::slice::from_ref(&to_bob.id))
-        .await
-        .unwrap();
+    store.mark_delivered(&bob.id, &ids, first + Duration::hours(1)).await.unwrap();
+    let again = store.messages_by_ids(std::slice::from_ref(&to_bob.id)).await.unwrap();
     assert_eq!(
         again[0].delivered_at,
         Some(delivered_at),
         "a second acknowledgement changes nothing"
     );
-    assert!(
-        store
-            .messages_by_ids(&["missing".to_string()])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.messages_by_ids(&["missing".to_string()]).await.unwrap().is_empty());
 }
 
 async fn a_client_message_id_is_stored_once_per_sender(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
     let bob = user(&*store, "+12025550144").await;
-    let Inserted::Created(original) = store
-        .insert_message(message(&alice, &bob, "once", Some("k1")))
-        .await
-        .unwrap()
+    let Inserted::Created(original) =
+        store.insert_message(message(&alice, &bob, "once", Some("k1"))).await.unwrap()
     else {
         panic!("first insert must create");
     };
-    match store
-        .insert_message(message(&alice, &bob, "changed text", Some("k1")))
-        .await
-        .unwrap()
-    {
+    match store.insert_message(message(&alice, &bob, "changed text", Some("k1"))).await.unwrap() {
         Inserted::Existing(existing) => assert_eq!(existing, original),
         Inserted::Created(_) => panic!("the retry stored a copy"),
     }
     assert!(matches!(
-        store
-            .insert_message(message(&bob, &alice, "once", Some("k1")))
-            .await
-            .unwrap(),
+        store.insert_message(message(&bob, &alice, "once", Some("k1"))).await.unwrap(),
         Inserted::Created(_)
     ));
-    assert_eq!(
-        store
-            .undelivered_messages(&bob.id, 0, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(store.undelivered_messages(&bob.id, 0, 10).await.unwrap().len(), 1);
 }
 
 async fn conversation_pages_newest_first(store: Arc<dyn Store>) {
@@ -232,28 +173,15 @@ async fn conversation_pages_newest_first(store: Arc<dyn Store>) {
     let carol = user(&*store, "+12025550145").await;
     let mut sent = Vec::new();
     for i in 0..5 {
-        let (from, to) = if i % 2 == 0 {
-            (&alice, &bob)
-        } else {
-            (&bob, &alice)
-        };
+        let (from, to) = if i % 2 == 0 { (&alice, &bob) } else { (&bob, &alice) };
         sent.push(send(&*store, from, to, &format!("m{i}")).await);
     }
     send(&*store, &carol, &alice, "elsewhere").await;
 
-    let newest = store
-        .conversation(&alice.id, &bob.id, None, 2)
-        .await
-        .unwrap();
+    let newest = store.conversation(&alice.id, &bob.id, None, 2).await.unwrap();
     assert_eq!(newest, vec![sent[4].clone(), sent[3].clone()]);
-    let older = store
-        .conversation(&bob.id, &alice.id, Some(newest[1].seq), 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        older,
-        vec![sent[2].clone(), sent[1].clone(), sent[0].clone()]
-    );
+    let older = store.conversation(&bob.id, &alice.id, Some(newest[1].seq), 10).await.unwrap();
+    assert_eq!(older, vec![sent[2].clone(), sent[1].clone(), sent[0].clone()]);
 }
 
 async fn sessions_can_be_created_read_and_deleted(store: Arc<dyn Store>) {
@@ -276,10 +204,7 @@ async fn sessions_can_be_created_read_and_deleted(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_ne!(session.id, other.id);
-    assert_eq!(
-        store.session(&session.id).await.unwrap(),
-        Some(session.clone())
-    );
+    assert_eq!(store.session(&session.id).await.unwrap(), Some(session.clone()));
     assert!(store.delete_session(&session.id).await.unwrap());
     assert!(!store.delete_session(&session.id).await.unwrap());
     assert!(store.session(&session.id).await.unwrap().is_none());

@@ -1,0 +1,291 @@
+//! The GraphQL websocket connection: our own serve loop, so that every close code of the
+//! `graphql-ws` protocol is sent exactly when the protocol says, and so that a connection ends
+//! when its session does (logout, revocation) or when its token expires.
+//!
+//! One task per connection runs [`serve`]: it reads client frames, runs operations through the
+//! schema, forwards their results, and watches four clocks and signals at once: the
+//! `connection_init` deadline, the keep-alive interval, the token's expiry, and the bus event
+//! that says the session was ended.
+
+pub mod protocol;
+
+use std::{pin::Pin, time::Duration};
+
+use async_graphql::Response;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chrono::Utc;
+use futures::{StreamExt, stream::BoxStream};
+use serde_json::Value;
+use tokio::time::{Instant, Sleep};
+use tokio_stream::StreamMap;
+
+use self::protocol::{ClientMessage, Protocol, close};
+use crate::{
+    bus::BusSubscription,
+    schema::AppSchema,
+    services::Services,
+    sessions::{self, RequestAuth, Viewer},
+};
+
+/// Timings of a websocket connection.
+#[derive(Debug, Clone, Copy)]
+pub struct WebsocketSettings {
+    /// How long a client has to send `connection_init` (`WS_INIT_TIMEOUT`).
+    pub init_timeout: Duration,
+    /// How often the server pings (`WS_PING_INTERVAL`). A client that sends nothing at all for
+    /// two intervals is considered dead and dropped.
+    pub ping_interval: Duration,
+}
+
+/// Why the loop stopped.
+enum Stop {
+    /// Send `farewell` if any, then close with this code and reason.
+    Close { code: u16, reason: &'static str, farewell: Option<Value> },
+    /// The peer went away; nothing to send.
+    Gone,
+}
+
+impl Stop {
+    fn close(code: u16, reason: &'static str) -> Self {
+        Stop::Close { code, reason, farewell: None }
+    }
+}
+
+/// Results of one running operation; `None` marks its end.
+type Operation = BoxStream<'static, Option<Response>>;
+
+/// Serves one upgraded websocket until it closes.
+pub async fn serve(
+    mut socket: WebSocket,
+    protocol: Protocol,
+    schema: AppSchema,
+    services: Services,
+    settings: WebsocketSettings,
+) {
+    let mut connection = Connection {
+        protocol,
+        schema,
+        services,
+        viewer: None,
+        initialised: false,
+        session_watch: None,
+        expiry: None,
+        operations: StreamMap::new(),
+    };
+    let stop = connection.run(&mut socket, settings).await;
+    if let Stop::Close { code, reason, farewell } = stop {
+        if let Some(message) = farewell {
+            let _ = socket.send(Message::Text(message.to_string().into())).await;
+        }
+        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    }
+}
+
+struct Connection {
+    protocol: Protocol,
+    schema: AppSchema,
+    services: Services,
+    /// The authenticated caller, from `connection_init` on.
+    viewer: Option<Viewer>,
+    /// Whether `connection_init` was received (a second one is refused even if the first failed).
+    initialised: bool,
+    /// Fires when the caller's session is ended.
+    session_watch: Option<BusSubscription>,
+    /// Fires when the caller's token expires.
+    expiry: Option<Pin<Box<Sleep>>>,
+    /// Running operations by client-chosen id.
+    operations: StreamMap<String, Operation>,
+}
+
+impl Connection {
+    async fn run(&mut self, socket: &mut WebSocket, settings: WebsocketSettings) -> Stop {
+        let init_deadline = tokio::time::sleep(settings.init_timeout);
+        tokio::pin!(init_deadline);
+        let mut keepalive = tokio::time::interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        let mut last_heard = Instant::now();
+        loop {
+            let step = tokio::select! {
+                frame = socket.recv() => match frame {
+                    Some(Ok(frame)) => {
+                        last_heard = Instant::now();
+                        self.on_frame(frame).await
+                    }
+                    _ => Err(Stop::Gone),
+                },
+                Some((id, result)) = self.operations.next(), if !self.operations.is_empty() => {
+                    Ok(self.on_result(&id, result))
+                }
+                () = &mut init_deadline, if !self.initialised => {
+                    Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
+                }
+                () = session_ended(&mut self.session_watch) => {
+                    Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
+                }
+                () = expired(&mut self.expiry) => {
+                    Err(Stop::close(close::FORBIDDEN, "Token expired"))
+                }
+                _ = keepalive.tick() => {
+                    if last_heard.elapsed() > settings.ping_interval * 2 {
+                        Err(Stop::close(close::KEEPALIVE_TIMEOUT, "Keep-alive timeout"))
+                    } else {
+                        Ok(vec![protocol::keepalive(self.protocol)])
+                    }
+                }
+            };
+            match step {
+                Ok(replies) => {
+                    for reply in replies {
+                        if socket.send(Message::Text(reply.to_string().into())).await.is_err() {
+                            return Stop::Gone;
+                        }
+                    }
+                }
+                Err(stop) => return stop,
+            }
+        }
+    }
+
+    /// Handles one frame from the client, returning the messages to send back.
+    async fn on_frame(&mut self, frame: Message) -> Result<Vec<Value>, Stop> {
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Close(_) => return Err(Stop::Gone),
+            Message::Binary(_) => {
+                return Err(Stop::close(close::BAD_REQUEST, "Binary frames are not supported"));
+            }
+            // Websocket-level pings are answered by the library; both only prove liveness.
+            Message::Ping(_) | Message::Pong(_) => return Ok(Vec::new()),
+        };
+        let Some(message) = ClientMessage::parse(text.as_str(), self.protocol) else {
+            return Err(Stop::close(close::BAD_REQUEST, "Invalid message received"));
+        };
+        match message {
+            ClientMessage::ConnectionInit { payload } => {
+                self.on_init(payload.unwrap_or_default()).await
+            }
+            ClientMessage::Subscribe { id, payload } | ClientMessage::Start { id, payload } => {
+                self.on_subscribe(id, *payload)
+            }
+            ClientMessage::Complete { id } => {
+                self.operations.remove(&id);
+                Ok(Vec::new())
+            }
+            ClientMessage::Stop { id } => {
+                let stopped = self.operations.remove(&id).is_some();
+                Ok(if stopped { vec![protocol::complete(&id)] } else { Vec::new() })
+            }
+            ClientMessage::Ping { .. } => Ok(vec![protocol::pong()]),
+            ClientMessage::Pong { .. } => Ok(Vec::new()),
+            ClientMessage::ConnectionTerminate => Err(Stop::close(close::NORMAL, "Terminated")),
+        }
+    }
+
+    async fn on_init(&mut self, payload: Value) -> Result<Vec<Value>, Stop> {
+        if self.initialised {
+            return Err(Stop::close(close::TOO_MANY_INITS, "Too many initialisation requests"));
+        }
+        self.initialised = true;
+        match self.authenticate(&payload).await {
+            Some(viewer) => {
+                let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
+                self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
+                self.viewer = Some(viewer);
+                let mut replies = vec![protocol::ack()];
+                if self.protocol == Protocol::Legacy {
+                    replies.push(protocol::keepalive(Protocol::Legacy));
+                }
+                Ok(replies)
+            }
+            None => {
+                // Legacy clients expect to be told before the socket closes.
+                let farewell = (self.protocol == Protocol::Legacy)
+                    .then(|| protocol::connection_error("Forbidden"));
+                Err(Stop::Close { code: close::FORBIDDEN, reason: "Forbidden", farewell })
+            }
+        }
+    }
+
+    /// Checks the token in the init payload. The session watch starts before the store is asked
+    /// whether the session is live, so a logout racing with the connect is never missed.
+    async fn authenticate(&mut self, payload: &Value) -> Option<Viewer> {
+        let token = sessions::token_from_init_payload(payload)?;
+        let claims = self.services.tokens.verify(&token).ok()?;
+        self.session_watch = Some(self.services.bus.watch_session(&claims.sid));
+        match sessions::authenticate(&self.services, &token).await {
+            Ok(viewer) => Some(viewer),
+            Err(error) => {
+                tracing::debug!(%error, "websocket refused");
+                self.session_watch = None;
+                None
+            }
+        }
+    }
+
+    fn on_subscribe(
+        &mut self,
+        id: String,
+        request: async_graphql::Request,
+    ) -> Result<Vec<Value>, Stop> {
+        let Some(viewer) = self.viewer.clone() else {
+            return Err(Stop::close(close::UNAUTHORIZED, "Unauthorized"));
+        };
+        if self.operations.contains_key(&id) {
+            return Err(Stop::close(
+                close::SUBSCRIBER_EXISTS,
+                "Subscriber for this id already exists",
+            ));
+        }
+        let request = request.data(RequestAuth::authenticated(viewer));
+        let results = self
+            .schema
+            .execute_stream(request)
+            .map(Some)
+            .chain(futures::stream::once(async { None }))
+            .boxed();
+        self.operations.insert(id, results);
+        Ok(Vec::new())
+    }
+
+    /// Turns an operation's result (or its end) into the message for the client.
+    fn on_result(&mut self, id: &str, result: Option<Response>) -> Vec<Value> {
+        match result {
+            None => vec![protocol::complete(id)],
+            // An operation that failed before executing (validation, auth) gets `error`.
+            Some(response)
+                if self.protocol == Protocol::TransportWs
+                    && response.data == async_graphql::Value::Null
+                    && response.is_err() =>
+            {
+                self.operations.remove(id);
+                vec![protocol::error(id, &response.errors)]
+            }
+            Some(response) => vec![protocol::next(self.protocol, id, &response)],
+        }
+    }
+}
+
+/// Resolves when the watched session ends; never, if nothing is watched. A session topic only
+/// carries its end (a lag can only mean that, too); a closed bus is not a logout.
+async fn session_ended(watch: &mut Option<BusSubscription>) {
+    match watch {
+        Some(events) => {
+            if events.next().await.is_some() {
+                return;
+            }
+            std::future::pending().await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the token expires; never, before authentication.
+async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,188 @@
+//! The wire format of both GraphQL websocket subprotocols, and the close codes we send.
+//!
+//! - `graphql-transport-ws`, from the `graphql-ws` library (Apollo Client, urql, GraphiQL);
+//! - `graphql-ws`, the legacy `subscriptions-transport-ws` protocol of older Apollo clients.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The subprotocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `graphql-transport-ws`.
+    TransportWs,
+    /// `graphql-ws` (subscriptions-transport-ws, deprecated but still in use).
+    Legacy,
+}
+
+impl Protocol {
+    /// The protocol to use for a `Sec-WebSocket-Protocol` offer, preferring the modern one.
+    pub fn negotiate(offer: &str) -> Option<Self> {
+        let offered: Vec<&str> = offer.split(',').map(str::trim).collect();
+        if offered.contains(&"graphql-transport-ws") {
+            Some(Protocol::TransportWs)
+        } else if offered.contains(&"graphql-ws") {
+            Some(Protocol::Legacy)
+        } else {
+            None
+        }
+    }
+
+    /// The subprotocol name sent back in the handshake.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::Legacy => "graphql-ws",
+        }
+    }
+}
+
+/// Close codes, as the `graphql-ws` protocol defines them.
+pub mod close {
+    /// The message could not be parsed or is not allowed.
+    pub const BAD_REQUEST: u16 = 4400;
+    /// `subscribe` before `connection_ack`, or the session was ended (logout, revocation).
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// `connection_init` with a missing or invalid token, or the token expired.
+    pub const FORBIDDEN: u16 = 4403;
+    /// No `connection_init` in time.
+    pub const INIT_TIMEOUT: u16 = 4408;
+    /// `subscribe` with an id that is already running.
+    pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    /// A second `connection_init`.
+    pub const TOO_MANY_INITS: u16 = 4429;
+    /// The peer stopped answering keep-alive pings.
+    pub const KEEPALIVE_TIMEOUT: u16 = 1011;
+    /// Normal closure (legacy `connection_terminate`).
+    pub const NORMAL: u16 = 1000;
+}
+
+/// A message from the client, of either protocol.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Both: opens the connection; the payload carries the token.
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    /// `graphql-transport-ws`: starts an operation.
+    Subscribe { id: String, payload: Box<async_graphql::Request> },
+    /// Legacy: starts an operation.
+    Start { id: String, payload: Box<async_graphql::Request> },
+    /// `graphql-transport-ws`: stops an operation.
+    Complete { id: String },
+    /// Legacy: stops an operation.
+    Stop { id: String },
+    /// `graphql-transport-ws`: asks for a `pong`.
+    Ping {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    /// `graphql-transport-ws`: answers our `ping`.
+    Pong {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    /// Legacy: closes the connection.
+    ConnectionTerminate,
+}
+
+impl ClientMessage {
+    /// Parses a text frame; `None` if it is not a valid message of `protocol`.
+    pub fn parse(text: &str, protocol: Protocol) -> Option<Self> {
+        let message: ClientMessage = serde_json::from_str(text).ok()?;
+        let allowed = match (&message, protocol) {
+            (ClientMessage::ConnectionInit { .. }, _) => true,
+            (
+                ClientMessage::Subscribe { .. }
+                | ClientMessage::Complete { .. }
+                | ClientMessage::Ping { .. }
+                | ClientMessage::Pong { .. },
+                Protocol::TransportWs,
+            ) => true,
+            (
+                ClientMessage::Start { .. }
+                | ClientMessage::Stop { .. }
+                | ClientMessage::ConnectionTerminate,
+                Protocol::Legacy,
+            ) => true,
+            _ => false,
+        };
+        allowed.then_some(message)
+    }
+}
+
+/// `connection_ack`.
+pub fn ack() -> Value {
+    json!({ "type": "connection_ack" })
+}
+
+/// A result of operation `id`: `next` (or legacy `data`).
+pub fn next(protocol: Protocol, id: &str, response: &async_graphql::Response) -> Value {
+    let kind = match protocol {
+        Protocol::TransportWs => "next",
+        Protocol::Legacy => "data",
+    };
+    json!({ "type": kind, "id": id, "payload": response })
+}
+
+/// Operation `id` failed before producing any result (`graphql-transport-ws` `error`).
+pub fn error(id: &str, errors: &[async_graphql::ServerError]) -> Value {
+    json!({ "type": "error", "id": id, "payload": errors })
+}
+
+/// Operation `id` finished.
+pub fn complete(id: &str) -> Value {
+    json!({ "type": "complete", "id": id })
+}
+
+/// Keep-alive: `ping` (or the legacy `ka`, which clients do not answer).
+pub fn keepalive(protocol: Protocol) -> Value {
+    match protocol {
+        Protocol::TransportWs => json!({ "type": "ping" }),
+        Protocol::Legacy => json!({ "type": "ka" }),
+    }
+}
+
+/// The answer to a client `ping`.
+pub fn pong() -> Value {
+    json!({ "type": "pong" })
+}
+
+/// Legacy: `connection_init` was refused.
+pub fn connection_error(message: &str) -> Value {
+    json!({ "type": "connection_error", "payload": { "message": message } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_prefers_the_modern_protocol() {
+        assert_eq!(Protocol::negotiate("graphql-transport-ws"), Some(Protocol::TransportWs));
+        assert_eq!(Protocol::negotiate("graphql-ws"), Some(Protocol::Legacy));
+        assert_eq!(
+            Protocol::negotiate("graphql-ws, graphql-transport-ws"),
+            Some(Protocol::TransportWs)
+        );
+        assert_eq!(Protocol::negotiate("mqtt"), None);
+    }
+
+    #[test]
+    fn messages_are_parsed_per_protocol() {
+        let subscribe = r#"{"type":"subscribe","id":"1","payload":{"query":"{ __typename }"}}"#;
+        assert!(ClientMessage::parse(subscribe, Protocol::TransportWs).is_some());
+        assert!(ClientMessage::parse(subscribe, Protocol::Legacy).is_none());
+        let start = r#"{"type":"start","id":"1","payload":{"query":"{ __typename }"}}"#;
+        assert!(ClientMessage::parse(start, Protocol::Legacy).is_some());
+        assert!(ClientMessage::parse(start, Protocol::TransportWs).is_none());
+        assert!(
+            ClientMessage::parse(r#"{"type":"connection_init"}"#, Protocol::TransportWs).is_some()
+        );
+        for bad in ["", "{}", "[]", r#"{"type":"subscribe","id":"1"}"#, r#"{"type":"next"}"#] {
+            assert!(ClientMessage::parse(bad, Protocol::TransportWs).is_none(), "{bad}");
+        }
+    }
+}
