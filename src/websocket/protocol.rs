@@ -92,23 +92,23 @@ impl ClientMessage {
     /// Parses a text frame; `None` if it is not a valid message of `protocol`.
     pub fn parse(text: &str, protocol: Protocol) -> Option<Self> {
         let message: ClientMessage = serde_json::from_str(text).ok()?;
-        let allowed = match (&message, protocol) {
-            (ClientMessage::ConnectionInit { .. }, _) => true,
-            (
-                ClientMessage::Subscribe { .. }
-                | ClientMessage::Complete { .. }
-                | ClientMessage::Ping { .. }
-                | ClientMessage::Pong { .. },
-                Protocol::TransportWs,
-            ) => true,
-            (
-                ClientMessage::Start { .. }
-                | ClientMessage::Stop { .. }
-                | ClientMessage::ConnectionTerminate,
-                Protocol::Legacy,
-            ) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (&message, protocol),
+            (ClientMessage::ConnectionInit { .. }, _)
+                | (
+                    ClientMessage::Subscribe { .. }
+                        | ClientMessage::Complete { .. }
+                        | ClientMessage::Ping { .. }
+                        | ClientMessage::Pong { .. },
+                    Protocol::TransportWs,
+                )
+                | (
+                    ClientMessage::Start { .. }
+                        | ClientMessage::Stop { .. }
+                        | ClientMessage::ConnectionTerminate,
+                    Protocol::Legacy,
+                )
+        );
         allowed.then_some(message)
     }
 }

@@ -52,6 +52,7 @@ pub struct TestApp {
 pub struct TestUser {
     pub id: String,
     pub token: String,
+    pub phone_number: String,
 }
 
 /// Starts a server with a fresh data directory.
@@ -61,12 +62,22 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server on an existing data directory (to test restarts).
 pub async fn spawn_app_in(data_dir: Arc<TempDir>) -> TestApp {
+    spawn_app_with(data_dir, &[]).await
+}
+
+/// Starts a server with extra settings, e.g. `[("JWT_TTL", "2s")]`.
+pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
     init_tracing();
     let path = data_dir.path().display().to_string();
-    let config = Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        "BCRYPT_COST" => Some("4".into()),
-        _ => None,
+    let config = Config::from_lookup(|name| {
+        if let Some((_, value)) = settings.iter().find(|(key, _)| *key == name) {
+            return Some(value.to_string());
+        }
+        match name {
+            "DATA_DIR" => Some(path.clone()),
+            "BCRYPT_COST" => Some("4".into()),
+            _ => None,
+        }
     })
     .expect("test config");
     let app = chatapp::build(&config).await.expect("app builds");
@@ -132,7 +143,23 @@ impl TestApp {
         TestUser {
             id: payload["profileId"].as_str().unwrap().to_string(),
             token: payload["token"].as_str().unwrap().to_string(),
+            phone_number: phone_number.to_string(),
         }
+    }
+
+    /// Logs `user` in again, returning the new session's token.
+    pub async fn login(&self, user: &TestUser) -> String {
+        let body = self
+            .graphql(
+                "mutation($input: LoginInput!) { login(input: $input) { token } }",
+                json!({ "input": { "phoneNumber": user.phone_number, "password": "password123" } }),
+                None,
+            )
+            .await;
+        body["data"]["login"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("login failed: {body}"))
+            .to_string()
     }
 
     /// Sends a message, returning the response body.
@@ -171,9 +198,14 @@ impl TestApp {
 
     /// Opens a graphql-transport-ws connection authenticated with `{ "token": ... }`.
     pub async fn ws(&self, user: &TestUser) -> WsClient {
+        self.ws_with_token(&user.token).await
+    }
+
+    /// Opens a graphql-transport-ws connection authenticated with `token`.
+    pub async fn ws_with_token(&self, token: &str) -> WsClient {
         let mut client =
             WsClient::connect(self, "graphql-transport-ws").await.expect("websocket connects");
-        let reply = client.init(json!({ "token": user.token })).await;
+        let reply = client.init(json!({ "token": token })).await;
         assert_eq!(reply, Incoming::Json(json!({ "type": "connection_ack" })));
         client
     }
@@ -260,6 +292,39 @@ impl WsClient {
                 value["payload"]["data"]["messageReceived"].clone()
             }
             other => panic!("expected a message on {id}, got {other:?}"),
+        }
+    }
+
+    /// Reads for `wait`, answering pings as a live client does; panics on anything else.
+    pub async fn answer_pings_for(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(frame) = tokio::time::timeout_at(deadline, self.socket.next()).await {
+            match frame {
+                Some(Ok(WsMessage::Text(text))) if text.as_str().contains(r#""type":"ping""#) => {
+                    self.send_json(json!({ "type": "pong" })).await;
+                }
+                other => panic!("expected only pings, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a raw text frame (for malformed-message tests).
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket.send(WsMessage::text(text.to_string())).await.expect("websocket send");
+    }
+
+    /// The next frame exactly as sent, without answering pings (for keep-alive tests).
+    pub async fn recv_raw(&mut self) -> Incoming {
+        let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+            .await
+            .expect("server answered in time");
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => {
+                Incoming::Json(serde_json::from_str(text.as_str()).expect("JSON"))
+            }
+            Some(Ok(WsMessage::Close(frame))) => Incoming::Closed(frame.map(|f| u16::from(f.code))),
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            _ => Incoming::Closed(None),
         }
     }
 

@@ -5,4 +5,6 @@ mod auth;
 mod helpers;
 mod http;
 mod messages;
+mod protocol;
+mod sessions;
 mod subscriptions;

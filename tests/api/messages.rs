@@ -56,7 +56,8 @@ async fn a_retry_with_the_same_client_message_id_returns_the_original() {
 async fn bad_sends_are_refused_and_store_nothing() {
     let app = spawn_app().await;
     let (alice, bob) = two_users(&app).await;
-    let ghost = TestUser { id: "no-such-user".into(), token: String::new() };
+    let ghost =
+        TestUser { id: "no-such-user".into(), token: String::new(), phone_number: String::new() };
     assert_eq!(error_code(&app.send(&alice, &ghost, "hi", None).await), "NOT_FOUND");
     assert_eq!(error_code(&app.send(&alice, &alice, "hi", None).await), "BAD_USER_INPUT");
     assert_eq!(error_code(&app.send(&alice, &bob, "   ", None).await), "BAD_USER_INPUT");
