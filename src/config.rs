@@ -31,6 +31,46 @@ pub struct Config {
     /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, comma
     /// separated, or `*` for any). Empty means same-origin only.
     pub cors_allowed_origins: Vec<String>,
+    /// Whether to take the client address from `X-Forwarded-For` (`TRUST_PROXY`). Only turn
+    /// this on behind a proxy that sets the header, or clients can pick their own address.
+    pub trust_proxy: bool,
+    /// Abuse limits; see [`Limits`].
+    pub limits: Limits,
+}
+
+/// Every limit that protects the server from hostile or runaway clients. All are settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `register`/`login` attempts per minute from one client address
+    /// (`RATE_LIMIT_AUTH_PER_ADDRESS`).
+    pub auth_per_minute_per_address: u32,
+    /// `register`/`login` attempts per minute for one phone number
+    /// (`RATE_LIMIT_AUTH_PER_PHONE`).
+    pub auth_per_minute_per_phone: u32,
+    /// Consecutive failed logins for one phone number after which each further attempt must
+    /// wait, doubling from one second up to 15 minutes (`LOGIN_FAILURES_BEFORE_BACKOFF`).
+    pub login_failures_before_backoff: u32,
+    /// `sendMessage` calls per second per user, also the burst (`RATE_LIMIT_MESSAGES_PER_USER`).
+    pub messages_per_second_per_user: u32,
+    /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
+    /// cannot take every core from message delivery.
+    pub bcrypt_concurrency: usize,
+    /// Deepest query nesting (`GRAPHQL_MAX_DEPTH`).
+    pub graphql_max_depth: usize,
+    /// Highest query complexity, one per field (`GRAPHQL_MAX_COMPLEXITY`).
+    pub graphql_max_complexity: usize,
+    /// Operations in one batched HTTP request (`GRAPHQL_MAX_BATCH`).
+    pub graphql_max_batch: usize,
+    /// Whether introspection queries are answered (`GRAPHQL_INTROSPECTION`).
+    pub graphql_introspection: bool,
+    /// Largest HTTP request body in bytes (`MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Largest websocket message in bytes (`WS_MAX_MESSAGE_BYTES`).
+    pub ws_max_message_bytes: usize,
+    /// Operations running at once on one websocket (`WS_MAX_SUBSCRIPTIONS`).
+    pub ws_max_subscriptions: usize,
+    /// Open websockets per user (`WS_MAX_CONNECTIONS_PER_USER`).
+    pub ws_max_connections_per_user: usize,
 }
 
 /// A setting that is present but cannot be used.
@@ -71,7 +111,36 @@ impl Config {
         let jwt_ttl = duration("JWT_TTL", Duration::from_secs(7 * 24 * 3600))?;
         let ws_init_timeout = duration("WS_INIT_TIMEOUT", Duration::from_secs(3))?;
         let ws_ping_interval = duration("WS_PING_INTERVAL", Duration::from_secs(15))?;
+        let positive = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+            let value = parse_or(get(name), name, default)?;
+            if value == 0 {
+                return Err(ConfigError::new(name, "0", "must be at least 1"));
+            }
+            Ok(value)
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let limits = Limits {
+            auth_per_minute_per_address: positive("RATE_LIMIT_AUTH_PER_ADDRESS", 30)? as u32,
+            auth_per_minute_per_phone: positive("RATE_LIMIT_AUTH_PER_PHONE", 10)? as u32,
+            login_failures_before_backoff: positive("LOGIN_FAILURES_BEFORE_BACKOFF", 5)? as u32,
+            messages_per_second_per_user: positive("RATE_LIMIT_MESSAGES_PER_USER", 20)? as u32,
+            bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
+            graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,
+            graphql_max_complexity: positive("GRAPHQL_MAX_COMPLEXITY", 250)?,
+            graphql_max_batch: positive("GRAPHQL_MAX_BATCH", 10)?,
+            graphql_introspection: parse_or(
+                get("GRAPHQL_INTROSPECTION"),
+                "GRAPHQL_INTROSPECTION",
+                true,
+            )?,
+            max_body_bytes: positive("MAX_BODY_BYTES", 64 * 1024)?,
+            ws_max_message_bytes: positive("WS_MAX_MESSAGE_BYTES", 64 * 1024)?,
+            ws_max_subscriptions: positive("WS_MAX_SUBSCRIPTIONS", 20)?,
+            ws_max_connections_per_user: positive("WS_MAX_CONNECTIONS_PER_USER", 20)?,
+        };
         Ok(Config {
+            trust_proxy: parse_or(get("TRUST_PROXY"), "TRUST_PROXY", false)?,
+            limits,
             ws_init_timeout,
             ws_ping_interval,
             bind_address,
@@ -163,6 +232,8 @@ mod tests {
         assert!(error.to_string().contains("PORT"), "{error}");
         assert!(config(&[("BCRYPT_COST", "3")]).is_err());
         assert!(config(&[("JWT_TTL", "5 weeks")]).is_err());
+        assert!(config(&[("GRAPHQL_MAX_DEPTH", "0")]).is_err());
+        assert!(config(&[("GRAPHQL_INTROSPECTION", "maybe")]).is_err());
     }
 
     #[test]

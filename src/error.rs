@@ -25,6 +25,15 @@ pub enum AppError {
     /// (`CONFLICT`).
     #[error("{0}")]
     Conflict(String),
+    /// Too many requests; retry after the given number of seconds (`RATE_LIMITED`, with
+    /// `extensions.retryAfter`).
+    #[error("{message}")]
+    RateLimited {
+        /// What was limited.
+        message: String,
+        /// Whole seconds until a retry can succeed.
+        retry_after_seconds: u64,
+    },
     /// The backing store cannot be reached right now; retrying later may succeed
     /// (`SERVICE_UNAVAILABLE`).
     #[error("the service is temporarily unavailable, please retry")]
@@ -43,6 +52,7 @@ impl AppError {
             AppError::Forbidden(_) => "FORBIDDEN",
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::ServiceUnavailable(_) => "SERVICE_UNAVAILABLE",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
@@ -68,8 +78,15 @@ impl From<AppError> for async_graphql::Error {
             _ => {}
         }
         let code = error.code();
+        let retry_after = match &error {
+            AppError::RateLimited { retry_after_seconds, .. } => Some(*retry_after_seconds),
+            _ => None,
+        };
         async_graphql::Error::new(error.to_string()).extend_with(|_, extensions| {
             extensions.set("code", code);
+            if let Some(seconds) = retry_after {
+                extensions.set("retryAfter", seconds);
+            }
         })
     }
 }

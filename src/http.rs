@@ -4,21 +4,25 @@
 //! batched), `GET` with query parameters, the websocket upgrade for subscriptions (both the
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols), and GraphiQL for a browser.
 
+use async_graphql::BatchRequest;
 use async_graphql::{
     http::{GraphiQLSource, parse_query_string},
     parser::types::OperationType,
 };
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse, rejection::GraphQLRejection};
 use axum::{
     Json, Router,
-    extract::{FromRequestParts, Request, State, WebSocketUpgrade},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
+    limit::RequestBodyLimitLayer,
     trace::TraceLayer,
 };
 
@@ -26,8 +30,8 @@ use crate::{
     config::Config,
     schema::AppSchema,
     services::Services,
-    sessions::{self, RequestAuth},
-    websocket::{self, WebsocketSettings, protocol::Protocol},
+    sessions::{self, ClientAddress, RequestAuth},
+    websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
 /// What every handler can reach.
@@ -36,6 +40,12 @@ struct AppState {
     schema: AppSchema,
     services: Services,
     websocket_settings: WebsocketSettings,
+    /// Open websockets per user, for `WS_MAX_CONNECTIONS_PER_USER`.
+    connections: ConnectionRegistry,
+    /// Whether `X-Forwarded-For` names the client (`TRUST_PROXY`).
+    trust_proxy: bool,
+    /// Most operations in one batched POST.
+    max_batch: usize,
 }
 
 /// The app's routes, ready to serve.
@@ -49,8 +59,14 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
             websocket_settings: WebsocketSettings {
                 init_timeout: config.ws_init_timeout,
                 ping_interval: config.ws_ping_interval,
+                max_subscriptions: config.limits.ws_max_subscriptions,
+                max_message_bytes: config.limits.ws_max_message_bytes,
             },
+            connections: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
+            trust_proxy: config.trust_proxy,
+            max_batch: config.limits.graphql_max_batch,
         })
+        .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(TraceLayer::new_for_http());
     match cors_layer(&config.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
@@ -84,13 +100,52 @@ fn request_auth(headers: &HeaderMap) -> RequestAuth {
     RequestAuth::from_token(token)
 }
 
-async fn graphql_post(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: GraphQLBatchRequest,
-) -> GraphQLResponse {
-    let request = request.into_inner().data(request_auth(&headers));
-    state.schema.execute_batch(request).await.into()
+/// The client's address: the peer address, or with `TRUST_PROXY` the first `X-Forwarded-For`
+/// entry.
+fn client_address(parts: &Parts, trust_proxy: bool) -> Option<ClientAddress> {
+    let forwarded = || {
+        let header = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
+        header.split(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    let peer = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let address = if trust_proxy { forwarded().or_else(peer) } else { peer() };
+    address.map(ClientAddress)
+}
+
+/// The GraphQL data every HTTP request carries: the caller's token and address.
+fn request_data(parts: &Parts, trust_proxy: bool) -> (RequestAuth, Option<ClientAddress>) {
+    (request_auth(&parts.headers), client_address(parts, trust_proxy))
+}
+
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (auth, address) = request_data(&parts, state.trust_proxy);
+    let batch = match GraphQLBatchRequest::<GraphQLRejection>::from_request(
+        Request::from_parts(parts, body),
+        &state,
+    )
+    .await
+    {
+        Ok(batch) => batch.into_inner(),
+        Err(rejection) => return rejection.into_response(),
+    };
+    if let BatchRequest::Batch(requests) = &batch
+        && requests.len() > state.max_batch
+    {
+        let message = format!("at most {} operations per request", state.max_batch);
+        return request_error(StatusCode::BAD_REQUEST, &message, "LIMIT_EXCEEDED");
+    }
+    let mut batch = batch.data(auth);
+    if let Some(address) = address {
+        batch = batch.data(address);
+    }
+    GraphQLResponse::from(state.schema.execute_batch(batch).await).into_response()
+}
+
+/// A GraphQL-shaped error for a request refused before execution.
+fn request_error(status: StatusCode, message: &str, code: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
 }
 
 /// `GET /graphql`: a websocket upgrade, a query in the URL, or GraphiQL for a browser.
@@ -122,12 +177,16 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
         )
             .into_response();
     }
-    request = request.data(request_auth(&parts.headers));
+    let (auth, address) = request_data(&parts, state.trust_proxy);
+    request = request.data(auth);
+    if let Some(address) = address {
+        request = request.data(address);
+    }
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 
 /// Upgrades to a GraphQL websocket, speaking whichever subprotocol the client offers.
-async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> Response {
+async fn websocket(state: AppState, parts: &mut Parts) -> Response {
     let offer = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
     let Some(protocol) = offer.and_then(Protocol::negotiate) else {
         return (
@@ -140,11 +199,20 @@ async fn websocket(state: AppState, parts: &mut axum::http::request::Parts) -> R
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let AppState { schema, services, websocket_settings } = state;
+    let settings = state.websocket_settings;
     upgrade
         .protocols([protocol.name()])
+        .max_message_size(settings.max_message_bytes)
+        .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {
-            websocket::serve(socket, protocol, schema, services, websocket_settings)
+            websocket::serve(
+                socket,
+                protocol,
+                state.schema,
+                state.services,
+                state.connections,
+                settings,
+            )
         })
         .into_response()
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod messages;
+pub mod rate_limits;
 pub mod schema;
 pub mod services;
 pub mod sessions;
@@ -40,6 +41,7 @@ use crate::{
     bus::InProcessBus,
     config::Config,
     error::StartupError,
+    rate_limits::RateLimits,
     services::Services,
     sessions::{passwords::PasswordHasher, tokens::TokenService},
     store::{Store, sqlite::SqliteStore},
@@ -71,11 +73,28 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         store,
         bus: Arc::new(InProcessBus::new()),
         tokens: Arc::new(TokenService::new(&secret, config.jwt_ttl)),
-        passwords: PasswordHasher::new(config.bcrypt_cost),
+        passwords: PasswordHasher::new(config.bcrypt_cost, config.limits.bcrypt_concurrency),
+        rate_limits: Arc::new(RateLimits::new(&config.limits)),
     };
-    let schema = schema::build(services.clone());
+    prune_rate_limits_periodically(&services.rate_limits);
+    let schema = schema::build(services.clone(), &config.limits);
     let router = http::router(schema, services.clone(), config);
     Ok(App { router, services })
+}
+
+/// Prunes idle rate-limit keys every minute, for as long as the app exists.
+fn prune_rate_limits_periodically(rate_limits: &Arc<RateLimits>) {
+    let rate_limits = Arc::downgrade(rate_limits);
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every_minute.tick().await;
+            match rate_limits.upgrade() {
+                Some(rate_limits) => rate_limits.prune(),
+                None => return,
+            }
+        }
+    });
 }
 
 fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
@@ -106,7 +125,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    // Connection info gives resolvers the client address, for per-address rate limits.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

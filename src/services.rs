@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::{
     bus::MessageBus,
+    rate_limits::RateLimits,
     sessions::{passwords::PasswordHasher, tokens::TokenService},
     store::Store,
 };
@@ -22,4 +23,6 @@ pub struct Services {
     pub tokens: Arc<TokenService>,
     /// bcrypt on the blocking pool.
     pub passwords: PasswordHasher,
+    /// Rate limits and the failed-login backoff.
+    pub rate_limits: Arc<RateLimits>,
 }

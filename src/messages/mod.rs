@@ -114,6 +114,7 @@ pub async fn send(
     viewer: &Viewer,
     request: SendRequest,
 ) -> AppResult<Message> {
+    services.rate_limits.check_send(&viewer.user_id)?;
     validate_content(&request.content)?;
     if let Some(id) = &request.client_message_id {
         validate_client_message_id(id)?;

@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use chrono::{DateTime, Utc};
 
-use super::SignedIn;
+use super::{ClientAddress, SignedIn};
 use crate::{
     schema::{services, viewer},
     users::User,
@@ -80,9 +80,15 @@ impl AuthMutation {
         input: RegisterInput,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
-        let signed_in =
-            super::register(services, &input.phone_number, &input.username, &input.password)
-                .await?;
+        let client = ctx.data_opt::<ClientAddress>().map(|address| address.0);
+        let signed_in = super::register(
+            services,
+            client,
+            &input.phone_number,
+            &input.username,
+            &input.password,
+        )
+        .await?;
         Ok(AuthPayload::new(signed_in, "User registered successfully"))
     }
 
@@ -94,7 +100,9 @@ impl AuthMutation {
         input: LoginInput,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
-        let signed_in = super::login(services, &input.phone_number, &input.password).await?;
+        let client = ctx.data_opt::<ClientAddress>().map(|address| address.0);
+        let signed_in =
+            super::login(services, client, &input.phone_number, &input.password).await?;
         Ok(AuthPayload::new(signed_in, "Login successful"))
     }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::{error::AppError, users::Password};
 
@@ -13,6 +13,9 @@ use crate::{error::AppError, users::Password};
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
+    /// Bounds the hashes running at once, so a login storm queues here instead of occupying
+    /// every core that message delivery needs.
+    permits: Arc<Semaphore>,
     /// A hash of a random password, verified against when the phone number is unknown so that
     /// "no such account" takes as long as "wrong password" and accounts cannot be probed by
     /// timing. Made once, on first need.
@@ -20,18 +23,30 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// A hasher using bcrypt work factor `cost`.
-    pub fn new(cost: u32) -> Self {
-        PasswordHasher { cost, decoy: Arc::new(OnceCell::new()) }
+    /// A hasher using bcrypt work factor `cost`, running at most `concurrency` hashes at once.
+    pub fn new(cost: u32, concurrency: usize) -> Self {
+        PasswordHasher {
+            cost,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            decoy: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Runs bcrypt work on the blocking pool once a permit is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AppError> {
+        let _permit = self.permits.acquire().await.map_err(AppError::internal)?;
+        tokio::task::spawn_blocking(work).await.map_err(AppError::internal)
     }
 
     /// Hashes a validated password.
     pub async fn hash(&self, password: &Password) -> Result<String, AppError> {
         let password = password.expose().to_string();
         let cost = self.cost;
-        tokio::task::spawn_blocking(move || bcrypt::non_truncating_hash(password, cost))
-            .await
-            .map_err(AppError::internal)?
+        self.run(move || bcrypt::non_truncating_hash(password, cost))
+            .await?
             .map_err(AppError::internal)
     }
 
@@ -39,10 +54,7 @@ impl PasswordHasher {
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, AppError> {
         let password = password.to_string();
         let hash = hash.to_string();
-        let matched =
-            tokio::task::spawn_blocking(move || bcrypt::non_truncating_verify(password, &hash))
-                .await
-                .map_err(AppError::internal)?;
+        let matched = self.run(move || bcrypt::non_truncating_verify(password, &hash)).await?;
         Ok(matched.unwrap_or(false))
     }
 
@@ -52,12 +64,9 @@ impl PasswordHasher {
         let decoy = self
             .decoy
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || {
-                    bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
-                })
-                .await
-                .map_err(AppError::internal)?
-                .map_err(AppError::internal)
+                self.run(move || bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost))
+                    .await?
+                    .map_err(AppError::internal)
             })
             .await?
             .clone();
@@ -72,7 +81,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_mismatches_do_not() {
-        let hasher = PasswordHasher::new(4);
+        let hasher = PasswordHasher::new(4, 1);
         let hash = hasher.hash(&Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hasher.verify("correct horse", &hash).await.unwrap());
         assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());

@@ -1,5 +1,7 @@
 //! Signing in: registering an account or logging in, each of which starts a session.
 
+use std::net::IpAddr;
+
 use chrono::Utc;
 
 use super::{NewSession, Session};
@@ -30,6 +32,7 @@ fn bad_credentials() -> AppError {
 #[tracing::instrument(skip_all)]
 pub async fn register(
     services: &Services,
+    client: Option<IpAddr>,
     phone_number: &str,
     username: &str,
     password: &str,
@@ -37,6 +40,7 @@ pub async fn register(
     let phone_number = PhoneNumber::parse(phone_number)?;
     let username = Username::parse(username)?;
     let password = Password::parse(password)?;
+    services.rate_limits.check_auth(client, phone_number.as_str())?;
     if services.store.user_by_phone(phone_number.as_str()).await?.is_some() {
         return Err(AppError::Conflict("this phone number is already registered".into()));
     }
@@ -49,17 +53,33 @@ pub async fn register(
 
 /// Checks a phone number and password and signs the user in.
 #[tracing::instrument(skip_all)]
-pub async fn login(services: &Services, phone_number: &str, password: &str) -> AppResult<SignedIn> {
+pub async fn login(
+    services: &Services,
+    client: Option<IpAddr>,
+    phone_number: &str,
+    password: &str,
+) -> AppResult<SignedIn> {
     let phone_number = PhoneNumber::parse(phone_number)?;
+    let limits = &services.rate_limits;
+    limits.check_auth(client, phone_number.as_str())?;
+    limits.check_login_backoff(phone_number.as_str())?;
     let credentials = services.store.credentials_by_phone(phone_number.as_str()).await?;
-    let Some(credentials) = credentials else {
-        services.passwords.verify_decoy(password).await?;
-        return Err(bad_credentials());
+    let matched = match &credentials {
+        Some(credentials) => {
+            services.passwords.verify(password, &credentials.password_hash).await?
+        }
+        None => services.passwords.verify_decoy(password).await?,
     };
-    if !services.passwords.verify(password, &credentials.password_hash).await? {
-        return Err(bad_credentials());
+    match credentials {
+        Some(credentials) if matched => {
+            limits.record_login_success(phone_number.as_str());
+            start_session(services, credentials.user).await
+        }
+        _ => {
+            limits.record_login_failure(phone_number.as_str());
+            Err(bad_credentials())
+        }
     }
-    start_session(services, credentials.user).await
 }
 
 /// Stores a new session for `user` and issues the token that names it.

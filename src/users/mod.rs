@@ -42,37 +42,40 @@ pub struct UserCredentials {
     pub password_hash: String,
 }
 
-/// A phone number in E.164 form (`+` then 8 to 15 digits).
+/// A valid phone number, normalised to E.164 (`+12025550143`).
 ///
-/// Spaces, dashes, dots and brackets are dropped, so `+1 (202) 555-0143` and `+12025550143`
-/// are the same account.
+/// Parsed and validated with `phonenumber` (a port of Google's libphonenumber), so any common
+/// formatting of one number is the same account, and numbers no country issues are refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
+    /// Longest input accepted before parsing, so parsing cost stays bounded.
+    const MAX_INPUT_CHARS: usize = 32;
+
     /// Normalises `input`, or says what a valid phone number looks like.
     pub fn parse(input: &str) -> Result<Self, AppError> {
         let invalid = || {
             AppError::BadUserInput(
-                "phoneNumber must be an international number starting with + and the country \
-                 code, for example +12025550143"
+                "phoneNumber must be a valid international phone number starting with + and the \
+                 country code, for example +12025550143"
                     .into(),
             )
         };
         let trimmed = input.trim();
-        let rest = trimmed.strip_prefix('+').ok_or_else(invalid)?;
-        let mut digits = String::with_capacity(16);
-        for c in rest.chars() {
-            match c {
-                '0'..='9' => digits.push(c),
-                ' ' | '-' | '.' | '(' | ')' => {}
-                _ => return Err(invalid()),
-            }
-        }
-        if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
+        let allowed = |c: char| c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '(' | ')');
+        // libphonenumber reads letters as keypad digits (vanity numbers); an account id should not.
+        if !trimmed.starts_with('+')
+            || trimmed.chars().count() > Self::MAX_INPUT_CHARS
+            || !trimmed[1..].chars().all(allowed)
+        {
             return Err(invalid());
         }
-        Ok(PhoneNumber(format!("+{digits}")))
+        let number = phonenumber::parse(None, trimmed).map_err(|_| invalid())?;
+        if !number.is_valid() {
+            return Err(invalid());
+        }
+        Ok(PhoneNumber(number.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
     /// The normalised number.
@@ -165,13 +168,23 @@ mod tests {
         let plain = PhoneNumber::parse("+12025550143").unwrap();
         assert_eq!(pretty, plain);
         assert_eq!(plain.as_str(), "+12025550143");
+        let french = PhoneNumber::parse("+33 6 12 34 56 78").unwrap();
+        assert_eq!(french.as_str(), "+33612345678");
     }
 
     #[test]
     fn malformed_phone_numbers_are_refused() {
-        for bad in
-            ["", "12025550143", "+", "+1234", "+1202555014312345", "+1202abc0143", "+0123456789"]
-        {
+        for bad in [
+            "",
+            "12025550143",
+            "+",
+            "+1234",
+            "+1202555014312345",
+            "+1202abc0143",
+            "+0123456789",
+            "+1 555 555 5555 5555 5555 5555 5555 5555",
+            "+12025550143\u{0}",
+        ] {
             let error = PhoneNumber::parse(bad).unwrap_err();
             assert_eq!(error.code(), "BAD_USER_INPUT", "{bad:?}");
         }

@@ -9,7 +9,12 @@
 
 pub mod protocol;
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_graphql::Response;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -35,6 +40,54 @@ pub struct WebsocketSettings {
     /// How often the server pings (`WS_PING_INTERVAL`). A client that sends nothing at all for
     /// two intervals is considered dead and dropped.
     pub ping_interval: Duration,
+    /// Operations running at once on one connection (`WS_MAX_SUBSCRIPTIONS`).
+    pub max_subscriptions: usize,
+    /// Largest message or frame accepted (`WS_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
+}
+
+/// Counts open, authenticated websockets per user, to enforce `WS_MAX_CONNECTIONS_PER_USER`.
+#[derive(Clone)]
+pub struct ConnectionRegistry {
+    /// Counts by user id. A std mutex: held only to bump a counter.
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_user: usize,
+}
+
+/// One admitted connection; gives its place back when dropped.
+pub struct ConnectionSlot {
+    registry: ConnectionRegistry,
+    user_id: String,
+}
+
+impl ConnectionRegistry {
+    /// A registry admitting `max_per_user` connections per user.
+    pub fn new(max_per_user: usize) -> Self {
+        ConnectionRegistry { per_user: Arc::default(), max_per_user }
+    }
+
+    /// Takes a place for `user_id`, or `None` if the user already has the most allowed.
+    pub fn admit(&self, user_id: &str) -> Option<ConnectionSlot> {
+        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(user_id.to_string()).or_insert(0);
+        if *count >= self.max_per_user {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot { registry: self.clone(), user_id: user_id.to_string() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.registry.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user_id);
+            }
+        }
+    }
 }
 
 /// Why the loop stopped.
@@ -60,12 +113,16 @@ pub async fn serve(
     protocol: Protocol,
     schema: AppSchema,
     services: Services,
+    registry: ConnectionRegistry,
     settings: WebsocketSettings,
 ) {
     let mut connection = Connection {
         protocol,
         schema,
         services,
+        registry,
+        slot: None,
+        max_subscriptions: settings.max_subscriptions,
         viewer: None,
         initialised: false,
         session_watch: None,
@@ -86,6 +143,10 @@ struct Connection {
     protocol: Protocol,
     schema: AppSchema,
     services: Services,
+    registry: ConnectionRegistry,
+    /// This connection's place among its user's connections, once authenticated.
+    slot: Option<ConnectionSlot>,
+    max_subscriptions: usize,
     /// The authenticated caller, from `connection_init` on.
     viewer: Option<Viewer>,
     /// Whether `connection_init` was received (a second one is refused even if the first failed).
@@ -191,6 +252,13 @@ impl Connection {
         self.initialised = true;
         match self.authenticate(&payload).await {
             Some(viewer) => {
+                self.slot = self.registry.admit(&viewer.user_id);
+                if self.slot.is_none() {
+                    return Err(Stop::close(
+                        close::TOO_MANY_CONNECTIONS,
+                        "Too many open connections for this user",
+                    ));
+                }
                 let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
                 self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
                 self.viewer = Some(viewer);
@@ -238,6 +306,13 @@ impl Connection {
                 close::SUBSCRIBER_EXISTS,
                 "Subscriber for this id already exists",
             ));
+        }
+        if self.operations.len() >= self.max_subscriptions {
+            let message = format!(
+                "at most {} operations can run at once on one connection",
+                self.max_subscriptions
+            );
+            return Ok(vec![protocol::refused(self.protocol, &id, &message, "LIMIT_EXCEEDED")]);
         }
         let request = request.data(RequestAuth::authenticated(viewer));
         let results = self

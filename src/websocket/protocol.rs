@@ -51,6 +51,8 @@ pub mod close {
     pub const SUBSCRIBER_EXISTS: u16 = 4409;
     /// A second `connection_init`.
     pub const TOO_MANY_INITS: u16 = 4429;
+    /// The user already has `WS_MAX_CONNECTIONS_PER_USER` websockets open (policy violation).
+    pub const TOO_MANY_CONNECTIONS: u16 = 1008;
     /// The peer stopped answering keep-alive pings.
     pub const KEEPALIVE_TIMEOUT: u16 = 1011;
     /// Normal closure (legacy `connection_terminate`).
@@ -130,6 +132,15 @@ pub fn next(protocol: Protocol, id: &str, response: &async_graphql::Response) ->
 /// Operation `id` failed before producing any result (`graphql-transport-ws` `error`).
 pub fn error(id: &str, errors: &[async_graphql::ServerError]) -> Value {
     json!({ "type": "error", "id": id, "payload": errors })
+}
+
+/// Operation `id` is refused with a coded error, without closing the connection.
+pub fn refused(protocol: Protocol, id: &str, message: &str, code: &str) -> Value {
+    let error = json!({ "message": message, "extensions": { "code": code } });
+    match protocol {
+        Protocol::TransportWs => json!({ "type": "error", "id": id, "payload": [error] }),
+        Protocol::Legacy => json!({ "type": "error", "id": id, "payload": error }),
+    }
 }
 
 /// Operation `id` finished.

@@ -154,10 +154,10 @@ async fn logout_makes_the_token_unusable_but_not_other_sessions() {
 async fn users_can_be_found_by_id_and_phone_number() {
     let app = spawn_app().await;
     let alice = app.register("+12025550143", "alice").await;
-    let bob = app.register("+447700900123", "bob").await;
+    let bob = app.register("+33612345678", "bob").await;
     let body = app
         .graphql(
-            "query($id: ID!) { user(id: $id) { username } userByPhoneNumber(phoneNumber: \"+44 7700 900123\") { id } missing: user(id: \"nope\") { id } }",
+            "query($id: ID!) { user(id: $id) { username } userByPhoneNumber(phoneNumber: \"+33 6 12 34 56 78\") { id } missing: user(id: \"nope\") { id } }",
             json!({ "id": bob.id }),
             Some(&alice.token),
         )
