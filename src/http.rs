@@ -4,7 +4,7 @@
 //! batched), `GET` with query parameters, the websocket upgrade for subscriptions (both the
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols), and GraphiQL for a browser.
 
-use async_graphql::BatchRequest;
+use async_graphql::{BatchRequest, ParseRequestError};
 use async_graphql::{
     http::{GraphiQLSource, parse_query_string},
     parser::types::OperationType,
@@ -67,6 +67,7 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
             max_batch: config.limits.graphql_max_batch,
         })
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
+        .layer(axum::middleware::map_response(coded_payload_too_large))
         .layer(TraceLayer::new_for_http());
     match cors_layer(&config.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
@@ -127,6 +128,13 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
     .await
     {
         Ok(batch) => batch.into_inner(),
+        // A chunked body that runs over the limit reaches the extractor as an I/O error
+        // carrying http-body's message; anything else is a malformed request.
+        Err(GraphQLRejection(ParseRequestError::Io(error)))
+            if error.to_string().contains("length limit exceeded") =>
+        {
+            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        }
         Err(rejection) => return rejection.into_response(),
     };
     if let BatchRequest::Batch(requests) = &batch
@@ -140,6 +148,16 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         batch = batch.data(address);
     }
     GraphQLResponse::from(state.schema.execute_batch(batch).await).into_response()
+}
+
+/// Gives the body-size refusal (a bare 413 from the limit layer, or the GraphQL extractor's
+/// rejection when a chunked body runs over) the same coded JSON shape as every other error.
+async fn coded_payload_too_large(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let message = "the request body is larger than the server accepts (see MAX_BODY_BYTES)";
+    request_error(StatusCode::PAYLOAD_TOO_LARGE, message, "LIMIT_EXCEEDED")
 }
 
 /// A GraphQL-shaped error for a request refused before execution.

@@ -84,7 +84,8 @@ impl PhoneNumber {
     }
 }
 
-/// A display name: 2 to 32 characters after trimming, no control characters.
+/// A display name: 2 to 32 characters after trimming, no control, zero-width or
+/// text-direction characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
@@ -102,9 +103,9 @@ impl Username {
                 Self::MAX_CHARS
             )));
         }
-        if name.chars().any(char::is_control) {
+        if name.chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(AppError::BadUserInput(
-                "username must not contain control characters".into(),
+                "username must not contain control, zero-width or text-direction characters".into(),
             ));
         }
         Ok(Username(name.to_string()))
@@ -114,6 +115,12 @@ impl Username {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Zero-width and text-direction formatting characters: invisible in a chat list, and used to
+/// make one name look like another (or to reverse the text that follows it).
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// A password that bcrypt can hash without losing any of it.
@@ -196,6 +203,8 @@ mod tests {
         assert!(Username::parse("a").is_err());
         assert!(Username::parse(&"x".repeat(33)).is_err());
         assert!(Username::parse("bad\u{0007}name").is_err());
+        assert!(Username::parse("ad\u{200B}min").is_err(), "zero-width space");
+        assert!(Username::parse("evil\u{202E}gpj.exe").is_err(), "right-to-left override");
         assert!(Username::parse("Zoë 🚀").is_ok());
     }
 

@@ -90,6 +90,13 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// Whether a read failed because the client sent more than `WS_MAX_MESSAGE_BYTES`. axum does
+/// not expose tungstenite's error type, so this reads the capacity error's message.
+fn is_too_big(error: &axum::Error) -> bool {
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
 /// Why the loop stopped.
 enum Stop {
     /// Send `farewell` if any, then close with this code and reason.
@@ -174,6 +181,9 @@ impl Connection {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
                         self.on_frame(frame).await
+                    }
+                    Some(Err(error)) if is_too_big(&error) => {
+                        Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"))
                     }
                     _ => Err(Stop::Gone),
                 },

@@ -53,6 +53,8 @@ pub mod close {
     pub const TOO_MANY_INITS: u16 = 4429;
     /// The user already has `WS_MAX_CONNECTIONS_PER_USER` websockets open (policy violation).
     pub const TOO_MANY_CONNECTIONS: u16 = 1008;
+    /// A message larger than `WS_MAX_MESSAGE_BYTES`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The peer stopped answering keep-alive pings.
     pub const KEEPALIVE_TIMEOUT: u16 = 1011;
     /// Normal closure (legacy `connection_terminate`).

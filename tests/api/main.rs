@@ -3,7 +3,9 @@
 
 mod auth;
 mod helpers;
+mod hostile;
 mod http;
+mod limits;
 mod messages;
 mod protocol;
 mod sessions;
