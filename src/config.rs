@@ -36,6 +36,31 @@ pub struct Config {
     pub trust_proxy: bool,
     /// Abuse limits; see [`Limits`].
     pub limits: Limits,
+    /// MongoDB, when `MONGO_URI` is set; otherwise the embedded store is used.
+    pub mongo: Option<MongoConfig>,
+}
+
+/// Where and how to reach MongoDB.
+#[derive(Clone)]
+pub struct MongoConfig {
+    /// Connection string (`MONGO_URI`), `mongodb://` or `mongodb+srv://`. May hold a password,
+    /// so it is never logged or printed by `Debug`.
+    pub uri: String,
+    /// Database name (`MONGO_DB`); when unset, the URI's path, else `chatapp`.
+    pub database: Option<String>,
+    /// How long an operation waits for a usable server before failing with
+    /// `SERVICE_UNAVAILABLE` (`MONGO_TIMEOUT`); also the connect timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("uri", &"***")
+            .field("database", &self.database)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// Every limit that protects the server from hostile or runaway clients. All are settings.
@@ -138,7 +163,16 @@ impl Config {
             ws_max_subscriptions: positive("WS_MAX_SUBSCRIPTIONS", 20)?,
             ws_max_connections_per_user: positive("WS_MAX_CONNECTIONS_PER_USER", 20)?,
         };
+        let mongo = match get("MONGO_URI").filter(|uri| !uri.trim().is_empty()) {
+            Some(uri) => Some(MongoConfig {
+                uri,
+                database: get("MONGO_DB").filter(|name| !name.is_empty()),
+                timeout: duration("MONGO_TIMEOUT", Duration::from_secs(3))?,
+            }),
+            None => None,
+        };
         Ok(Config {
+            mongo,
             trust_proxy: parse_or(get("TRUST_PROXY"), "TRUST_PROXY", false)?,
             limits,
             ws_init_timeout,
@@ -224,6 +258,16 @@ mod tests {
         assert!(config.cors_allowed_origins.is_empty());
         assert_eq!(config.ws_init_timeout, Duration::from_secs(3));
         assert_eq!(config.ws_ping_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn mongo_uri_selects_mongodb_and_is_never_printed() {
+        assert!(config(&[]).unwrap().mongo.is_none());
+        let config = config(&[("MONGO_URI", "mongodb://app:s3cret@db:27017/chat")]).unwrap();
+        let mongo = config.mongo.as_ref().unwrap();
+        assert_eq!(mongo.timeout, Duration::from_secs(3));
+        assert_eq!(mongo.database, None);
+        assert!(!format!("{config:?}").contains("s3cret"));
     }
 
     #[test]

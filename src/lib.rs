@@ -44,7 +44,7 @@ use crate::{
     rate_limits::RateLimits,
     services::Services,
     sessions::{passwords::PasswordHasher, tokens::TokenService},
-    store::{Store, sqlite::SqliteStore},
+    store::{Store, mongo::MongoStore, sqlite::SqliteStore},
 };
 
 /// A built application: its routes and the services behind them.
@@ -66,9 +66,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         source,
     })?;
     let secret = signing_secret(config)?;
-    let database = config.data_dir.join(DATABASE_FILE);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database)?);
-    tracing::info!(store = store.kind(), path = %database.display(), "store ready");
+    let store = open_store(config).await?;
     let services = Services {
         store,
         bus: Arc::new(InProcessBus::new()),
@@ -80,6 +78,24 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     let schema = schema::build(services.clone(), &config.limits);
     let router = http::router(schema, services.clone(), config);
     Ok(App { router, services })
+}
+
+/// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    let Some(mongo) = &config.mongo else {
+        let database = config.data_dir.join(DATABASE_FILE);
+        let store = SqliteStore::open(&database)?;
+        tracing::info!(store = store.kind(), path = %database.display(), "using the embedded store");
+        return Ok(Arc::new(store));
+    };
+    let store = Arc::new(MongoStore::connect(mongo).await?);
+    tracing::info!(store = store.kind(), database = store.database_name(), "using MongoDB");
+    // Creating the indexes also proves the connection; if MongoDB is not up yet the server
+    // starts anyway, answers SERVICE_UNAVAILABLE, and creates them on first use.
+    if let Err(error) = store.ensure_indexes().await {
+        tracing::warn!(%error, "MongoDB is not reachable yet; requests fail until it is");
+    }
+    Ok(store)
 }
 
 /// Prunes idle rate-limit keys every minute, for as long as the app exists.

@@ -9,7 +9,7 @@
 //! A message sent during step 2 is either committed before the page that would hold it was read
 //! (it is replayed, and its live event is skipped) or after (it is not in the backlog, and its
 //! live event delivers it). If the bus reports that this subscriber lagged, the stream goes back
-//! to the store and re-reads everything after the last backlog position it had read.
+//! to the store and re-reads the unacknowledged backlog, skipping what it already emitted.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -116,6 +116,10 @@ impl Delivery {
                     }
                     Some(BusEvent::Lagged) => {
                         tracing::warn!(user = %self.user_id, "subscriber lagged; catching up from the store");
+                        // From the start of the backlog, not from `read_up_to`: a message sent
+                        // concurrently may have committed with a lower seq after that read.
+                        // What was already emitted is skipped by `emitted`.
+                        self.read_up_to = 0;
                         self.phase = Phase::Replaying;
                     }
                     // Inbox topics carry only messages; anything else is ignored.

@@ -1,10 +1,11 @@
 //! Storage: the one trait every backing store implements.
 //!
 //! The server only talks to [`Store`]; the embedded SQLite store lives in [`sqlite`], and the
-//! MongoDB store will sit beside it. Anything the server relies on (uniqueness, the order of
+//! MongoDB store beside it in [`mongo`]. Anything the server relies on (uniqueness, the order of
 //! the undelivered backlog, idempotent sends) is part of this contract and is checked by the
 //! contract tests in `tests/contract`, which run against every implementation.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -63,7 +64,9 @@ pub enum Inserted {
 /// Durable storage of users, sessions and messages.
 ///
 /// Implementations must make every write durable before returning, assign each message a
-/// `seq` that grows in the order messages are committed, and treat message ids as opaque.
+/// unique `seq` that grows with the order messages are sent (a message may commit after one
+/// with a higher `seq` when both are sent at once; delivery does not rely on commit order),
+/// and treat message ids as opaque: an id that cannot be theirs simply names nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and `/healthz` (`sqlite`, `mongodb`).

@@ -69,9 +69,19 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>) -> TestApp {
 pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
     init_tracing();
     let path = data_dir.path().display().to_string();
+    let mongo = test_mongo_database(&data_dir);
     let config = Config::from_lookup(|name| {
         if let Some((_, value)) = settings.iter().find(|(key, _)| *key == name) {
             return Some(value.to_string());
+        }
+        if settings.iter().all(|(key, _)| *key != "MONGO_URI")
+            && let Some((uri, database)) = &mongo
+        {
+            match name {
+                "MONGO_URI" => return Some(uri.clone()),
+                "MONGO_DB" => return Some(database.clone()),
+                _ => {}
+            }
         }
         match name {
             "DATA_DIR" => Some(path.clone()),
@@ -98,6 +108,17 @@ pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -
         shutdown: Some(shutdown),
         server: Some(server),
     }
+}
+
+/// With `TEST_MONGO_URI` set, the whole suite runs on MongoDB: each data directory gets its own
+/// database, named after it so a restarted server finds the same data. Tests leave these
+/// `chatapp_it_*` databases behind; drop them when done.
+fn test_mongo_database(data_dir: &TempDir) -> Option<(String, String)> {
+    use std::hash::{Hash, Hasher};
+    let uri = std::env::var("TEST_MONGO_URI").ok().filter(|uri| !uri.is_empty())?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data_dir.path().hash(&mut hasher);
+    Some((uri, format!("chatapp_it_{:016x}", hasher.finish())))
 }
 
 impl TestApp {

@@ -9,4 +9,5 @@ mod limits;
 mod messages;
 mod protocol;
 mod sessions;
+mod store_outage;
 mod subscriptions;

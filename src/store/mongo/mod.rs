@@ -1,0 +1,397 @@
+//! The MongoDB store, on the official driver: the production store when `MONGO_URI` is set.
+//!
+//! Collections: `users`, `sessions`, `messages`, and `counters` (message sequence numbers).
+//! Indexes are created on first use, idempotently, and again after a failure, so a server
+//! started while MongoDB is down begins working when it comes back. Every write waits for the
+//! journal on a majority of the replica set (`w: "majority", j: true`), so a message
+//! acknowledged to its sender survives a crash or failover. Operations fail fast with
+//! [`StoreError::Unavailable`] when no server can be selected within `MONGO_TIMEOUT`.
+
+mod documents;
+mod errors;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::{
+    Client, Collection, Database, IndexModel,
+    bson::{Document, doc, oid::ObjectId},
+    options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
+};
+use tokio::sync::OnceCell;
+
+use self::{
+    documents::{
+        CounterDocument, MessageDocument, SessionDocument, UserDocument, conversation_key,
+        idempotency_key, object_id, to_bson_date,
+    },
+    errors::{is_duplicate_key, store_error},
+};
+use super::{Inserted, Store, StoreError, StoreResult};
+use crate::{
+    config::MongoConfig,
+    messages::{Message, NewMessage},
+    sessions::{NewSession, Session},
+    users::{NewUser, User, UserCredentials},
+};
+
+/// Database used when neither `MONGO_DB` nor the URI names one.
+pub const DEFAULT_DATABASE: &str = "chatapp";
+/// How long after expiry the TTL index removes a session document.
+const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Longest a write waits for majority acknowledgement before failing as unavailable.
+const WRITE_CONCERN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Users, sessions and messages in MongoDB.
+pub struct MongoStore {
+    database: Database,
+    users: Collection<UserDocument>,
+    sessions: Collection<SessionDocument>,
+    messages: Collection<MessageDocument>,
+    counters: Collection<CounterDocument>,
+    /// Set once every index exists; until then each operation tries to create them.
+    indexes: OnceCell<()>,
+}
+
+impl MongoStore {
+    /// A store for `config`. Parses the URI (resolving `mongodb+srv` records) but does not wait
+    /// for a server: the driver connects in the background and every operation waits at most
+    /// `config.timeout` for one.
+    pub async fn connect(config: &MongoConfig) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(&config.uri)
+            .await
+            .map_err(|error| StoreError::Internal(format!("MONGO_URI is not usable: {error}")))?;
+        options.app_name.get_or_insert_with(|| "chatapp".to_string());
+        options.server_selection_timeout = Some(config.timeout);
+        options.connect_timeout = Some(config.timeout);
+        options.write_concern = Some(
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .journal(true)
+                .w_timeout(WRITE_CONCERN_TIMEOUT)
+                .build(),
+        );
+        let name = config
+            .database
+            .clone()
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+        let client = Client::with_options(options).map_err(store_error)?;
+        Ok(Self::on(client.database(&name)))
+    }
+
+    fn on(database: Database) -> Self {
+        MongoStore {
+            users: database.collection("users"),
+            sessions: database.collection("sessions"),
+            messages: database.collection("messages"),
+            counters: database.collection("counters"),
+            database,
+            indexes: OnceCell::new(),
+        }
+    }
+
+    /// The database's name.
+    pub fn database_name(&self) -> &str {
+        self.database.name()
+    }
+
+    /// Drops the whole database (for tests that made their own).
+    pub async fn drop_database(&self) -> StoreResult<()> {
+        self.database.drop().await.map_err(store_error)
+    }
+
+    /// Creates every index the store relies on, once; a failure is retried by the next call.
+    pub async fn ensure_indexes(&self) -> StoreResult<()> {
+        self.indexes.get_or_try_init(|| self.create_indexes()).await.map(drop)
+    }
+
+    async fn create_indexes(&self) -> StoreResult<()> {
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        };
+        let unique = |keys: Document, name: &str, sparse: bool| {
+            let options = IndexOptions::builder()
+                .name(name.to_string())
+                .unique(true)
+                .sparse(sparse.then_some(true))
+                .build();
+            IndexModel::builder().keys(keys).options(options).build()
+        };
+        let expiring = IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("sessions_expiry".to_string())
+                    .expire_after(SESSION_RETENTION)
+                    .build(),
+            )
+            .build();
+        self.users
+            .create_indexes([unique(doc! { "phone_number": 1 }, "phone_number_unique", false)])
+            .await
+            .map_err(store_error)?;
+        self.sessions
+            .create_indexes([index(doc! { "user_id": 1 }, "sessions_by_user")])
+            .await
+            .map_err(store_error)?;
+        self.messages
+            .create_indexes([
+                index(
+                    doc! { "recipient_id": 1, "delivered_at": 1, "seq": 1 },
+                    "undelivered_by_recipient",
+                ),
+                index(doc! { "conversation": 1, "seq": -1 }, "history_by_conversation"),
+                unique(doc! { "idempotency_key": 1 }, "client_message_id_unique", true),
+            ])
+            .await
+            .map_err(store_error)?;
+        // Housekeeping only (expired sessions are refused either way), so a server that cannot
+        // build TTL indexes still runs.
+        if let Err(error) = self.sessions.create_index(expiring).await {
+            match store_error(error) {
+                unavailable @ StoreError::Unavailable(_) => return Err(unavailable),
+                other => tracing::warn!(error = %other, "expired sessions will not be purged"),
+            }
+        }
+        tracing::info!(database = self.database.name(), "MongoDB indexes are in place");
+        Ok(())
+    }
+
+    /// The next message sequence number. `findAndModify` with `$inc` is atomic, so concurrent
+    /// senders (on any number of server instances) never share a number.
+    async fn next_seq(&self) -> StoreResult<i64> {
+        for _ in 0..2 {
+            let counter = self
+                .counters
+                .find_one_and_update(doc! { "_id": "messages" }, doc! { "$inc": { "seq": 1_i64 } })
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match counter {
+                Ok(Some(counter)) => return Ok(counter.seq),
+                Ok(None) => {}
+                // Two first-ever upserts raced; the loser retries and finds the document.
+                Err(error) if is_duplicate_key(&error) => {}
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+        Err(StoreError::Internal("the message counter could not be incremented".into()))
+    }
+
+    async fn find_messages(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let cursor = self
+            .messages
+            .find(filter)
+            .sort(sort)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?;
+        let documents: Vec<MessageDocument> = cursor.try_collect().await.map_err(store_error)?;
+        Ok(documents.into_iter().map(MessageDocument::into_message).collect())
+    }
+
+    async fn message_by_client_id(
+        &self,
+        sender: &ObjectId,
+        client_message_id: &str,
+    ) -> StoreResult<Option<Message>> {
+        let filter = doc! { "idempotency_key": idempotency_key(sender, client_message_id) };
+        let found = self.messages.find_one(filter).await.map_err(store_error)?;
+        Ok(found.map(MessageDocument::into_message))
+    }
+}
+
+/// Parses ids a client sent; ids that cannot be ours are left out (they name nothing).
+fn object_ids(ids: &[String]) -> Vec<ObjectId> {
+    ids.iter().filter_map(|id| object_id(id)).collect()
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.database.run_command(doc! { "ping": 1 }).await.map_err(store_error)?;
+        self.ensure_indexes().await
+    }
+
+    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
+        self.ensure_indexes().await?;
+        let document = UserDocument::new(user, Utc::now());
+        match self.users.insert_one(&document).await {
+            Ok(_) => Ok(document.into_user()),
+            Err(error) if is_duplicate_key(&error) => {
+                Err(StoreError::Conflict("this phone number is already registered".into()))
+            }
+            Err(error) => Err(store_error(error)),
+        }
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        let Some(id) = object_id(id) else { return Ok(None) };
+        let found = self.users.find_one(doc! { "_id": id }).await.map_err(store_error)?;
+        Ok(found.map(UserDocument::into_user))
+    }
+
+    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
+        Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))
+    }
+
+    async fn credentials_by_phone(
+        &self,
+        phone_number: &str,
+    ) -> StoreResult<Option<UserCredentials>> {
+        let filter = doc! { "phone_number": phone_number };
+        let found = self.users.find_one(filter).await.map_err(store_error)?;
+        Ok(found.map(UserDocument::into_credentials))
+    }
+
+    async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
+        self.ensure_indexes().await?;
+        let document = SessionDocument::new(&session)
+            .ok_or_else(|| StoreError::Internal("session for a user id that is not ours".into()))?;
+        self.sessions.insert_one(&document).await.map_err(store_error)?;
+        Ok(document.into_session())
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        let Some(id) = object_id(id) else { return Ok(None) };
+        let found = self.sessions.find_one(doc! { "_id": id }).await.map_err(store_error)?;
+        Ok(found.map(SessionDocument::into_session))
+    }
+
+    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
+        let Some(id) = object_id(id) else { return Ok(false) };
+        let deleted = self.sessions.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let sessions = self.user_sessions(user_id).await?;
+        let ids: Vec<ObjectId> = sessions.iter().filter_map(|s| object_id(&s.id)).collect();
+        if !ids.is_empty() {
+            // By id, so a session created meanwhile is neither ended nor reported as ended.
+            self.sessions
+                .delete_many(doc! { "_id": { "$in": &ids } })
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(sessions.into_iter().map(|session| session.id).collect())
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+        let Some(user_id) = object_id(user_id) else { return Ok(Vec::new()) };
+        let cursor = self
+            .sessions
+            .find(doc! { "user_id": user_id })
+            .sort(doc! { "created_at": 1 })
+            .await
+            .map_err(store_error)?;
+        let documents: Vec<SessionDocument> = cursor.try_collect().await.map_err(store_error)?;
+        Ok(documents.into_iter().map(SessionDocument::into_session).collect())
+    }
+
+    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let Some(id) = object_id(id) else { return Ok(()) };
+        let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
+        self.sessions.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
+        self.ensure_indexes().await?;
+        let sender = object_id(&message.sender_id).ok_or_else(|| {
+            StoreError::Internal("message from a user id that is not ours".into())
+        })?;
+        if let Some(key) = &message.client_message_id
+            && let Some(existing) = self.message_by_client_id(&sender, key).await?
+        {
+            return Ok(Inserted::Existing(existing));
+        }
+        let seq = self.next_seq().await?;
+        let document = MessageDocument::new(&message, seq)
+            .ok_or_else(|| StoreError::Internal("message to a user id that is not ours".into()))?;
+        match self.messages.insert_one(&document).await {
+            Ok(_) => Ok(Inserted::Created(document.into_message())),
+            // A concurrent retry with the same clientMessageId won the race: return its message.
+            Err(error) if is_duplicate_key(&error) => {
+                let key = message.client_message_id.as_deref().unwrap_or_default();
+                match self.message_by_client_id(&sender, key).await? {
+                    Some(existing) => Ok(Inserted::Existing(existing)),
+                    None => Err(store_error(error)),
+                }
+            }
+            Err(error) => Err(store_error(error)),
+        }
+    }
+
+    async fn undelivered_messages(
+        &self,
+        recipient_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let Some(recipient) = object_id(recipient_id) else { return Ok(Vec::new()) };
+        let filter =
+            doc! { "recipient_id": recipient, "delivered_at": null, "seq": { "$gt": after_seq } };
+        self.find_messages(filter, doc! { "seq": 1 }, limit).await
+    }
+
+    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+        let ids = object_ids(ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let count = ids.len();
+        self.find_messages(doc! { "_id": { "$in": ids } }, doc! { "seq": 1 }, count).await
+    }
+
+    async fn mark_delivered(
+        &self,
+        recipient_id: &str,
+        ids: &[String],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (Some(recipient), ids) = (object_id(recipient_id), object_ids(ids)) else {
+            return Ok(());
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let filter =
+            doc! { "_id": { "$in": ids }, "recipient_id": recipient, "delivered_at": null };
+        let update = doc! { "$set": { "delivered_at": to_bson_date(at) } };
+        self.messages.update_many(filter, update).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn conversation(
+        &self,
+        user_a: &str,
+        user_b: &str,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let (Some(a), Some(b)) = (object_id(user_a), object_id(user_b)) else {
+            return Ok(Vec::new());
+        };
+        let mut filter = doc! { "conversation": conversation_key(&a, &b) };
+        if let Some(before) = before_seq {
+            filter.insert("seq", doc! { "$lt": before });
+        }
+        self.find_messages(filter, doc! { "seq": -1 }, limit).await
+    }
+}

@@ -1,0 +1,56 @@
+//! MongoDB going away: requests fail fast with `SERVICE_UNAVAILABLE`, `/healthz` answers 503,
+//! and the server stays up. Runs without a MongoDB server: it points at a port nothing listens on.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app_with;
+
+/// A MongoDB address where nothing answers.
+const NOWHERE: &str = "mongodb://127.0.0.1:9/?directConnection=true";
+
+#[tokio::test]
+async fn an_unreachable_mongodb_fails_fast_with_service_unavailable() {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let settings = [("MONGO_URI", NOWHERE), ("MONGO_TIMEOUT", "300ms")];
+    let app = spawn_app_with(data_dir, &settings).await;
+
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body, json!({ "status": "unavailable", "store": "mongodb" }));
+
+    for _ in 0..3 {
+        let started = Instant::now();
+        let body = app
+            .graphql(
+                "mutation($input: RegisterInput!) { register(input: $input) { token } }",
+                json!({ "input": { "phoneNumber": "+12025550143", "username": "alice", "password": "password123" } }),
+                None,
+            )
+            .await;
+        assert_eq!(body["errors"][0]["extensions"]["code"], "SERVICE_UNAVAILABLE", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(!message.contains("127.0.0.1"), "the error leaks the database address: {message}");
+        // Generous: the point is that it does not hang on the driver's 30 s default.
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_mongo_uri_stops_startup_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let config = chatapp::config::Config::from_lookup(|name| match name {
+        "MONGO_URI" => Some("postgres://localhost/chat".into()),
+        "DATA_DIR" => Some(path.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let Err(error) = chatapp::build(&config).await else { panic!("a postgres URI was accepted") };
+    assert!(error.to_string().contains("MONGO_URI"), "{error}");
+}
