@@ -1,0 +1,213 @@
+//! Talking to the server the way a frontend does: GraphQL over HTTP for mutations, a
+//! graphql-transport-ws websocket for `messageReceived`. The baseline target speaks the same
+//! shape with nothing in between: `POST /send/{user}` in, a bare websocket frame out.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, anyhow, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const SEND: &str = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }";
+const REGISTER: &str =
+    "mutation($input: RegisterInput!) { register(input: $input) { token profileId } }";
+const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
+const SUBSCRIBE: &str = "subscription { messageReceived { id content } }";
+pub const PASSWORD: &str = "benchmark-password";
+
+/// A registered user.
+#[derive(Clone)]
+pub struct User {
+    pub id: String,
+    pub token: String,
+    pub phone_number: String,
+}
+
+/// Phone numbers no other run of this tool uses (valid US numbers, +1 202 2xx xxxx … 9xx).
+pub fn unique_phone_number() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+        nanos % 5_000_000
+    });
+    let n = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 8_000_000;
+    format!("+1202{}", 2_000_000 + n)
+}
+
+/// Where a send goes and how it travels.
+#[derive(Clone)]
+pub enum Target {
+    Chat { http: reqwest::Client, base_url: String },
+    Baseline { http: reqwest::Client, base_url: String },
+}
+
+/// One sender's way to reach one recipient.
+#[derive(Clone)]
+pub struct Route {
+    /// The sender's token (chat only).
+    pub token: String,
+    /// The recipient's id.
+    pub recipient: String,
+}
+
+impl Target {
+    pub fn chat(base_url: &str) -> Self {
+        Target::Chat { http: http_client(), base_url: base_url.to_string() }
+    }
+
+    pub fn baseline(base_url: &str) -> Self {
+        Target::Baseline { http: http_client(), base_url: base_url.to_string() }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Chat { .. } => "chatapp",
+            Target::Baseline { .. } => "baseline",
+        }
+    }
+
+    /// Sends one message along `route`.
+    pub async fn send(&self, route: &Route, content: &str) -> anyhow::Result<()> {
+        match self {
+            Target::Chat { .. } => {
+                let input = json!({ "recipientId": route.recipient, "content": content });
+                self.graphql(SEND, json!({ "input": input }), Some(&route.token)).await.map(drop)
+            }
+            Target::Baseline { http, base_url } => {
+                let url = format!("{base_url}/send/{}", route.recipient);
+                let response = http.post(url).body(content.to_string()).send().await?;
+                if !response.status().is_success() {
+                    bail!("baseline send: HTTP {}", response.status());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A fresh recipient and a route to it from a fresh sender.
+    pub async fn pair(&self, baseline_id: usize) -> anyhow::Result<(Route, Ws)> {
+        match self {
+            Target::Chat { .. } => {
+                let sender = self.register().await?;
+                let recipient = self.register().await?;
+                let ws = self.subscribe(&recipient.token).await?;
+                Ok((Route { token: sender.token, recipient: recipient.id }, ws))
+            }
+            Target::Baseline { base_url, .. } => {
+                let url = format!("{}/ws?user={baseline_id}", base_url.replacen("http", "ws", 1));
+                let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+                Ok((Route { token: String::new(), recipient: baseline_id.to_string() }, ws))
+            }
+        }
+    }
+
+    fn chat_url(&self) -> &str {
+        match self {
+            Target::Chat { base_url, .. } | Target::Baseline { base_url, .. } => base_url,
+        }
+    }
+
+    /// Posts a GraphQL operation; a response with errors is an error.
+    pub async fn graphql(
+        &self,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let Target::Chat { http, base_url } = self else { bail!("GraphQL needs the chat target") };
+        let mut request = http
+            .post(format!("{base_url}/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let body: Value = request.send().await?.json().await?;
+        if let Some(error) = body["errors"].get(0) {
+            bail!("GraphQL error: {error}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// Registers a new user.
+    pub async fn register(&self) -> anyhow::Result<User> {
+        let phone_number = unique_phone_number();
+        let input =
+            json!({ "phoneNumber": phone_number, "username": "bench", "password": PASSWORD });
+        let data = self.graphql(REGISTER, json!({ "input": input }), None).await?;
+        let payload = &data["register"];
+        Ok(User {
+            id: payload["profileId"].as_str().context("no profileId")?.to_string(),
+            token: payload["token"].as_str().context("no token")?.to_string(),
+            phone_number,
+        })
+    }
+
+    /// Logs `user` in (a new session each time).
+    pub async fn login(&self, user: &User) -> anyhow::Result<()> {
+        let input = json!({ "phoneNumber": user.phone_number, "password": PASSWORD });
+        self.graphql(LOGIN, json!({ "input": input }), None).await.map(drop)
+    }
+
+    /// Opens a graphql-transport-ws connection for `token` and starts `messageReceived`.
+    pub async fn subscribe(&self, token: &str) -> anyhow::Result<Ws> {
+        let url = format!("{}/graphql", self.chat_url().replacen("http", "ws", 1));
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let init = json!({ "type": "connection_init", "payload": { "token": token } });
+        ws.send(Message::text(init.to_string())).await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.as_str().contains("connection_ack") => {}
+            other => bail!("no connection_ack: {other:?}"),
+        }
+        let subscribe =
+            json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } });
+        ws.send(Message::text(subscribe.to_string())).await?;
+        Ok(ws)
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("HTTP client")
+}
+
+/// Reads `ws` until it closes, answering protocol pings, and hands each delivered message's
+/// content to `on_content`.
+pub async fn receive(
+    mut ws: Ws,
+    baseline: bool,
+    mut on_content: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else { continue };
+        if baseline {
+            on_content(text.as_str());
+            continue;
+        }
+        let value: Value = serde_json::from_str(text.as_str())?;
+        match value["type"].as_str() {
+            Some("next") => {
+                let content = value["payload"]["data"]["messageReceived"]["content"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("unexpected payload: {value}"))?;
+                on_content(content);
+            }
+            Some("ping") => ws.send(Message::text(r#"{"type":"pong"}"#)).await?,
+            Some("pong") => {}
+            _ => bail!("unexpected message: {value}"),
+        }
+    }
+    Ok(())
+}

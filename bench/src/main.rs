@@ -1,0 +1,241 @@
+//! `loadtest`: how fast chatapp delivers, how much an idle subscription costs, how fast a
+//! backlog replays, what a login storm does to delivery, each next to a bare websocket
+//! baseline. See BENCHMARKS.md for the figures and how to read them.
+
+mod baseline;
+mod client;
+mod delivery;
+mod scenarios;
+mod server;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    client::Target,
+    delivery::{DeliveryFigures, Pairs},
+    scenarios::{IdleFigures, ReplayFigures, StormFigures},
+    server::Server,
+};
+
+/// Load generator for chatapp. By default it starts a fresh chatapp server per scenario (the
+/// release binary beside this tool, data in a temporary directory) and the baseline server.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The chatapp binary to start (default: `chatapp` beside this tool; build it with
+    /// `cargo build --release --workspace`).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Drive an already running server instead (e.g. http://127.0.0.1:5000). It must allow
+    /// the load: raise RATE_LIMIT_* and WS_MAX_CONNECTIONS_PER_USER.
+    #[arg(long)]
+    server_url: Option<String>,
+    /// Process id of the --server-url server, for the idle-connection memory figures.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Scenarios to run, comma separated: delivery, baseline, idle, replay, storm.
+    #[arg(long, value_delimiter = ',', default_value = "delivery,baseline,idle,replay,storm")]
+    scenarios: Vec<String>,
+    /// Sender/recipient pairs for delivery.
+    #[arg(long, default_value_t = 50)]
+    pairs: usize,
+    /// Offered rate for the fixed-rate delivery run, messages per second in all.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Requests in flight per pair at saturation.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Seconds each delivery measurement sends for.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Idle subscriptions to open.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Messages to queue and replay.
+    #[arg(long, default_value_t = 100_000)]
+    replay: usize,
+    /// Clients logging in back to back during the storm.
+    #[arg(long, default_value_t = 32)]
+    storm_workers: usize,
+    /// Offered delivery rate during the storm measurement, messages per second.
+    #[arg(long, default_value_t = 500.0)]
+    storm_rate: f64,
+    /// bcrypt cost of the server in the storm (the production default is 12).
+    #[arg(long, default_value_t = 12)]
+    storm_bcrypt_cost: u32,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A few seconds at a tiny size, to prove the tool works (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the baseline fan-out (started by the tool itself).
+    #[command(hide = true)]
+    BaselineServer {
+        #[arg(long)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    delivery: Vec<DeliveryFigures>,
+    idle: Option<IdleFigures>,
+    replay: Option<ReplayFigures>,
+    storm: Option<StormFigures>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if let Some(Command::BaselineServer { port }) = args.command {
+        return baseline::serve(port).await;
+    }
+    if args.smoke {
+        (args.pairs, args.rate, args.in_flight, args.seconds) = (4, 100.0, 2, 1.0);
+        (args.idle, args.replay, args.storm_workers, args.storm_rate) = (20, 200, 2, 50.0);
+        args.storm_bcrypt_cost = 4;
+    }
+    let wants = |name: &str| args.scenarios.iter().any(|s| s == name);
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut report = Report::default();
+
+    if wants("delivery") {
+        eprintln!("delivery: {} pairs", args.pairs);
+        let server = chat_server(&args, 4).await?;
+        let target = Target::chat(&server.base_url);
+        let pairs = Pairs::open(&target, args.pairs).await?;
+        report.delivery.push(pairs.measure(Some(args.rate), 1, duration).await);
+        report.delivery.push(pairs.measure(None, args.in_flight, duration).await);
+        pairs.close();
+        server.stop().await;
+    }
+    if wants("baseline") {
+        eprintln!("baseline: {} pairs", args.pairs);
+        let server = Server::spawn_baseline().await?;
+        let pairs = Pairs::open(&Target::baseline(&server.base_url), args.pairs).await?;
+        report.delivery.push(pairs.measure(Some(args.rate), 1, duration).await);
+        report.delivery.push(pairs.measure(None, args.in_flight, duration).await);
+        pairs.close();
+        server.stop().await;
+    }
+    if wants("idle") {
+        eprintln!("idle connections: {}", args.idle);
+        let server = chat_server(&args, 4).await?;
+        report.idle = Some(scenarios::idle_connections(&server, args.idle).await?);
+        server.stop().await;
+    }
+    if wants("replay") {
+        eprintln!("replay: {} messages", args.replay);
+        let server = chat_server(&args, 4).await?;
+        report.replay = Some(scenarios::replay(&server, args.replay).await?);
+        server.stop().await;
+    }
+    if wants("storm") {
+        eprintln!(
+            "login storm: {} workers at bcrypt cost {}",
+            args.storm_workers, args.storm_bcrypt_cost
+        );
+        let server = chat_server(&args, args.storm_bcrypt_cost).await?;
+        let storm = scenarios::login_storm(
+            &server,
+            args.pairs.min(20),
+            args.storm_rate,
+            args.storm_workers,
+            duration,
+        );
+        report.storm = Some(storm.await?);
+        server.stop().await;
+    }
+
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// A fresh chatapp server with bcrypt at `bcrypt_cost`, or the external one.
+async fn chat_server(args: &Args, bcrypt_cost: u32) -> anyhow::Result<Server> {
+    if let Some(url) = &args.server_url {
+        return Ok(Server::external(url, args.server_pid));
+    }
+    let binary = args.server_bin.clone().unwrap_or_else(server::default_server_binary);
+    Server::spawn(&binary, &[("BCRYPT_COST", bcrypt_cost.to_string())]).await
+}
+
+fn print_table(report: &Report) {
+    let baseline_saturation = report
+        .delivery
+        .iter()
+        .find(|d| d.target == "baseline" && d.offered_per_second.is_none())
+        .map(|d| d.delivered_per_second);
+    println!();
+    println!(
+        "| Scenario | Offered | Delivered/s | p50 ms | p99 ms | max ms | Sent | Delivered | Errors | vs baseline |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for d in &report.delivery {
+        let offered =
+            d.offered_per_second.map_or("saturation".to_string(), |r| format!("{r:.0}/s"));
+        let ratio = match (baseline_saturation, d.offered_per_second) {
+            (Some(base), None) if d.target != "baseline" => {
+                format!("{:.0}%", 100.0 * d.delivered_per_second / base)
+            }
+            _ => "".to_string(),
+        };
+        println!(
+            "| delivery ({}) | {offered} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {ratio} |",
+            d.target,
+            d.delivered_per_second,
+            d.p50_ms,
+            d.p99_ms,
+            d.max_ms,
+            d.sent,
+            d.delivered,
+            d.send_errors
+        );
+    }
+    if let Some(idle) = &report.idle {
+        println!();
+        println!(
+            "idle: {} subscriptions opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+            idle.connections,
+            idle.open_seconds,
+            idle.rss_before_bytes as f64 / 1048576.0,
+            idle.rss_after_bytes as f64 / 1048576.0,
+            idle.bytes_per_connection / 1024.0
+        );
+    }
+    if let Some(replay) = &report.replay {
+        println!(
+            "replay: {} messages queued at {:.0} msg/s, replayed in {:.2} s = {:.0} msg/s",
+            replay.messages,
+            replay.queued_per_second,
+            replay.replay_seconds,
+            replay.replayed_per_second
+        );
+    }
+    if let Some(storm) = &report.storm {
+        println!(
+            "login storm: {} workers, {:.1} logins/s; delivery p99 {:.1} ms quiet -> {:.1} ms in the storm ({:.2}x); p50 {:.1} -> {:.1} ms",
+            storm.login_workers,
+            storm.logins_per_second,
+            storm.quiet.p99_ms,
+            storm.storm.p99_ms,
+            storm.p99_ratio,
+            storm.quiet.p50_ms,
+            storm.storm.p50_ms
+        );
+    }
+}

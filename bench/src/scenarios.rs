@@ -1,0 +1,208 @@
+//! The scenarios besides plain delivery: idle connections, replay, login storm.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, stream};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::{
+    client::{Route, Target, User, receive},
+    delivery::{DeliveryFigures, Pairs},
+    server::Server,
+};
+
+/// Registers `count` users, `parallel` at a time, reporting progress.
+async fn register_many(
+    target: &Target,
+    count: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<User>> {
+    let done = AtomicU64::new(0);
+    let users: Vec<anyhow::Result<User>> = stream::iter(0..count)
+        .map(|_| async {
+            let user = target.register().await;
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n % 1000 == 0 {
+                eprintln!("  registered {n}/{count} users");
+            }
+            user
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    users.into_iter().collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleFigures {
+    pub connections: usize,
+    pub open_seconds: f64,
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub bytes_per_connection: f64,
+}
+
+/// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
+/// server's resident memory before and after.
+pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<IdleFigures> {
+    let target = Target::chat(&server.base_url);
+    eprintln!("  registering {count} users");
+    let users = register_many(&target, count, 64).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = server.rss_bytes().context("idle memory needs the server's pid")?;
+    eprintln!("  opening {count} subscriptions");
+    let started = Instant::now();
+    let opened: Vec<_> = stream::iter(&users)
+        .map(|user| target.subscribe(&user.token))
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    let open_seconds = started.elapsed().as_secs_f64();
+    let mut holders = Vec::new();
+    for ws in opened {
+        let ws = ws?;
+        holders.push(tokio::spawn(async move {
+            let _ = receive(ws, false, |_| {}).await;
+        }));
+    }
+    // Let the server finish starting every subscription and settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = server.rss_bytes().context("server memory")?;
+    let alive = holders.iter().filter(|holder| !holder.is_finished()).count();
+    for holder in holders {
+        holder.abort();
+    }
+    if alive < count {
+        bail!("only {alive} of {count} connections stayed open");
+    }
+    Ok(IdleFigures {
+        connections: count,
+        open_seconds,
+        rss_before_bytes: rss_before,
+        rss_after_bytes: rss_after,
+        bytes_per_connection: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayFigures {
+    pub messages: usize,
+    pub queue_seconds: f64,
+    pub queued_per_second: f64,
+    pub replay_seconds: f64,
+    pub replayed_per_second: f64,
+}
+
+/// Queues `count` messages for one offline user, then subscribes and times the backlog.
+pub async fn replay(server: &Server, count: usize) -> anyhow::Result<ReplayFigures> {
+    let target = Target::chat(&server.base_url);
+    let recipient = target.register().await?;
+    let senders = register_many(&target, 16, 16).await?;
+    eprintln!("  queueing {count} messages");
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..count)
+        .map(|n| {
+            let route = Route {
+                token: senders[n % senders.len()].token.clone(),
+                recipient: recipient.id.clone(),
+            };
+            let target = target.clone();
+            async move { target.send(&route, &format!("backlog {n}")).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let queue_seconds = started.elapsed().as_secs_f64();
+
+    eprintln!("  replaying");
+    let received = Arc::new(AtomicU64::new(0));
+    let drained = Arc::new(Notify::new());
+    let started = Instant::now();
+    let ws = target.subscribe(&recipient.token).await?;
+    let counter = received.clone();
+    let notify = drained.clone();
+    let reader = tokio::spawn(async move {
+        let _ = receive(ws, false, |_| {
+            if counter.fetch_add(1, Ordering::Relaxed) + 1 == count as u64 {
+                notify.notify_one();
+            }
+        })
+        .await;
+    });
+    let finished = tokio::time::timeout(Duration::from_secs(300), drained.notified()).await;
+    let replay_seconds = started.elapsed().as_secs_f64();
+    reader.abort();
+    if finished.is_err() {
+        bail!("replay stalled at {} of {count}", received.load(Ordering::Relaxed));
+    }
+    Ok(ReplayFigures {
+        messages: count,
+        queue_seconds,
+        queued_per_second: count as f64 / queue_seconds,
+        replay_seconds,
+        replayed_per_second: count as f64 / replay_seconds,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormFigures {
+    pub login_workers: usize,
+    pub logins_per_second: f64,
+    pub quiet: DeliveryFigures,
+    pub storm: DeliveryFigures,
+    pub p99_ratio: f64,
+}
+
+/// Delivery p99 at `rate`, quiet and then while `workers` clients log in back to back.
+pub async fn login_storm(
+    server: &Server,
+    pairs: usize,
+    rate: f64,
+    workers: usize,
+    duration: Duration,
+) -> anyhow::Result<StormFigures> {
+    let target = Target::chat(&server.base_url);
+    let pairs = Pairs::open(&target, pairs).await?;
+    let quiet = pairs.measure(Some(rate), 1, duration).await;
+    let victims = register_many(&target, workers, 8).await?;
+    let logins = Arc::new(AtomicU64::new(0));
+    let hammer: Vec<_> = victims
+        .into_iter()
+        .map(|user| {
+            let (target, logins) = (target.clone(), logins.clone());
+            tokio::spawn(async move {
+                loop {
+                    if target.login(&user).await.is_ok() {
+                        logins.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = logins.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let storm = pairs.measure(Some(rate), 1, duration).await;
+    let logins_per_second =
+        (logins.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64();
+    for task in hammer {
+        task.abort();
+    }
+    pairs.close();
+    Ok(StormFigures {
+        login_workers: workers,
+        logins_per_second,
+        p99_ratio: storm.p99_ms / quiet.p99_ms.max(0.001),
+        quiet,
+        storm,
+    })
+}

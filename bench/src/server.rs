@@ -1,0 +1,135 @@
+//! The server under test: a chatapp (or baseline) child process started per scenario with a
+//! fresh data directory, or an already running server given by URL.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// A server the tool talks to.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// For memory readings from `/proc`; `None` for an external server without `--server-pid`.
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// An already running server.
+    pub fn external(base_url: &str, pid: Option<u32>) -> Self {
+        Server {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            pid,
+            child: None,
+            _data_dir: None,
+        }
+    }
+
+    /// Starts `binary` on a free loopback port with `env` on top of benchmark defaults, and waits
+    /// until `/healthz` answers.
+    pub async fn spawn(binary: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let data_dir = tempfile::tempdir()?;
+        let mut command = Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", data_dir.path())
+            .env("RUST_LOG", "warn")
+            // The tool is one client address sending for many users; production limits would
+            // refuse it. Each scenario sets bcrypt's cost itself.
+            .env("RATE_LIMIT_AUTH_PER_ADDRESS", "100000000")
+            .env("RATE_LIMIT_AUTH_PER_PHONE", "100000000")
+            .env("RATE_LIMIT_MESSAGES_PER_USER", "100000000")
+            .env("WS_MAX_CONNECTIONS_PER_USER", "100000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child =
+            command.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+        let server = Server {
+            base_url: format!("http://127.0.0.1:{port}"),
+            pid: child.id(),
+            child: Some(child),
+            _data_dir: Some(data_dir),
+        };
+        server.wait_until_healthy().await?;
+        Ok(server)
+    }
+
+    /// Starts this tool's own bare websocket fan-out server (the baseline).
+    pub async fn spawn_baseline() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["baseline-server", "--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let server = Server {
+            base_url: format!("http://127.0.0.1:{port}"),
+            pid: child.id(),
+            child: Some(child),
+            _data_dir: None,
+        };
+        server.wait_until_healthy().await?;
+        Ok(server)
+    }
+
+    async fn wait_until_healthy(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            let response = client.get(format!("{}/healthz", self.base_url)).send().await;
+            if response.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server at {} did not become healthy within 30 s", self.base_url)
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        rss_bytes(self.pid?)
+    }
+
+    /// Stops a server this tool started.
+    pub async fn stop(mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// `VmRSS` of `pid` from `/proc/<pid>/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where the chatapp binary is by default: beside this tool (same cargo target directory).
+pub fn default_server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.with_file_name("chatapp")
+}
