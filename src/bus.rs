@@ -54,7 +54,7 @@ pub trait MessageBus: Send + Sync + 'static {
 /// Events one inbox channel holds before a slow subscriber lags. Kept small because tokio
 /// allocates every slot up front, per user with an open subscription; a subscriber that lags
 /// catches up from the store, so nothing is lost.
-const INBOX_CAPACITY: usize = 64;
+const INBOX_CAPACITY: usize = 16;
 /// A session channel only ever carries one event.
 const SESSION_CAPACITY: usize = 1;
 

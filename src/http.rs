@@ -34,6 +34,9 @@ use crate::{
     websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
+/// Initial websocket read buffer per connection.
+const WS_READ_BUFFER_BYTES: usize = 512;
+
 /// What every handler can reach.
 #[derive(Clone)]
 struct AppState {
@@ -220,6 +223,11 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
     let settings = state.websocket_settings;
     upgrade
         .protocols([protocol.name()])
+        // tungstenite's defaults (128 KiB read and write buffers) are sized for large messages
+        // and cost that much per idle subscription; chat frames are small, and the buffers
+        // grow on demand for the rare large one.
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// What a store can fail with, in terms the server can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule was broken; the text names the rule, for the client.
     #[error("{0}")]

@@ -1,0 +1,486 @@
+//! The embedded store: SQLite in one file under the data directory.
+//!
+//! Writes go to one writer thread that commits whatever is waiting as one transaction (see
+//! [`writer`]): SQLite allows one writer at a time anyway, the commit order is the `seq` order
+//! of messages, and under load one fsync serves many senders. WAL mode with `synchronous=FULL`
+//! makes every commit durable before any write in it is answered.
+//!
+//! Reads use a small pool of read-only connections and run inline on the calling task: they
+//! are indexed lookups that WAL mode never makes wait for the writer, so they take microseconds,
+//! less than handing each one to another thread would.
+
+mod rows;
+mod writer;
+
+use std::{
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter};
+
+use self::{
+    rows::{
+        MESSAGE_COLUMNS, MIGRATIONS, SESSION_COLUMNS, USER_COLUMNS, conversation_key,
+        message_from_row, millis, new_id, session_from_row, time, user_from_row,
+    },
+    writer::Writer,
+};
+use super::{Inserted, Store, StoreError, StoreResult};
+use crate::{
+    messages::{Message, NewMessage},
+    sessions::{NewSession, Session},
+    users::{NewUser, User, UserCredentials},
+};
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Vec<Mutex<Connection>>,
+    /// Round-robin start for picking a reader.
+    next_reader: AtomicUsize,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.to_string());
+        let connection = Connection::open(path).map_err(unavailable)?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(internal)?;
+        migrate(&connection)?;
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+        let readers = (0..count.max(4))
+            .map(|_| {
+                let reader = Connection::open(path).map_err(unavailable)?;
+                reader
+                    .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+                    .map_err(internal)?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let writer = Writer::start(connection).map_err(internal)?;
+        Ok(SqliteStore { writer, readers, next_reader: AtomicUsize::new(0) })
+    }
+
+    /// Runs `work` on a free read connection.
+    fn read<T>(&self, work: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        for offset in 0..count {
+            if let Ok(reader) = self.readers[(start + offset) % count].try_lock() {
+                return work(&reader);
+            }
+        }
+        // All busy: wait for the one this call started at (each is held for microseconds).
+        let reader = self.readers[start % count].lock().unwrap_or_else(|p| p.into_inner());
+        work(&reader)
+    }
+}
+
+fn migrate(connection: &Connection) -> StoreResult<()> {
+    let version: i64 =
+        connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(internal)?;
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        connection
+            .execute_batch(&format!(
+                "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+                index + 1
+            ))
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn internal(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(error.to_string())
+}
+
+/// Maps SQLite errors: a busy or unopenable database is unavailable, the rest is internal.
+fn sql(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull,
+        ) => StoreError::Unavailable(error.to_string()),
+        _ => internal(error),
+    }
+}
+
+fn is_unique_violation(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+fn query_messages(
+    connection: &Connection,
+    sql_text: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<Message>> {
+    let mut statement = connection.prepare_cached(sql_text).map_err(sql)?;
+    let rows = statement.query_map(params, message_from_row).map_err(sql)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sql))
+    }
+
+    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
+        self.writer
+            .write(move |c| {
+                let stored = User {
+                    id: new_id(),
+                    phone_number: user.phone_number.as_str().to_string(),
+                    username: user.username.as_str().to_string(),
+                    created_at: time(millis(Utc::now())),
+                };
+                c.prepare_cached(
+                    "INSERT INTO users (id, phone_number, username, password_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        stored.id,
+                        stored.phone_number,
+                        stored.username,
+                        user.password_hash,
+                        millis(stored.created_at)
+                    ])
+                })
+                .map_err(|error| {
+                    if is_unique_violation(&error) {
+                        StoreError::Conflict("this phone number is already registered".into())
+                    } else {
+                        sql(error)
+                    }
+                })?;
+                Ok(stored)
+            })
+            .await
+    }
+
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
+                .and_then(|mut query| query.query_row([id], user_from_row).optional())
+                .map_err(sql)
+        })
+    }
+
+    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
+        Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))
+    }
+
+    async fn credentials_by_phone(
+        &self,
+        phone_number: &str,
+    ) -> StoreResult<Option<UserCredentials>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS}, password_hash FROM users WHERE phone_number = ?1"
+            ))
+            .and_then(|mut query| {
+                query
+                    .query_row([phone_number], |row| {
+                        Ok(UserCredentials {
+                            user: user_from_row(row)?,
+                            password_hash: row.get(4)?,
+                        })
+                    })
+                    .optional()
+            })
+            .map_err(sql)
+        })
+    }
+
+    async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
+        self.writer
+            .write(move |c| {
+                let created_at = time(millis(session.created_at));
+                let stored = Session {
+                    id: new_id(),
+                    user_id: session.user_id,
+                    created_at,
+                    last_seen_at: created_at,
+                    expires_at: time(millis(session.expires_at)),
+                };
+                c.prepare_cached(&format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+                ))
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        stored.id,
+                        stored.user_id,
+                        millis(stored.created_at),
+                        millis(stored.last_seen_at),
+                        millis(stored.expires_at)
+                    ])
+                })
+                .map_err(sql)?;
+                Ok(stored)
+            })
+            .await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"))
+                .and_then(|mut query| query.query_row([id], session_from_row).optional())
+                .map_err(sql)
+        })
+    }
+
+    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.writer
+            .write(move |c| {
+                let deleted = c.execute("DELETE FROM sessions WHERE id = ?1", [id]).map_err(sql)?;
+                Ok(deleted > 0)
+            })
+            .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                let mut statement = c
+                    .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
+                    .map_err(sql)?;
+                let ids = statement.query_map([user_id], |row| row.get(0)).map_err(sql)?;
+                ids.collect::<rusqlite::Result<Vec<String>>>().map_err(sql)
+            })
+            .await
+    }
+
+    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+        self.read(|c| {
+            let mut statement = c
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 ORDER BY created_at"
+                ))
+                .map_err(sql)?;
+            let sessions = statement.query_map([user_id], session_from_row).map_err(sql)?;
+            sessions.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+    }
+
+    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        let id = id.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE sessions SET last_seen_at = ?1 WHERE id = ?2",
+                    params![millis(at), id],
+                )
+                .map(drop)
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
+        self.writer
+            .write(move |c| {
+                if let Some(client_id) = &message.client_message_id {
+                    let existing = c
+                        .prepare_cached(&format!(
+                            "SELECT {MESSAGE_COLUMNS} FROM messages
+                             WHERE sender_id = ?1 AND client_message_id = ?2"
+                        ))
+                        .and_then(|mut query| {
+                            query
+                                .query_row(params![message.sender_id, client_id], message_from_row)
+                                .optional()
+                        })
+                        .map_err(sql)?;
+                    if let Some(existing) = existing {
+                        return Ok(Inserted::Existing(existing));
+                    }
+                }
+                let id = new_id();
+                c.prepare_cached(
+                    "INSERT INTO messages (id, sender_id, recipient_id, conversation, content,
+                                           client_message_id, sent_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        id,
+                        message.sender_id,
+                        message.recipient_id,
+                        conversation_key(&message.sender_id, &message.recipient_id),
+                        message.content,
+                        message.client_message_id,
+                        millis(message.sent_at),
+                    ])
+                })
+                .map_err(sql)?;
+                Ok(Inserted::Created(Message {
+                    id,
+                    seq: c.last_insert_rowid(),
+                    sender_id: message.sender_id,
+                    recipient_id: message.recipient_id,
+                    content: message.content,
+                    client_message_id: message.client_message_id,
+                    sent_at: time(millis(message.sent_at)),
+                    delivered_at: None,
+                }))
+            })
+            .await
+    }
+
+    async fn undelivered_messages(
+        &self,
+        recipient_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.read(|c| {
+            query_messages(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE recipient_id = ?1 AND delivered_at IS NULL AND seq > ?2
+                     ORDER BY seq LIMIT ?3"
+                ),
+                params![recipient_id, after_seq, limit as i64],
+            )
+        })
+    }
+
+    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        self.read(|c| {
+            query_messages(
+                c,
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({placeholders})"),
+                params_from_iter(ids.iter()),
+            )
+        })
+    }
+
+    async fn mark_delivered(
+        &self,
+        recipient_id: &str,
+        ids: &[String],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let recipient_id = recipient_id.to_string();
+        let ids = ids.to_vec();
+        self.writer
+            .write(move |c| {
+                let mut statement = c
+                    .prepare_cached(
+                        "UPDATE messages SET delivered_at = ?1
+                         WHERE id = ?2 AND recipient_id = ?3 AND delivered_at IS NULL",
+                    )
+                    .map_err(sql)?;
+                for id in &ids {
+                    statement.execute(params![millis(at), id, recipient_id]).map_err(sql)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn conversation(
+        &self,
+        user_a: &str,
+        user_b: &str,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        let key = conversation_key(user_a, user_b);
+        self.read(|c| {
+            query_messages(
+                c,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages
+                     WHERE conversation = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ),
+                params![key, before_seq.unwrap_or(i64::MAX), limit as i64],
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let user = store
+            .create_user(NewUser {
+                phone_number: crate::users::PhoneNumber::parse("+12025550143").unwrap(),
+                username: crate::users::Username::parse("alice").unwrap(),
+                password_hash: "hash".into(),
+            })
+            .await
+            .unwrap();
+        drop(store);
+        let reopened = SqliteStore::open(&path).unwrap();
+        assert_eq!(reopened.user_by_id(&user.id).await.unwrap(), Some(user));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_in_a_batch_does_not_undo_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("chat.db")).unwrap());
+        let register = |n: usize| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_user(NewUser {
+                        // Every other registration reuses a number: those must fail alone.
+                        phone_number: crate::users::PhoneNumber::parse(&format!(
+                            "+1202555{:04}",
+                            if n % 2 == 0 { n } else { 0 }
+                        ))
+                        .unwrap(),
+                        username: crate::users::Username::parse("someone").unwrap(),
+                        password_hash: "hash".into(),
+                    })
+                    .await
+            })
+        };
+        let tasks: Vec<_> = (0..64).map(register).collect();
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(user) => {
+                    created += 1;
+                    assert!(store.user_by_id(&user.id).await.unwrap().is_some());
+                }
+                Err(error) => assert!(matches!(error, StoreError::Conflict(_)), "{error:?}"),
+            }
+        }
+        assert_eq!(created, 32, "one per distinct number");
+    }
+}

@@ -1,0 +1,106 @@
+//! The SQLite schema and how rows map to domain types.
+
+use chrono::{DateTime, Utc};
+use rusqlite::Row;
+
+use crate::{messages::Message, sessions::Session, users::User};
+
+/// The schema, applied in order; `PRAGMA user_version` records how many have run.
+pub const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        phone_number  TEXT NOT NULL UNIQUE,
+        username      TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE TABLE sessions (
+        id         TEXT PRIMARY KEY,
+        user_id    TEXT NOT NULL REFERENCES users(id),
+        created_at   INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions(user_id);
+    CREATE TABLE messages (
+        seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+        id                TEXT NOT NULL UNIQUE,
+        sender_id         TEXT NOT NULL REFERENCES users(id),
+        recipient_id      TEXT NOT NULL REFERENCES users(id),
+        conversation      TEXT NOT NULL,
+        content           TEXT NOT NULL,
+        client_message_id TEXT,
+        sent_at           INTEGER NOT NULL,
+        delivered_at      INTEGER
+    );
+    CREATE UNIQUE INDEX messages_by_client_id ON messages(sender_id, client_message_id)
+        WHERE client_message_id IS NOT NULL;
+    CREATE INDEX messages_undelivered ON messages(recipient_id, seq) WHERE delivered_at IS NULL;
+    CREATE INDEX messages_by_conversation ON messages(conversation, seq);
+"#];
+
+pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
+pub const USER_COLUMNS: &str = "id, phone_number, username, created_at";
+pub const MESSAGE_COLUMNS: &str =
+    "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at";
+
+/// Times are stored as Unix milliseconds.
+pub fn millis(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+pub fn time(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        phone_number: row.get(1)?,
+        username: row.get(2)?,
+        created_at: time(row.get(3)?),
+    })
+}
+
+pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        sender_id: row.get(2)?,
+        recipient_id: row.get(3)?,
+        content: row.get(4)?,
+        client_message_id: row.get(5)?,
+        sent_at: time(row.get(6)?),
+        delivered_at: row.get::<_, Option<i64>>(7)?.map(time),
+    })
+}
+
+pub fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        created_at: time(row.get(2)?),
+        last_seen_at: time(row.get(3)?),
+        expires_at: time(row.get(4)?),
+    })
+}
+
+/// The key both directions of a conversation share, so one index serves its history.
+pub fn conversation_key(a: &str, b: &str) -> String {
+    if a <= b { format!("{a}|{b}") } else { format!("{b}|{a}") }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_keys_ignore_direction() {
+        assert_eq!(conversation_key("a", "b"), conversation_key("b", "a"));
+        assert_ne!(conversation_key("a", "b"), conversation_key("a", "c"));
+    }
+}

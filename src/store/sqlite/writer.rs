@@ -1,0 +1,133 @@
+//! Group commit: every write goes to one writer thread, which runs all the writes waiting at that
+//! moment in a single transaction and commits them with one fsync.
+//!
+//! Durability is unchanged (no write is answered before the commit that contains it is on disk),
+//! but under load one fsync serves many senders instead of one each. Each write runs inside its
+//! own savepoint, so one failing write (a duplicate phone number, say) is rolled back alone and
+//! the others in its batch still commit.
+
+use std::{
+    sync::mpsc::{self, Receiver, Sender},
+    thread,
+};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::store::{StoreError, StoreResult};
+
+/// Most writes folded into one transaction; bounds how long the first writer waits for the
+/// others' work.
+const MAX_BATCH: usize = 256;
+
+/// A write waiting for the writer thread.
+trait Job: Send {
+    /// Runs the write; returns whether it succeeded (and so stays in the transaction).
+    fn run(&mut self, connection: &Connection) -> bool;
+    /// Answers the caller once the batch's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Write<T, F> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Job for Write<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+{
+    fn run(&mut self, connection: &Connection) -> bool {
+        let result = self.work.take().map_or_else(|| Err(not_run()), |work| work(connection));
+        let succeeded = result.is_ok();
+        self.result = Some(result);
+        succeeded
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let outcome = match commit {
+            Ok(()) => self.result.unwrap_or_else(|| Err(not_run())),
+            Err(error) => Err(error),
+        };
+        // The caller may have gone away (a cancelled request); the write stands regardless.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+fn not_run() -> StoreError {
+    StoreError::Internal("write was not run".into())
+}
+
+/// The handle callers use to queue writes.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: Sender<Box<dyn Job>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection`. The thread ends when every handle is dropped.
+    pub fn start(connection: Connection) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel();
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run(connection, queue))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Runs `work` in the next batch and returns its result once the batch is committed.
+    pub async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job = Box::new(Write { work: Some(work), result: None, reply });
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the database writer has stopped".into()))?
+    }
+}
+
+fn run(connection: Connection, queue: Receiver<Box<dyn Job>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let commit = commit_batch(&connection, &mut batch);
+        if let Err(error) = &commit {
+            tracing::error!(%error, writes = batch.len(), "a batch of writes failed to commit");
+        }
+        for job in batch {
+            job.finish(commit.clone());
+        }
+    }
+}
+
+fn commit_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    let sql = |error: rusqlite::Error| super::sql(error);
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let outcome = (|| {
+        for job in batch.iter_mut() {
+            connection.execute_batch("SAVEPOINT job").map_err(sql)?;
+            if job.run(connection) {
+                connection.execute_batch("RELEASE job").map_err(sql)?;
+            } else {
+                connection.execute_batch("ROLLBACK TO job; RELEASE job").map_err(sql)?;
+            }
+        }
+        connection.execute_batch("COMMIT").map_err(sql)
+    })();
+    if outcome.is_err() {
+        let _ = connection.execute_batch("ROLLBACK");
+    }
+    outcome
+}
