@@ -1,7 +1,10 @@
 //! The GraphQL schema: the roots merged from each domain module, and how resolvers reach the
 //! shared services and the caller. Nothing here knows about HTTP or websockets.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use async_graphql::{
     Context, MergedObject, MergedSubscription, Response, Schema, ServerError, ServerResult,
@@ -44,6 +47,7 @@ pub fn build(services: Services, limits: &Limits) -> AppSchema {
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .data(services)
         .extension(ErrorCodes)
+        .extension(ParsedQueries::default())
         .limit_depth(limits.graphql_max_depth)
         .limit_complexity(limits.graphql_max_complexity);
     if limits.graphql_introspection {
@@ -125,4 +129,49 @@ fn with_code(mut error: ServerError, code: &str) -> ServerError {
         extensions.set("code", code);
     }
     error
+}
+
+/// Parsed documents by query text. Clients send the same few operations again and again (every
+/// `sendMessage` has the same text, only its variables differ), and parsing was about 5% of the
+/// server's CPU under load. Bounded: when full it starts over, so a flood of distinct queries
+/// costs nothing but cache misses.
+#[derive(Default)]
+struct ParsedQueries {
+    documents: Arc<Mutex<HashMap<String, ExecutableDocument>>>,
+}
+
+/// Most documents [`ParsedQueries`] keeps.
+const MAX_CACHED_QUERIES: usize = 512;
+/// Longer queries are parsed each time (they are rare, and would make the cache large).
+const MAX_CACHED_QUERY_BYTES: usize = 4096;
+
+impl ExtensionFactory for ParsedQueries {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ParsedQueries { documents: self.documents.clone() })
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for ParsedQueries {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let lock = || self.documents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(document) = lock().get(query) {
+            return Ok(document.clone());
+        }
+        let document = next.run(ctx, query, variables).await?;
+        if query.len() <= MAX_CACHED_QUERY_BYTES {
+            let mut documents = lock();
+            if documents.len() >= MAX_CACHED_QUERIES {
+                documents.clear();
+            }
+            documents.insert(query.to_string(), document.clone());
+        }
+        Ok(document)
+    }
 }

@@ -1,21 +1,28 @@
-//! Password hashing with bcrypt, kept off the async worker threads.
+//! Password hashing with bcrypt, on threads of its own at low CPU priority.
 //!
-//! bcrypt is deliberately slow (around 250 ms at cost 12), so every hash and verify runs on the
-//! blocking pool; running it inline would stall every message delivery sharing that worker.
+//! bcrypt is deliberately slow (around 250 ms at cost 12), so it never runs on the async worker
+//! threads. It runs on a small pool of dedicated threads (`BCRYPT_CONCURRENCY`) whose scheduling
+//! priority is lowered (nice 10, Linux), so a login storm queues there and only gets the CPU
+//! that message delivery leaves idle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, oneshot};
 
 use crate::{error::AppError, users::Password};
+
+/// Nice value of the hashing threads: the kernel gives them about a tenth of the CPU time of a
+/// normal thread when both want it.
+const HASHING_NICENESS: i32 = 10;
+
+type Work = Box<dyn FnOnce() + Send>;
 
 /// Hashes and checks passwords at a fixed bcrypt cost.
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    /// Bounds the hashes running at once, so a login storm queues here instead of occupying
-    /// every core that message delivery needs.
-    permits: Arc<Semaphore>,
+    /// Queue of the hashing threads; they stop when the last hasher is dropped.
+    work: mpsc::Sender<Work>,
     /// A hash of a random password, verified against when the phone number is unknown so that
     /// "no such account" takes as long as "wrong password" and accounts cannot be probed by
     /// timing. Made once, on first need.
@@ -25,20 +32,39 @@ pub struct PasswordHasher {
 impl PasswordHasher {
     /// A hasher using bcrypt work factor `cost`, running at most `concurrency` hashes at once.
     pub fn new(cost: u32, concurrency: usize) -> Self {
-        PasswordHasher {
-            cost,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            decoy: Arc::new(OnceCell::new()),
+        let (work, queue) = mpsc::channel::<Work>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..concurrency.max(1) {
+            let queue = queue.clone();
+            let spawned =
+                std::thread::Builder::new().name(format!("bcrypt-{n}")).spawn(move || {
+                    lower_priority();
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a password hashing thread");
+            }
         }
+        PasswordHasher { cost, work, decoy: Arc::new(OnceCell::new()) }
     }
 
-    /// Runs bcrypt work on the blocking pool once a permit is free.
+    /// Runs bcrypt work on a hashing thread.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
-        let _permit = self.permits.acquire().await.map_err(AppError::internal)?;
-        tokio::task::spawn_blocking(work).await.map_err(AppError::internal)
+        let (reply, answer) = oneshot::channel();
+        let job: Work = Box::new(move || {
+            let _ = reply.send(work());
+        });
+        self.work.send(job).map_err(AppError::internal)?;
+        answer.await.map_err(AppError::internal)
     }
 
     /// Hashes a validated password.
@@ -75,6 +101,18 @@ impl PasswordHasher {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (on Linux the nice value is per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory effects; `gettid` names the calling thread only.
+    unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, thread, HASHING_NICENESS) != 0 {
+            tracing::debug!("cannot lower the priority of a password hashing thread");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +125,17 @@ mod tests {
         assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());
         assert!(!hasher.verify("correct horse", "not a hash").await.unwrap());
         assert!(!hasher.verify_decoy("correct horse").await.unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_at_low_priority() {
+        let hasher = PasswordHasher::new(4, 1);
+        // SAFETY: getpriority only reads the calling thread's nice value.
+        let nice = hasher
+            .run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })
+            .await
+            .unwrap();
+        assert_eq!(nice, HASHING_NICENESS);
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::StreamMap;
 
-use self::protocol::{ClientMessage, Protocol, close};
+use self::protocol::{ClientMessage, Outgoing, Protocol, close};
 use crate::{
     bus::BusSubscription,
     schema::AppSchema,
@@ -100,7 +100,7 @@ fn is_too_big(error: &axum::Error) -> bool {
 /// Why the loop stopped.
 enum Stop {
     /// Send `farewell` if any, then close with this code and reason.
-    Close { code: u16, reason: &'static str, farewell: Option<Value> },
+    Close { code: u16, reason: &'static str, farewell: Option<Outgoing> },
     /// The peer went away; nothing to send.
     Gone,
 }
@@ -139,7 +139,7 @@ pub async fn serve(
     let stop = connection.run(&mut socket, settings).await;
     if let Stop::Close { code, reason, farewell } = stop {
         if let Some(message) = farewell {
-            let _ = socket.send(Message::Text(message.to_string().into())).await;
+            let _ = socket.send(Message::Text(message.into())).await;
         }
         let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
         let _ = socket.send(Message::Close(Some(frame))).await;
@@ -180,7 +180,10 @@ impl Connection {
                 frame = socket.recv() => match frame {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
-                        self.on_frame(frame).await
+                        // Boxed: handling a frame (authentication above all) needs a large
+                        // future, and kept inline it would make every idle connection's task
+                        // that much bigger for the connection's whole life.
+                        Box::pin(self.on_frame(frame)).await
                     }
                     Some(Err(error)) if is_too_big(&error) => {
                         Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"))
@@ -210,7 +213,7 @@ impl Connection {
             match step {
                 Ok(replies) => {
                     for reply in replies {
-                        if socket.send(Message::Text(reply.to_string().into())).await.is_err() {
+                        if socket.send(Message::Text(reply.into())).await.is_err() {
                             return Stop::Gone;
                         }
                     }
@@ -221,7 +224,7 @@ impl Connection {
     }
 
     /// Handles one frame from the client, returning the messages to send back.
-    async fn on_frame(&mut self, frame: Message) -> Result<Vec<Value>, Stop> {
+    async fn on_frame(&mut self, frame: Message) -> Result<Vec<Outgoing>, Stop> {
         let text = match frame {
             Message::Text(text) => text,
             Message::Close(_) => return Err(Stop::Gone),
@@ -255,7 +258,7 @@ impl Connection {
         }
     }
 
-    async fn on_init(&mut self, payload: Value) -> Result<Vec<Value>, Stop> {
+    async fn on_init(&mut self, payload: Value) -> Result<Vec<Outgoing>, Stop> {
         if self.initialised {
             return Err(Stop::close(close::TOO_MANY_INITS, "Too many initialisation requests"));
         }
@@ -307,7 +310,7 @@ impl Connection {
         &mut self,
         id: String,
         request: async_graphql::Request,
-    ) -> Result<Vec<Value>, Stop> {
+    ) -> Result<Vec<Outgoing>, Stop> {
         let Some(viewer) = self.viewer.clone() else {
             return Err(Stop::close(close::UNAUTHORIZED, "Unauthorized"));
         };
@@ -336,7 +339,7 @@ impl Connection {
     }
 
     /// Turns an operation's result (or its end) into the message for the client.
-    fn on_result(&mut self, id: &str, result: Option<Response>) -> Vec<Value> {
+    fn on_result(&mut self, id: &str, result: Option<Response>) -> Vec<Outgoing> {
         match result {
             None => vec![protocol::complete(id)],
             // An operation that failed before executing (validation, auth) gets `error`.

@@ -117,55 +117,69 @@ impl ClientMessage {
     }
 }
 
+/// A message to the client, serialized once and sent as one text frame.
+pub type Outgoing = String;
+
 /// `connection_ack`.
-pub fn ack() -> Value {
-    json!({ "type": "connection_ack" })
+pub fn ack() -> Outgoing {
+    json!({ "type": "connection_ack" }).to_string()
 }
 
-/// A result of operation `id`: `next` (or legacy `data`).
-pub fn next(protocol: Protocol, id: &str, response: &async_graphql::Response) -> Value {
+/// A result of operation `id`: `next` (or legacy `data`). Serialized straight from the
+/// response, not through a `serde_json::Value`: this runs for every delivered message.
+pub fn next(protocol: Protocol, id: &str, response: &async_graphql::Response) -> Outgoing {
+    #[derive(serde::Serialize)]
+    struct Next<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        id: &'a str,
+        payload: &'a async_graphql::Response,
+    }
     let kind = match protocol {
         Protocol::TransportWs => "next",
         Protocol::Legacy => "data",
     };
-    json!({ "type": kind, "id": id, "payload": response })
+    serde_json::to_string(&Next { kind, id, payload: response })
+        .unwrap_or_else(|_| json!({ "type": kind, "id": id, "payload": null }).to_string())
 }
 
 /// Operation `id` failed before producing any result (`graphql-transport-ws` `error`).
-pub fn error(id: &str, errors: &[async_graphql::ServerError]) -> Value {
-    json!({ "type": "error", "id": id, "payload": errors })
+pub fn error(id: &str, errors: &[async_graphql::ServerError]) -> Outgoing {
+    json!({ "type": "error", "id": id, "payload": errors }).to_string()
 }
 
 /// Operation `id` is refused with a coded error, without closing the connection.
-pub fn refused(protocol: Protocol, id: &str, message: &str, code: &str) -> Value {
+pub fn refused(protocol: Protocol, id: &str, message: &str, code: &str) -> Outgoing {
     let error = json!({ "message": message, "extensions": { "code": code } });
     match protocol {
         Protocol::TransportWs => json!({ "type": "error", "id": id, "payload": [error] }),
         Protocol::Legacy => json!({ "type": "error", "id": id, "payload": error }),
     }
+    .to_string()
 }
 
 /// Operation `id` finished.
-pub fn complete(id: &str) -> Value {
-    json!({ "type": "complete", "id": id })
+pub fn complete(id: &str) -> Outgoing {
+    json!({ "type": "complete", "id": id }).to_string()
 }
 
 /// Keep-alive: `ping` (or the legacy `ka`, which clients do not answer).
-pub fn keepalive(protocol: Protocol) -> Value {
+pub fn keepalive(protocol: Protocol) -> Outgoing {
     match protocol {
         Protocol::TransportWs => json!({ "type": "ping" }),
         Protocol::Legacy => json!({ "type": "ka" }),
     }
+    .to_string()
 }
 
 /// The answer to a client `ping`.
-pub fn pong() -> Value {
-    json!({ "type": "pong" })
+pub fn pong() -> Outgoing {
+    json!({ "type": "pong" }).to_string()
 }
 
 /// Legacy: `connection_init` was refused.
-pub fn connection_error(message: &str) -> Value {
-    json!({ "type": "connection_error", "payload": { "message": message } })
+pub fn connection_error(message: &str) -> Outgoing {
+    json!({ "type": "connection_error", "payload": { "message": message } }).to_string()
 }
 
 #[cfg(test)]

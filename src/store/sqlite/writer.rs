@@ -113,21 +113,23 @@ fn run(connection: Connection, queue: Receiver<Box<dyn Job>>) {
 }
 
 fn commit_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    let sql = |error: rusqlite::Error| super::sql(error);
-    connection.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    // Cached statements: these run for every write, and parsing them each time showed up.
+    let run = |statement: &str| {
+        connection.prepare_cached(statement).and_then(|mut s| s.execute([])).map_err(super::sql)
+    };
+    run("BEGIN IMMEDIATE")?;
     let outcome = (|| {
         for job in batch.iter_mut() {
-            connection.execute_batch("SAVEPOINT job").map_err(sql)?;
-            if job.run(connection) {
-                connection.execute_batch("RELEASE job").map_err(sql)?;
-            } else {
-                connection.execute_batch("ROLLBACK TO job; RELEASE job").map_err(sql)?;
+            run("SAVEPOINT job")?;
+            if !job.run(connection) {
+                run("ROLLBACK TO job")?;
             }
+            run("RELEASE job")?;
         }
-        connection.execute_batch("COMMIT").map_err(sql)
+        run("COMMIT")
     })();
     if outcome.is_err() {
         let _ = connection.execute_batch("ROLLBACK");
     }
-    outcome
+    outcome.map(drop)
 }
