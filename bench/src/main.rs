@@ -162,6 +162,22 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("results written to {}", path.display());
     }
+    let storm = report.storm.iter().flat_map(|storm| [&storm.quiet, &storm.storm]);
+    let lossy: Vec<_> = report
+        .delivery
+        .iter()
+        .chain(storm)
+        .filter(|d| d.delivered != d.sent || d.send_errors > 0)
+        .collect();
+    for d in &lossy {
+        eprintln!(
+            "WARNING: {}: sent {}, delivered {}, send errors {}",
+            d.target, d.sent, d.delivered, d.send_errors
+        );
+    }
+    if !lossy.is_empty() {
+        anyhow::bail!("{} measurement(s) lost messages or had send errors", lossy.len());
+    }
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use std::{
     sync::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
+        mpsc,
     },
 };
 
@@ -44,6 +45,8 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     /// Round-robin start for picking a reader.
     next_reader: AtomicUsize,
+    /// Keeps the background checkpoint running while the store exists.
+    _checkpointer: mpsc::Sender<()>,
 }
 
 impl SqliteStore {
@@ -56,7 +59,9 @@ impl SqliteStore {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;",
+                 PRAGMA busy_timeout = 5000;
+                 PRAGMA mmap_size = 268435456;
+                 PRAGMA wal_autocheckpoint = 0;",
             )
             .map_err(internal)?;
         migrate(&connection)?;
@@ -65,13 +70,23 @@ impl SqliteStore {
             .map(|_| {
                 let reader = Connection::open(path).map_err(unavailable)?;
                 reader
-                    .execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+                    .execute_batch(
+                        "PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;
+                         PRAGMA mmap_size = 268435456;",
+                    )
                     .map_err(internal)?;
                 Ok(Mutex::new(reader))
             })
             .collect::<StoreResult<Vec<_>>>()?;
+        let checkpointer = checkpoint_in_background(Connection::open(path).map_err(unavailable)?)
+            .map_err(internal)?;
         let writer = Writer::start(connection).map_err(internal)?;
-        Ok(SqliteStore { writer, readers, next_reader: AtomicUsize::new(0) })
+        Ok(SqliteStore {
+            writer,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            _checkpointer: checkpointer,
+        })
     }
 
     /// Runs `work` on a free read connection.
@@ -87,6 +102,25 @@ impl SqliteStore {
         let reader = self.readers[start % count].lock().unwrap_or_else(|p| p.into_inner());
         work(&reader)
     }
+}
+
+/// How often the background checkpoint copies committed pages from the WAL into the database.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints the WAL on a thread of its own. SQLite's automatic checkpoint would run inside
+/// a commit on the writer thread, stalling every write queued behind it; it is switched off
+/// (`wal_autocheckpoint = 0`) and done here instead, `PASSIVE` so it never blocks the writer.
+/// The thread ends when the returned sender (kept by the store) is dropped.
+fn checkpoint_in_background(connection: Connection) -> std::io::Result<mpsc::Sender<()>> {
+    let (keep_running, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+            if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                tracing::warn!(%error, "WAL checkpoint failed; retrying");
+            }
+        }
+    })?;
+    Ok(keep_running)
 }
 
 fn migrate(connection: &Connection) -> StoreResult<()> {
