@@ -36,6 +36,9 @@ use crate::{
 
 /// Initial websocket read buffer per connection.
 const WS_READ_BUFFER_BYTES: usize = 512;
+/// Outgoing bytes queued before a websocket write; the serve loop flushes after each burst, so
+/// this only lets a burst go out in one write (the buffer grows only as far as a burst needs).
+const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -227,7 +230,7 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         // and cost that much per idle subscription; chat frames are small, and the buffers
         // grow on demand for the rare large one.
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {

@@ -80,7 +80,9 @@ pub trait Store: Send + Sync + 'static {
     /// The user with this id.
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
     /// The user with this normalised phone number.
-    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>>;
+    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
+        Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))
+    }
     /// The user with this normalised phone number, with the password hash, for logging in.
     async fn credentials_by_phone(
         &self,

@@ -19,7 +19,7 @@ use std::{
 use async_graphql::Response;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::Utc;
-use futures::{StreamExt, stream::BoxStream};
+use futures::{FutureExt, SinkExt, StreamExt, stream::BoxStream};
 use serde_json::Value;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::StreamMap;
@@ -96,6 +96,9 @@ fn is_too_big(error: &axum::Error) -> bool {
     let text = error.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
+
+/// Most results written to a websocket in one go.
+const MAX_BURST: usize = 64;
 
 /// Why the loop stopped.
 enum Stop {
@@ -191,7 +194,7 @@ impl Connection {
                     _ => Err(Stop::Gone),
                 },
                 Some((id, result)) = self.operations.next(), if !self.operations.is_empty() => {
-                    Ok(self.on_result(&id, result))
+                    Ok(self.ready_results(&id, result))
                 }
                 () = &mut init_deadline, if !self.initialised => {
                     Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
@@ -211,11 +214,16 @@ impl Connection {
                 }
             };
             match step {
+                Ok(replies) if replies.is_empty() => {}
                 Ok(replies) => {
+                    // Queued, then written together: one write syscall for a burst.
                     for reply in replies {
-                        if socket.send(Message::Text(reply.into())).await.is_err() {
+                        if socket.feed(Message::Text(reply.into())).await.is_err() {
                             return Stop::Gone;
                         }
+                    }
+                    if socket.flush().await.is_err() {
+                        return Stop::Gone;
                     }
                 }
                 Err(stop) => return stop,
@@ -336,6 +344,19 @@ impl Connection {
             .boxed();
         self.operations.insert(id, results);
         Ok(Vec::new())
+    }
+
+    /// The messages for `result` and for every other result already waiting (at most
+    /// [`MAX_BURST`]), so a burst of deliveries goes out in one write.
+    fn ready_results(&mut self, id: &str, result: Option<Response>) -> Vec<Outgoing> {
+        let mut replies = self.on_result(id, result);
+        while replies.len() < MAX_BURST {
+            match self.operations.next().now_or_never() {
+                Some(Some((id, result))) => replies.extend(self.on_result(&id, result)),
+                _ => break,
+            }
+        }
+        replies
     }
 
     /// Turns an operation's result (or its end) into the message for the client.

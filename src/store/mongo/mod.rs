@@ -246,10 +246,6 @@ impl Store for MongoStore {
         Ok(found.map(UserDocument::into_user))
     }
 
-    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
-        Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))
-    }
-
     async fn credentials_by_phone(
         &self,
         phone_number: &str,
