@@ -113,19 +113,14 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("delivery: {} pairs", args.pairs);
         let server = chat_server(&args, 4).await?;
         let target = Target::chat(&server.base_url);
-        let pairs = Pairs::open(&target, args.pairs).await?;
-        report.delivery.push(pairs.measure(Some(args.rate), 1, duration).await);
-        report.delivery.push(pairs.measure(None, args.in_flight, duration).await);
-        pairs.close();
+        report.delivery.extend(fixed_rate_and_saturation(&args, &target).await?);
         server.stop().await;
     }
     if wants("baseline") {
         eprintln!("baseline: {} pairs", args.pairs);
         let server = Server::spawn_baseline().await?;
-        let pairs = Pairs::open(&Target::baseline(&server.base_url), args.pairs).await?;
-        report.delivery.push(pairs.measure(Some(args.rate), 1, duration).await);
-        report.delivery.push(pairs.measure(None, args.in_flight, duration).await);
-        pairs.close();
+        let target = Target::baseline(&server.base_url);
+        report.delivery.extend(fixed_rate_and_saturation(&args, &target).await?);
         server.stop().await;
     }
     if wants("idle") {
@@ -179,6 +174,19 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("{} measurement(s) lost messages or had send errors", lossy.len());
     }
     Ok(())
+}
+
+/// The two delivery measurements on `target`: at the fixed `--rate`, then at saturation.
+async fn fixed_rate_and_saturation(
+    args: &Args,
+    target: &Target,
+) -> anyhow::Result<[DeliveryFigures; 2]> {
+    let duration = Duration::from_secs_f64(args.seconds);
+    let pairs = Pairs::open(target, args.pairs).await?;
+    let fixed = pairs.measure(Some(args.rate), 1, duration).await;
+    let saturated = pairs.measure(None, args.in_flight, duration).await;
+    pairs.close();
+    Ok([fixed, saturated])
 }
 
 /// A fresh chatapp server with bcrypt at `bcrypt_cost`, or the external one.
