@@ -42,7 +42,11 @@ impl PasswordHasher {
                     loop {
                         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match next {
-                            Ok(job) => job(),
+                            // A panic drops the job's reply (its caller gets an error); the
+                            // thread stays, so the pool never shrinks.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
                             Err(_) => return,
                         }
                     }

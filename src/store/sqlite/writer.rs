@@ -7,6 +7,7 @@
 //! the others in its batch still commit.
 
 use std::{
+    panic::{self, AssertUnwindSafe},
     sync::mpsc::{self, Receiver, Sender},
     thread,
 };
@@ -121,7 +122,10 @@ fn commit_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(
     let outcome = (|| {
         for job in batch.iter_mut() {
             run("SAVEPOINT job")?;
-            if !job.run(connection) {
+            // A panicking write must not take the writer thread (and every later write) down:
+            // it is rolled back like a failed one, and its caller hears "write was not run".
+            let succeeded = panic::catch_unwind(AssertUnwindSafe(|| job.run(connection)));
+            if !succeeded.unwrap_or(false) {
                 run("ROLLBACK TO job")?;
             }
             run("RELEASE job")?;
@@ -132,4 +136,34 @@ fn commit_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(
         let _ = connection.execute_batch("ROLLBACK");
     }
     outcome.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_carries_on() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let writer = Writer::start(connection).unwrap();
+        let panicked = writer
+            .write(|c| -> StoreResult<()> {
+                c.execute("INSERT INTO t VALUES (1)", []).map_err(super::super::sql)?;
+                panic!("a bug in a write");
+            })
+            .await;
+        assert!(matches!(panicked, Err(StoreError::Internal(_))), "{panicked:?}");
+        let count = writer
+            .write(|c| {
+                c.execute("INSERT INTO t VALUES (2)", []).map_err(super::super::sql)?;
+                c.query_row("SELECT count(*), sum(n) FROM t", [], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(super::super::sql)
+            })
+            .await
+            .unwrap();
+        assert_eq!(count, (1, 2), "the panicking write was rolled back, the next one ran");
+    }
 }
