@@ -75,6 +75,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         rate_limits: Arc::new(RateLimits::new(&config.limits)),
     };
     prune_rate_limits_periodically(&services.rate_limits);
+    purge_expired_sessions_periodically(&services.store);
     let schema = schema::build(services.clone(), &config.limits);
     let router = http::router(schema, services.clone(), config);
     Ok(App { router, services })
@@ -108,6 +109,25 @@ fn prune_rate_limits_periodically(rate_limits: &Arc<RateLimits>) {
             match rate_limits.upgrade() {
                 Some(rate_limits) => rate_limits.prune(),
                 None => return,
+            }
+        }
+    });
+}
+
+/// Removes sessions a day after they expired, every hour, for as long as the app exists (they
+/// are refused from expiry on; the day keeps them visible to anyone investigating a login).
+fn purge_expired_sessions_periodically(store: &Arc<dyn Store>) {
+    let store = Arc::downgrade(store);
+    tokio::spawn(async move {
+        let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every_hour.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            let before = chrono::Utc::now() - sessions::EXPIRED_SESSION_RETENTION;
+            match store.delete_expired_sessions(before).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "expired sessions removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove expired sessions"),
             }
         }
     });

@@ -21,6 +21,9 @@ use crate::{
     services::Services,
 };
 
+/// How long an expired session is kept before it is removed from the store.
+pub const EXPIRED_SESSION_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
 /// A live login of one user on one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {

@@ -101,6 +101,8 @@ pub trait Store: Send + Sync + 'static {
     async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>>;
     /// Records that a session was used at `at`.
     async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Removes sessions that expired before `before`; returns how many.
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Stores a message, or returns the sender's earlier one with the same
     /// `client_message_id`.

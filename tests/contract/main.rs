@@ -80,6 +80,7 @@ contract_tests!(
     every_session_of_a_user_can_be_listed_touched_and_ended,
     ids_that_cannot_be_the_stores_name_nothing,
     the_store_answers_pings,
+    expired_sessions_can_be_purged,
 );
 
 async fn user(store: &dyn Store, phone: &str) -> User {
@@ -340,4 +341,28 @@ async fn ids_that_cannot_be_the_stores_name_nothing(store: Arc<dyn Store>) {
 async fn the_store_answers_pings(store: Arc<dyn Store>) {
     store.ping().await.unwrap();
     assert!(["sqlite", "mongodb"].contains(&store.kind()));
+}
+
+async fn expired_sessions_can_be_purged(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let now = Utc::now();
+    let session = |created: chrono::DateTime<Utc>, expires: chrono::DateTime<Utc>| NewSession {
+        user_id: alice.id.clone(),
+        created_at: created,
+        expires_at: expires,
+    };
+    let old = store
+        .create_session(session(now - Duration::days(10), now - Duration::days(3)))
+        .await
+        .unwrap();
+    let recent = store
+        .create_session(session(now - Duration::days(2), now - Duration::hours(1)))
+        .await
+        .unwrap();
+    let live = store.create_session(session(now, now + Duration::days(1))).await.unwrap();
+    // At most one: MongoDB's TTL index may already have removed it.
+    assert!(store.delete_expired_sessions(now - Duration::days(1)).await.unwrap() <= 1);
+    assert!(store.session(&old.id).await.unwrap().is_none());
+    assert!(store.session(&recent.id).await.unwrap().is_some(), "kept for the retention day");
+    assert!(store.session(&live.id).await.unwrap().is_some());
 }

@@ -39,7 +39,8 @@ use crate::{
 
 /// Database used when neither `MONGO_DB` nor the URI names one.
 pub const DEFAULT_DATABASE: &str = "chatapp";
-/// How long after expiry the TTL index removes a session document.
+/// How long after expiry the TTL index removes a session document (the same as the server's
+/// own purge, `sessions::EXPIRED_SESSION_RETENTION`).
 const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Longest a write waits for majority acknowledgement before failing as unavailable.
 const WRITE_CONCERN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -305,6 +306,14 @@ impl Store for MongoStore {
         let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
         self.sessions.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        // The TTL index does this too; this keeps the behaviour the same where TTL indexes are
+        // not supported, and uses the same index.
+        let filter = doc! { "expires_at": { "$lt": to_bson_date(before) } };
+        let deleted = self.sessions.delete_many(filter).await.map_err(store_error)?;
+        Ok(deleted.deleted_count)
     }
 
     async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {

@@ -328,6 +328,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.writer
+            .write(move |c| {
+                c.execute("DELETE FROM sessions WHERE expires_at < ?1", [millis(before)])
+                    .map(|deleted| deleted as u64)
+                    .map_err(sql)
+            })
+            .await
+    }
+
     async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
         self.writer
             .write(move |c| {

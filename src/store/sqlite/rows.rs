@@ -6,7 +6,8 @@ use rusqlite::Row;
 use crate::{messages::Message, sessions::Session, users::User};
 
 /// The schema, applied in order; `PRAGMA user_version` records how many have run.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE users (
         id            TEXT PRIMARY KEY,
         phone_number  TEXT NOT NULL UNIQUE,
@@ -37,7 +38,11 @@ pub const MIGRATIONS: &[&str] = &[r#"
         WHERE client_message_id IS NOT NULL;
     CREATE INDEX messages_undelivered ON messages(recipient_id, seq) WHERE delivered_at IS NULL;
     CREATE INDEX messages_by_conversation ON messages(conversation, seq);
-"#];
+"#,
+    r#"
+    CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+"#,
+];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
 pub const USER_COLUMNS: &str = "id, phone_number, username, created_at";
