@@ -109,18 +109,17 @@ fn request_auth(headers: &HeaderMap) -> RequestAuth {
 
 /// The client's address: the peer address, or with `TRUST_PROXY` the first `X-Forwarded-For`
 /// entry.
-fn client_address(parts: &Parts, trust_proxy: bool) -> Option<ClientAddress> {
+fn client_address(parts: &Parts, trust_proxy: bool) -> ClientAddress {
     let forwarded = || {
         let header = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
         header.split(',').next()?.trim().parse::<IpAddr>().ok()
     };
     let peer = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    let address = if trust_proxy { forwarded().or_else(peer) } else { peer() };
-    address.map(ClientAddress)
+    ClientAddress(if trust_proxy { forwarded().or_else(peer) } else { peer() })
 }
 
 /// The GraphQL data every HTTP request carries: the caller's token and address.
-fn request_data(parts: &Parts, trust_proxy: bool) -> (RequestAuth, Option<ClientAddress>) {
+fn request_data(parts: &Parts, trust_proxy: bool) -> (RequestAuth, ClientAddress) {
     (request_auth(&parts.headers), client_address(parts, trust_proxy))
 }
 
@@ -149,10 +148,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         let message = format!("at most {} operations per request", state.max_batch);
         return request_error(StatusCode::BAD_REQUEST, &message, "LIMIT_EXCEEDED");
     }
-    let mut batch = batch.data(auth);
-    if let Some(address) = address {
-        batch = batch.data(address);
-    }
+    let batch = batch.data(auth).data(address);
     GraphQLResponse::from(state.schema.execute_batch(batch).await).into_response()
 }
 
@@ -202,10 +198,7 @@ async fn graphql_get(State(state): State<AppState>, request: Request) -> Respons
             .into_response();
     }
     let (auth, address) = request_data(&parts, state.trust_proxy);
-    request = request.data(auth);
-    if let Some(address) = address {
-        request = request.data(address);
-    }
+    request = request.data(auth).data(address);
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 

@@ -21,7 +21,7 @@ pub struct Services {
     pub bus: Arc<dyn MessageBus>,
     /// Issues and checks access tokens.
     pub tokens: Arc<TokenService>,
-    /// bcrypt on the blocking pool.
+    /// bcrypt on dedicated low-priority threads.
     pub passwords: PasswordHasher,
     /// Rate limits and the failed-login backoff.
     pub rate_limits: Arc<RateLimits>,

@@ -66,6 +66,11 @@ pub struct LogoutPayload {
     pub message: String,
 }
 
+/// The caller's network address, for the per-address sign-in limit (unknown outside HTTP).
+fn client_address(ctx: &Context<'_>) -> Option<std::net::IpAddr> {
+    ctx.data_opt::<ClientAddress>().and_then(|address| address.0)
+}
+
 /// Account and session mutations.
 #[derive(Default)]
 pub struct AuthMutation;
@@ -80,10 +85,9 @@ impl AuthMutation {
         input: RegisterInput,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
-        let client = ctx.data_opt::<ClientAddress>().map(|address| address.0);
         let signed_in = super::register(
             services,
-            client,
+            client_address(ctx),
             &input.phone_number,
             &input.username,
             &input.password,
@@ -100,9 +104,9 @@ impl AuthMutation {
         input: LoginInput,
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
-        let client = ctx.data_opt::<ClientAddress>().map(|address| address.0);
         let signed_in =
-            super::login(services, client, &input.phone_number, &input.password).await?;
+            super::login(services, client_address(ctx), &input.phone_number, &input.password)
+                .await?;
         Ok(AuthPayload::new(signed_in, "Login successful"))
     }
 
