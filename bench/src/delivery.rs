@@ -117,25 +117,24 @@ impl Pairs {
         duration: Duration,
     ) -> DeliveryFigures {
         self.receipts.reset();
-        let sent = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(AtomicU64::new(0));
+        let sends = Arc::new(Sends::default());
         let started = Instant::now();
         let start_micros = now_micros();
         let label = match rate {
             Some(rate) => format!("{} at {rate:.0} msg/s", self.target.name()),
             None => format!("{} at saturation", self.target.name()),
         };
-        let progress = self.progress(label, sent.clone(), duration);
+        let progress = self.progress(label, sends.clone(), duration);
         let mut senders = Vec::new();
         for route in &self.routes {
             let lanes = if rate.is_some() { 1 } else { in_flight };
             for _ in 0..lanes {
                 let (target, route) = (self.target.clone(), route.clone());
-                let (sent, errors) = (sent.clone(), errors.clone());
+                let sends = sends.clone();
                 let interval =
                     rate.map(|rate| Duration::from_secs_f64(self.routes.len() as f64 / rate));
                 senders.push(tokio::spawn(async move {
-                    send_loop(target, route, interval, started + duration, sent, errors).await;
+                    send_loop(target, route, interval, started + duration, sends).await;
                 }));
             }
         }
@@ -144,7 +143,7 @@ impl Pairs {
         }
         // Wait for what is still in flight (bounded, so a lost message cannot hang the run).
         let deadline = Instant::now() + Duration::from_secs(15);
-        while self.receipts.received.load(Ordering::Relaxed) < sent.load(Ordering::Relaxed)
+        while self.receipts.received.load(Ordering::Relaxed) < sends.sent.load(Ordering::Relaxed)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -158,9 +157,9 @@ impl Pairs {
         DeliveryFigures {
             target: self.target.name().to_string(),
             offered_per_second: rate,
-            sent: sent.load(Ordering::Relaxed),
+            sent: sends.sent.load(Ordering::Relaxed),
             delivered,
-            send_errors: errors.load(Ordering::Relaxed),
+            send_errors: sends.errors.load(Ordering::Relaxed),
             delivered_per_second: delivered as f64 / elapsed.as_secs_f64(),
             p50_ms: ms(latencies.value_at_quantile(0.50)),
             p99_ms: ms(latencies.value_at_quantile(0.99)),
@@ -168,7 +167,7 @@ impl Pairs {
         }
     }
 
-    fn progress(&self, label: String, sent: Arc<AtomicU64>, duration: Duration) -> JoinHandle<()> {
+    fn progress(&self, label: String, sends: Arc<Sends>, duration: Duration) -> JoinHandle<()> {
         let receipts = self.receipts.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -178,7 +177,7 @@ impl Pairs {
                     "  [{label}] {:.0}/{:.0} s: sent {}, delivered {}",
                     started.elapsed().as_secs_f64().min(duration.as_secs_f64()),
                     duration.as_secs_f64(),
-                    sent.load(Ordering::Relaxed),
+                    sends.sent.load(Ordering::Relaxed),
                     receipts.received.load(Ordering::Relaxed),
                 );
             }
@@ -193,21 +192,40 @@ impl Pairs {
     }
 }
 
+/// Sends of one measurement: `sent` counts those started and not failed (so the wait for
+/// receipts knows what to expect as soon as a send starts), `errors` the failed ones.
+#[derive(Default)]
+struct Sends {
+    sent: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Sends {
+    /// Counts a send as started, before it is awaited or spawned.
+    fn start(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sends one message stamped with its send time; a failure moves it from sent to errors.
+    async fn send(&self, target: &Target, route: &Route) {
+        if target.send(route, &format!("t{}", now_micros())).await.is_err() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.sent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn send_loop(
     target: Target,
     route: Route,
     interval: Option<Duration>,
     until: Instant,
-    sent: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
+    sends: Arc<Sends>,
 ) {
     let Some(interval) = interval else {
         while Instant::now() < until {
-            sent.fetch_add(1, Ordering::Relaxed);
-            if target.send(&route, &format!("t{}", now_micros())).await.is_err() {
-                errors.fetch_add(1, Ordering::Relaxed);
-                sent.fetch_sub(1, Ordering::Relaxed);
-            }
+            sends.start();
+            sends.send(&target, &route).await;
         }
         return;
     };
@@ -217,15 +235,9 @@ async fn send_loop(
     tokio::time::sleep(interval.mul_f64(rand_fraction())).await;
     while Instant::now() < until {
         ticks.tick().await;
-        let (target, route, sent, errors) =
-            (target.clone(), route.clone(), sent.clone(), errors.clone());
-        sent.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            if target.send(&route, &format!("t{}", now_micros())).await.is_err() {
-                errors.fetch_add(1, Ordering::Relaxed);
-                sent.fetch_sub(1, Ordering::Relaxed);
-            }
-        });
+        sends.start();
+        let (target, route, sends) = (target.clone(), route.clone(), sends.clone());
+        tokio::spawn(async move { sends.send(&target, &route).await });
     }
 }
 
