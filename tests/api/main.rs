@@ -1,6 +1,7 @@
 //! Integration tests: each starts the real server on 127.0.0.1:0 and talks to it as a client
 //! would, over HTTP and graphql-transport-ws websockets. `TEST_LOG=1` shows server logs.
 
+mod abuse;
 mod auth;
 mod helpers;
 mod hostile;
