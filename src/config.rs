@@ -6,6 +6,8 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
+use crate::cors::AllowedOrigins;
+
 /// Everything the server reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,7 +32,9 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, comma
     /// separated, or `*` for any). Empty means same-origin only.
-    pub cors_allowed_origins: Vec<String>,
+    pub cors_allowed_origins: AllowedOrigins,
+    /// Whether `GET /graphql` serves the GraphiQL playground to browsers (`GRAPHIQL`).
+    pub graphiql: bool,
     /// Whether to take the client address from `X-Forwarded-For` (`TRUST_PROXY`). Only turn
     /// this on behind a proxy that sets the header, or clients can pick their own address.
     pub trust_proxy: bool,
@@ -174,6 +178,7 @@ impl Config {
         Ok(Config {
             mongo,
             trust_proxy: parse_or(get("TRUST_PROXY"), "TRUST_PROXY", false)?,
+            graphiql: parse_or(get("GRAPHIQL"), "GRAPHIQL", true)?,
             limits,
             ws_init_timeout,
             ws_ping_interval,
@@ -183,15 +188,10 @@ impl Config {
             jwt_secret: get("JWT_SECRET"),
             jwt_ttl,
             bcrypt_cost,
-            cors_allowed_origins: get("CORS_ALLOWED_ORIGINS")
-                .map(|list| {
-                    list.split(',')
-                        .map(str::trim)
-                        .filter(|o| !o.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            cors_allowed_origins: AllowedOrigins::parse(
+                &get("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
+            )
+            .map_err(|error| ConfigError::new("CORS_ALLOWED_ORIGINS", error.value, error.reason))?,
         })
     }
 }
@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(config.bcrypt_cost, 12);
         assert_eq!(config.jwt_ttl, Duration::from_secs(7 * 86_400));
         assert!(config.jwt_secret.is_none());
-        assert!(config.cors_allowed_origins.is_empty());
+        assert_eq!(config.cors_allowed_origins, AllowedOrigins::SameOrigin);
         assert_eq!(config.ws_init_timeout, Duration::from_secs(3));
         assert_eq!(config.ws_ping_interval, Duration::from_secs(15));
     }
@@ -293,7 +293,9 @@ mod tests {
 
     #[test]
     fn cors_origins_are_a_list() {
-        let config = config(&[("CORS_ALLOWED_ORIGINS", "http://a.test, http://b.test")]).unwrap();
-        assert_eq!(config.cors_allowed_origins, vec!["http://a.test", "http://b.test"]);
+        let listed = config(&[("CORS_ALLOWED_ORIGINS", "http://a.test, http://b.test")]).unwrap();
+        assert!(listed.cors_allowed_origins.allows("http://b.test"));
+        let error = config(&[("CORS_ALLOWED_ORIGINS", "http://localhost:3000/")]).unwrap_err();
+        assert!(error.to_string().contains("CORS_ALLOWED_ORIGINS"), "{error}");
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod http;
 pub mod messages;

@@ -5,13 +5,12 @@ use async_graphql::{
     Context, ID, InputObject, Object, Subscription,
     connection::{Connection, Edge},
 };
-use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 
 use super::{Message, SendRequest, delivery, encode_cursor};
 use crate::{
     error::AppError,
-    schema::{services, viewer},
+    schema::{Timestamp, services, viewer},
     users::User,
 };
 
@@ -49,13 +48,13 @@ impl Message {
     }
 
     /// When the server accepted the message.
-    async fn sent_at(&self) -> DateTime<Utc> {
-        self.sent_at
+    async fn sent_at(&self) -> Timestamp {
+        self.sent_at.into()
     }
 
     /// When the recipient acknowledged it with `markDelivered`; null until then.
-    async fn delivered_at(&self) -> Option<DateTime<Utc>> {
-        self.delivered_at
+    async fn delivered_at(&self) -> Option<Timestamp> {
+        self.delivered_at.map(Timestamp)
     }
 
     /// The sender's idempotency key, if one was given.

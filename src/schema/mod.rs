@@ -4,6 +4,9 @@
 pub mod document_shape;
 mod error_codes;
 mod parsed_queries;
+mod timestamp;
+
+pub use timestamp::Timestamp;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 
@@ -63,7 +66,9 @@ fn shape_limits(limits: &Limits) -> ShapeLimits {
 
 /// The schema in SDL, exactly as the server serves it; `schema.graphql` must match it.
 pub fn sdl() -> String {
-    Schema::build(Query::default(), Mutation::default(), Subscription::default()).finish().sdl()
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
+        .finish()
+        .sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 /// The shared services, for resolvers.

@@ -2,11 +2,9 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use chrono::{DateTime, Utc};
-
 use super::{ClientAddress, SignedIn};
 use crate::{
-    schema::{services, viewer},
+    schema::{Timestamp, services, viewer},
     users::User,
 };
 
@@ -147,11 +145,11 @@ pub struct SessionInfo {
     /// Pass to `revokeSession` to end it.
     pub id: ID,
     /// When the user signed in.
-    pub created_at: DateTime<Utc>,
+    pub created_at: Timestamp,
     /// When the session was last used (to within a minute).
-    pub last_seen_at: DateTime<Utc>,
+    pub last_seen_at: Timestamp,
     /// When its token expires.
-    pub expires_at: DateTime<Utc>,
+    pub expires_at: Timestamp,
     /// Whether this is the session making the request.
     pub current: bool,
 }
@@ -172,9 +170,9 @@ impl SessionQuery {
             .map(|session| SessionInfo {
                 current: session.id == viewer.session_id,
                 id: ID(session.id),
-                created_at: session.created_at,
-                last_seen_at: session.last_seen_at,
-                expires_at: session.expires_at,
+                created_at: session.created_at.into(),
+                last_seen_at: session.last_seen_at.into(),
+                expires_at: session.expires_at.into(),
             })
             .collect())
     }

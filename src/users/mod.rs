@@ -90,6 +90,8 @@ impl PhoneNumber {
 pub struct Username(String);
 
 impl Username {
+    /// Shortest accepted name, in characters.
+    pub const MIN_CHARS: usize = 2;
     /// Longest accepted name, in characters.
     pub const MAX_CHARS: usize = 32;
 
@@ -97,9 +99,10 @@ impl Username {
     pub fn parse(input: &str) -> Result<Self, AppError> {
         let name = input.trim();
         let length = name.chars().count();
-        if !(2..=Self::MAX_CHARS).contains(&length) {
+        if !(Self::MIN_CHARS..=Self::MAX_CHARS).contains(&length) {
             return Err(AppError::BadUserInput(format!(
-                "username must be 2 to {} characters long",
+                "username must be {} to {} characters long",
+                Self::MIN_CHARS,
                 Self::MAX_CHARS
             )));
         }

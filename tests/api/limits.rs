@@ -140,16 +140,44 @@ async fn alias_floods_exceed_the_default_complexity() {
 #[tokio::test]
 async fn introspection_can_be_switched_off() {
     let app = app_with(&[("GRAPHQL_INTROSPECTION", "false")]).await;
-    // async-graphql answers introspection with null rather than an error; no type leaks.
     let body = app
         .graphql("{ __schema { types { name } } __type(name: \"User\") { name } }", json!({}), None)
         .await;
-    assert!(body["data"]["__schema"].is_null(), "{body}");
-    assert!(body["data"]["__type"].is_null(), "{body}");
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("Introspection is disabled"), "{body}");
     assert!(!body.to_string().contains("Message"), "{body}");
+    // `__typename` is not introspection of the schema and keeps working.
+    let body = app.graphql("{ __typename }", json!({}), None).await;
+    assert_eq!(body["data"]["__typename"], "Query");
     let on = app_with(&[]).await;
     let body = on.graphql("{ __schema { queryType { name } } }", json!({}), None).await;
     assert_eq!(body["data"]["__schema"]["queryType"]["name"], "Query");
+}
+
+/// What GraphiQL, graphql-codegen and Apollo tooling send to load the schema.
+const INTROSPECTION_QUERY: &str = include_str!("introspection_query.graphql");
+
+#[tokio::test]
+async fn tools_can_introspect_on_default_settings() {
+    // Even with a far lower depth limit: introspection nests `ofType` deeply, harmlessly.
+    for settings in [&[][..], &[("GRAPHQL_MAX_DEPTH", "4")][..]] {
+        let app = app_with(settings).await;
+        let body = app.graphql(INTROSPECTION_QUERY, json!({}), None).await;
+        assert!(body["errors"].is_null(), "{body}");
+        let types = body["data"]["__schema"]["types"].as_array().unwrap();
+        assert!(types.iter().any(|t| t["name"] == "Message"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn multiplying_introspection_is_refused() {
+    let app = app_with(&[]).await;
+    let query =
+        "{ __schema { types { fields { type { fields { type { fields { name } } } } } } } }";
+    let body = app.graphql(query, json!({}), None).await;
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("nests too many lists"));
 }
 
 #[tokio::test]
@@ -287,12 +315,34 @@ async fn cors_allows_only_configured_origins() {
     let app = app_with(&[("CORS_ALLOWED_ORIGINS", "https://chat.example.com")]).await;
     let response = preflight(&app, "https://chat.example.com").await.unwrap();
     assert_eq!(allow(&response).as_deref(), Some("https://chat.example.com"));
+    // Browsers may cache the answer instead of preflighting every request.
+    assert_eq!(response.headers()["access-control-max-age"], "3600");
     let response = preflight(&app, "https://evil.example.net").await.unwrap();
     assert_eq!(allow(&response), None);
     // Unset: no cross-origin access at all.
     let closed = app_with(&[]).await;
     let response = preflight(&closed, "https://chat.example.com").await.unwrap();
     assert_eq!(allow(&response), None);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_check_the_origin_list() {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest, http::HeaderValue};
+    let app = app_with(&[("CORS_ALLOWED_ORIGINS", "https://chat.example.com")]).await;
+    let connect = |origin: String| {
+        let mut request = format!("ws://{}/graphql", app.address).into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
+        headers.insert("Origin", HeaderValue::from_str(&origin).unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    assert!(connect("https://chat.example.com".into()).await.is_ok());
+    // GraphiQL served by this server itself.
+    assert!(connect(format!("http://{}", app.address)).await.is_ok());
+    match connect("https://evil.example.net".into()).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| "a websocket")),
+    }
 }
 
 /// Logins are hammered with real bcrypt work while a conversation goes on; every message must

@@ -4,36 +4,41 @@
 //! batched), `GET` with query parameters, the websocket upgrade for subscriptions (both the
 //! `graphql-transport-ws` and the legacy `graphql-ws` subprotocols), and GraphiQL for a browser.
 
-use async_graphql::{BatchRequest, ParseRequestError};
-use async_graphql::{
-    http::{GraphiQLSource, parse_query_string},
-    parser::types::OperationType,
+mod graphiql;
+mod graphql;
+pub mod negotiation;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
 };
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse, rejection::GraphQLRejection};
+
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade},
-    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
-    response::{Html, IntoResponse, Response},
+    extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
-
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     limit::RequestBodyLimitLayer,
     trace::TraceLayer,
 };
 
+use self::{graphql::request_error, negotiation::ResponseFormat};
 use crate::{
     config::Config,
+    cors::AllowedOrigins,
     schema::AppSchema,
     services::Services,
     sessions::{self, ClientAddress, RequestAuth},
     websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
+/// How long browsers may cache a CORS preflight answer (Chrome caps it at two hours).
+const CORS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Initial websocket read buffer per connection.
 const WS_READ_BUFFER_BYTES: usize = 512;
 /// Outgoing bytes queued before a websocket write; the serve loop flushes after each burst, so
@@ -52,13 +57,22 @@ struct AppState {
     trust_proxy: bool,
     /// Most operations in one batched POST.
     max_batch: usize,
+    /// Browser origins allowed cross-origin; also checked on websocket upgrades.
+    allowed_origins: AllowedOrigins,
+    /// Whether `GET /graphql` serves GraphiQL to browsers (`GRAPHIQL`).
+    graphiql: bool,
 }
 
 /// The app's routes, ready to serve.
 pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router {
-    let router = Router::new()
-        .route("/graphql", get(graphql_get).post(graphql_post))
+    let graphql_routes = get(graphql_get).post(graphql::post).fallback(method_not_allowed);
+    let mut router = Router::new().route("/graphql", graphql_routes);
+    if config.graphiql {
+        router = router.route("/graphiql/{file}", get(graphiql::asset));
+    }
+    let router = router
         .route("/healthz", get(healthz))
+        .fallback(not_found)
         .with_state(AppState {
             schema,
             services,
@@ -71,6 +85,8 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
             connections: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
             trust_proxy: config.trust_proxy,
             max_batch: config.limits.graphql_max_batch,
+            allowed_origins: config.cors_allowed_origins.clone(),
+            graphiql: config.graphiql,
         })
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(axum::middleware::map_response(coded_payload_too_large))
@@ -81,20 +97,20 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
     }
 }
 
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow_origin = if origins.iter().any(|origin| origin == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
+fn cors_layer(origins: &AllowedOrigins) -> Option<CorsLayer> {
+    let allow_origin = match origins {
+        AllowedOrigins::SameOrigin => return None,
+        AllowedOrigins::Any => AllowOrigin::any(),
+        AllowedOrigins::List(origins) => AllowOrigin::list(
+            origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
     };
     Some(
         CorsLayer::new()
             .allow_origin(allow_origin)
-            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-            .allow_headers(Any),
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(Any)
+            .max_age(CORS_MAX_AGE),
     )
 }
 
@@ -123,35 +139,6 @@ fn request_data(parts: &Parts, trust_proxy: bool) -> (RequestAuth, ClientAddress
     (request_auth(&parts.headers), client_address(parts, trust_proxy))
 }
 
-async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let (auth, address) = request_data(&parts, state.trust_proxy);
-    let batch = match GraphQLBatchRequest::<GraphQLRejection>::from_request(
-        Request::from_parts(parts, body),
-        &state,
-    )
-    .await
-    {
-        Ok(batch) => batch.into_inner(),
-        // A chunked body that runs over the limit reaches the extractor as an I/O error
-        // carrying http-body's message; anything else is a malformed request.
-        Err(GraphQLRejection(ParseRequestError::Io(error)))
-            if error.to_string().contains("length limit exceeded") =>
-        {
-            return StatusCode::PAYLOAD_TOO_LARGE.into_response();
-        }
-        Err(rejection) => return rejection.into_response(),
-    };
-    if let BatchRequest::Batch(requests) = &batch
-        && requests.len() > state.max_batch
-    {
-        let message = format!("at most {} operations per request", state.max_batch);
-        return request_error(StatusCode::BAD_REQUEST, &message, "LIMIT_EXCEEDED");
-    }
-    let batch = batch.data(auth).data(address);
-    GraphQLResponse::from(state.schema.execute_batch(batch).await).into_response()
-}
-
 /// Gives the body-size refusal (a bare 413 from the limit layer, or the GraphQL extractor's
 /// rejection when a chunked body runs over) the same coded JSON shape as every other error.
 async fn coded_payload_too_large(response: Response) -> Response {
@@ -159,62 +146,71 @@ async fn coded_payload_too_large(response: Response) -> Response {
         return response;
     }
     let message = "the request body is larger than the server accepts (see MAX_BODY_BYTES)";
-    request_error(StatusCode::PAYLOAD_TOO_LARGE, message, "LIMIT_EXCEEDED")
+    request_error(ResponseFormat::Json, StatusCode::PAYLOAD_TOO_LARGE, message, "LIMIT_EXCEEDED")
 }
 
-/// A GraphQL-shaped error for a request refused before execution.
-fn request_error(status: StatusCode, message: &str, code: &str) -> Response {
-    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    (status, Json(body)).into_response()
-}
-
-/// `GET /graphql`: a websocket upgrade, a query in the URL, or GraphiQL for a browser.
+/// `GET /graphql`: a websocket upgrade, GraphiQL for a browser, or a query in the URL.
 async fn graphql_get(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     if parts.headers.contains_key(header::UPGRADE) {
         return websocket(state, &mut parts).await;
     }
-    let query_string = parts.uri.query().unwrap_or_default();
-    if query_string.is_empty() {
-        return Html(graphiql()).into_response();
+    if state.graphiql && parts.uri.query().is_none() && graphiql::wants_html(&parts.headers) {
+        return graphiql::page();
     }
-    let mut request = match parse_query_string(query_string) {
-        Ok(request) => request,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
-    };
-    // GET must not change anything (GraphQL over HTTP): mutations go through POST.
-    let is_mutation = request.parsed_query().ok().is_some_and(|document| {
-        document
-            .operations
-            .iter()
-            .any(|(_, operation)| operation.node.ty == OperationType::Mutation)
-    });
-    if is_mutation {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST")],
-            "mutations must use POST",
-        )
-            .into_response();
-    }
-    let (auth, address) = request_data(&parts, state.trust_proxy);
-    request = request.data(auth).data(address);
-    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+    graphql::get(state, &parts).await
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = request_error(
+        ResponseFormat::Json,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "/graphql accepts GET and POST",
+        "BAD_REQUEST",
+    );
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    response
+}
+
+async fn not_found() -> Response {
+    let message = "not found: the API is at /graphql";
+    request_error(ResponseFormat::Json, StatusCode::NOT_FOUND, message, "NOT_FOUND")
 }
 
 /// Upgrades to a GraphQL websocket, speaking whichever subprotocol the client offers.
 async fn websocket(state: AppState, parts: &mut Parts) -> Response {
+    // Browsers do not apply CORS to websockets, so the origin list is checked here. Tokens,
+    // never cookies, authenticate a socket, so a foreign page cannot ride a visitor's session
+    // anyway; the check keeps the configured list meaning the same thing for both transports.
+    let origin = parts.headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
+    if let (AllowedOrigins::List(_), Some(origin)) = (&state.allowed_origins, origin)
+        && !state.allowed_origins.allows(origin)
+        && !is_same_origin(&parts.headers, origin)
+    {
+        let message = "this origin is not in CORS_ALLOWED_ORIGINS";
+        return request_error(ResponseFormat::Json, StatusCode::FORBIDDEN, message, "FORBIDDEN");
+    }
     let offer = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
     let Some(protocol) = offer.and_then(Protocol::negotiate) else {
-        return (
+        let message = "offer the graphql-transport-ws (or legacy graphql-ws) websocket subprotocol";
+        return request_error(
+            ResponseFormat::Json,
             StatusCode::BAD_REQUEST,
-            "offer the graphql-transport-ws (or legacy graphql-ws) websocket subprotocol",
-        )
-            .into_response();
+            message,
+            "BAD_REQUEST",
+        );
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
         Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => {
+            let message = rejection.body_text();
+            return request_error(
+                ResponseFormat::Json,
+                rejection.status(),
+                &message,
+                "BAD_REQUEST",
+            );
+        }
     };
     let settings = state.websocket_settings;
     upgrade
@@ -239,12 +235,11 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         .into_response()
 }
 
-fn graphiql() -> String {
-    GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql")
-        .title("chatapp GraphiQL")
-        .finish()
+/// Whether `origin` is this server itself (GraphiQL served from here), by the `Host` header.
+fn is_same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, host)| host);
+    host.is_some_and(|host| origin_host == Some(host))
 }
 
 /// `GET /healthz`: 200 when the store answers, 503 when it does not.
