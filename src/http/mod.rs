@@ -72,6 +72,8 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
     }
     let router = router
         .route("/healthz", get(healthz))
+        // Browsers ask for it on every page; an empty answer keeps their consoles clean.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .with_state(AppState {
             schema,

@@ -104,9 +104,15 @@ const MAX_BURST: usize = 64;
 enum Stop {
     /// Send `farewell` if any, then close with this code and reason.
     Close { code: u16, reason: &'static str, farewell: Option<Outgoing> },
+    /// The peer sent a Close frame: the library has queued the reply, which must be flushed,
+    /// or the client sees 1006 (abnormal closure) instead of its own clean close.
+    ClosedByPeer,
     /// The peer went away; nothing to send.
     Gone,
 }
+
+/// How long a close handshake may take to write before the socket is dropped anyway.
+const CLOSE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Stop {
     fn close(code: u16, reason: &'static str) -> Self {
@@ -139,13 +145,18 @@ pub async fn serve(
         expiry: None,
         operations: StreamMap::new(),
     };
-    let stop = connection.run(&mut socket, settings).await;
-    if let Stop::Close { code, reason, farewell } = stop {
-        if let Some(message) = farewell {
-            let _ = socket.send(Message::Text(message.into())).await;
+    match connection.run(&mut socket, settings).await {
+        Stop::Close { code, reason, farewell } => {
+            if let Some(message) = farewell {
+                let _ = socket.send(Message::Text(message.into())).await;
+            }
+            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+            let _ = socket.send(Message::Close(Some(frame))).await;
         }
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        Stop::ClosedByPeer => {
+            let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, socket.flush()).await;
+        }
+        Stop::Gone => {}
     }
 }
 
@@ -235,7 +246,7 @@ impl Connection {
     async fn on_frame(&mut self, frame: Message) -> Result<Vec<Outgoing>, Stop> {
         let text = match frame {
             Message::Text(text) => text,
-            Message::Close(_) => return Err(Stop::Gone),
+            Message::Close(_) => return Err(Stop::ClosedByPeer),
             Message::Binary(_) => {
                 return Err(Stop::close(close::BAD_REQUEST, "Binary frames are not supported"));
             }

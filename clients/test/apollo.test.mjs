@@ -1,0 +1,129 @@
+// Apollo Client as a chat frontend sets it up: HttpLink for queries and mutations with the
+// token in a header, GraphQLWsLink for subscriptions with the token in connectionParams, split
+// by operation type; relay-style paging of the history with fetchMore.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ApolloClient, HttpLink, InMemoryCache, gql, split } from '@apollo/client';
+import { SetContextLink } from '@apollo/client/link/context';
+import { GraphQLWsLink } from '@apollo/client/link/subscriptions';
+import { getMainDefinition, relayStylePagination } from '@apollo/client/utilities';
+import { createClient } from 'graphql-ws';
+import WebSocket from 'ws';
+import { filter, firstValueFrom } from 'rxjs';
+import { phoneNumber, startServer, waitUntil } from './support/server.mjs';
+import * as ops from './support/operations.mjs';
+
+let server;
+before(async () => {
+  server = await startServer();
+});
+after(() => server?.stop());
+
+// --- README: Apollo Client setup (kept in step with README.md "Use it from a frontend") ---
+function createApolloClient({ httpUrl, wsUrl, getToken, onClosed }) {
+  const authLink = new SetContextLink(({ headers }) => {
+    const token = getToken();
+    return { headers: { ...headers, ...(token ? { authorization: `Bearer ${token}` } : {}) } };
+  });
+  const wsLink = new GraphQLWsLink(
+    createClient({
+      url: wsUrl,
+      webSocketImpl: WebSocket, // in a browser, leave this out
+      // Called on every (re)connect, so a refreshed token is picked up.
+      connectionParams: () => ({ token: getToken() }),
+      on: { closed: (event) => onClosed?.(event.code) },
+    }),
+  );
+  const isSubscription = ({ query }) => {
+    const definition = getMainDefinition(query);
+    return definition.kind === 'OperationDefinition' && definition.operation === 'subscription';
+  };
+  return new ApolloClient({
+    link: split(isSubscription, wsLink, authLink.concat(new HttpLink({ uri: httpUrl }))),
+    cache: new InMemoryCache({
+      typePolicies: { Query: { fields: { conversation: relayStylePagination(['withUserId']) } } },
+    }),
+  });
+}
+// --- end of README setup ---
+
+/** A signed-up user with their own Apollo Client, like one browser tab. */
+async function signUp(username) {
+  const user = { token: null, closeCodes: [] };
+  user.client = createApolloClient({
+    httpUrl: server.url,
+    wsUrl: server.wsUrl,
+    getToken: () => user.token,
+    onClosed: (code) => user.closeCodes.push(code),
+  });
+  const { data } = await user.client.mutate({
+    mutation: gql(ops.REGISTER),
+    variables: { input: { phoneNumber: phoneNumber(), username, password: 'password123' } },
+  });
+  user.token = data.register.token;
+  user.id = data.register.profileId;
+  return user;
+}
+
+function listen(user) {
+  const received = [];
+  const errors = [];
+  const subscription = user.client.subscribe({ query: gql(ops.MESSAGE_RECEIVED) }).subscribe({
+    next: (result) => (result.error ? errors.push(result.error) : received.push(result.data.messageReceived)),
+    error: (error) => errors.push(error),
+  });
+  return { received, errors, stop: () => subscription.unsubscribe() };
+}
+
+async function sendFrom(user, to, content) {
+  const { data } = await user.client.mutate({
+    mutation: gql(ops.SEND_MESSAGE),
+    variables: { input: { recipientId: to.id, content } },
+  });
+  return data.sendMessage;
+}
+
+test('Apollo Client: live messages, replay after reconnect, markDelivered, history paging, logout', async () => {
+  const alice = await signUp('alice');
+  const bob = await signUp('bob');
+
+  // Live.
+  let bobListens = listen(bob);
+  await sendFrom(alice, bob, 'hi bob');
+  await waitUntil(() => bobListens.received.length === 1, { what: 'the live message' });
+  assert.equal(bobListens.received[0].sender.username, 'alice');
+  await bob.client.mutate({ mutation: gql(ops.MARK_DELIVERED), variables: { ids: [bobListens.received[0].id] } });
+  bobListens.stop();
+
+  // Missed while away, replayed in order on the next subscription, then live again.
+  for (const content of ['m1', 'm2', 'm3', 'm4']) await sendFrom(alice, bob, content);
+  bobListens = listen(bob);
+  await waitUntil(() => bobListens.received.length === 4, { what: 'the replay' });
+  await sendFrom(alice, bob, 'm5');
+  await waitUntil(() => bobListens.received.length === 5, { what: 'live after replay' });
+  assert.deepEqual(bobListens.received.map((m) => m.content), ['m1', 'm2', 'm3', 'm4', 'm5']);
+
+  // History, newest page first, then older pages with fetchMore merged by the cache.
+  const query = bob.client.watchQuery({
+    query: gql(ops.CONVERSATION),
+    variables: { withUserId: alice.id, last: 4 },
+  });
+  const subscription = query.subscribe(() => {});
+  let page = await firstValueFrom(query.pipe(filter((result) => result.dataState === 'complete')));
+  assert.deepEqual(page.data.conversation.edges.map((e) => e.node.content), ['m2', 'm3', 'm4', 'm5']);
+  assert.equal(page.data.conversation.pageInfo.hasPreviousPage, true);
+  page = await query.fetchMore({ variables: { before: page.data.conversation.pageInfo.startCursor } });
+  const merged = bob.client.readQuery({ query: gql(ops.CONVERSATION), variables: { withUserId: alice.id, last: 4 } });
+  assert.deepEqual(merged.conversation.edges.map((e) => e.node.content), ['hi bob', 'm1', 'm2', 'm3', 'm4', 'm5']);
+
+  // Logout ends the subscription with 4401, which the client treats as final.
+  await bob.client.mutate({ mutation: gql(ops.LOGOUT) });
+  await waitUntil(() => bobListens.errors.length === 1, { what: 'the subscription to end' });
+  // (Earlier entries: 1000 each time the idle client closed its socket, answered cleanly.)
+  assert.equal(bob.closeCodes.at(-1), 4401);
+  assert.ok(!bob.closeCodes.includes(1006), `an unclean close: ${bob.closeCodes}`);
+  bobListens.stop();
+  subscription.unsubscribe();
+  alice.client.stop();
+  bob.client.stop();
+});
