@@ -9,10 +9,12 @@
 //! - [`users`], [`sessions`], [`messages`]: one module per domain concept, each holding its
 //!   domain types and rules, and a `graphql` submodule with its part of the schema.
 //! - [`messages::delivery`]: the replay-then-live stream behind `messageReceived`.
-//! - [`store`]: the [`store::Store`] trait and the embedded SQLite implementation.
+//! - [`store`]: the [`store::Store`] trait, the embedded SQLite store and the MongoDB store.
 //! - [`bus`]: live fan-out of stored messages to open subscriptions.
-//! - [`schema`]: the merged GraphQL schema; knows nothing of HTTP.
-//! - [`http`]: axum routes: GraphQL over HTTP, the websocket upgrade, GraphiQL, `/healthz`.
+//! - [`schema`]: the merged GraphQL schema and its extensions; knows nothing of HTTP.
+//!   [`schema::document_shape`] measures every document before validation.
+//! - [`http`]: axum routes: GraphQL over HTTP (content negotiation in [`http::negotiation`]),
+//!   the websocket upgrade, the vendored GraphiQL, `/healthz`. [`cors`]: allowed origins.
 //! - [`websocket`]: the graphql-ws serve loop, with its close codes and session ending.
 //! - [`error`]: the error type clients see, with its `extensions.code`.
 //!

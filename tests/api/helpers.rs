@@ -362,4 +362,16 @@ impl WsClient {
     pub async fn close(mut self) {
         let _ = self.socket.close(None).await;
     }
+
+    /// Starts a clean close with `code` and returns the code of the server's answering Close
+    /// frame, or `None` if the connection just dropped.
+    pub async fn close_with(mut self, code: u16) -> Option<u16> {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let frame = CloseFrame { code: CloseCode::from(code), reason: "bye".into() };
+        self.socket.send(WsMessage::Close(Some(frame))).await.expect("close sent");
+        match tokio::time::timeout(PATIENCE, self.socket.next()).await.expect("an answer in time") {
+            Some(Ok(WsMessage::Close(Some(frame)))) => Some(u16::from(frame.code)),
+            _ => None,
+        }
+    }
 }

@@ -202,3 +202,14 @@ async fn an_unknown_subprotocol_is_refused_at_the_handshake() {
     let app = spawn_app().await;
     assert!(WsClient::connect(&app, "mqtt").await.is_err());
 }
+
+/// A client that closes cleanly gets the close handshake answered (before, it saw 1006).
+#[tokio::test]
+async fn the_clients_close_is_answered() {
+    let app = spawn_app().await;
+    let alice = user(&app).await;
+    let mut ws = raw(&app).await;
+    assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+    ws.subscribe_messages("1").await;
+    assert_eq!(ws.close_with(1000).await, Some(1000));
+}
