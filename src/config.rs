@@ -35,9 +35,10 @@ pub struct Config {
     pub cors_allowed_origins: AllowedOrigins,
     /// Whether `GET /graphql` serves the GraphiQL playground to browsers (`GRAPHIQL`).
     pub graphiql: bool,
-    /// Whether to take the client address from `X-Forwarded-For` (`TRUST_PROXY`). Only turn
-    /// this on behind a proxy that sets the header, or clients can pick their own address.
-    pub trust_proxy: bool,
+    /// How many reverse proxies in front of the server append to `X-Forwarded-For`
+    /// (`TRUST_PROXY`: a number, `true` = 1, `false` = 0). The client is the entry that many
+    /// places from the right; with 0 it is the TCP peer.
+    pub trusted_proxies: usize,
     /// Abuse limits; see [`Limits`].
     pub limits: Limits,
     /// MongoDB, when `MONGO_URI` is set; otherwise the embedded store is used.
@@ -81,12 +82,18 @@ pub struct Limits {
     pub login_failures_before_backoff: u32,
     /// `sendMessage` calls per second per user, also the burst (`RATE_LIMIT_MESSAGES_PER_USER`).
     pub messages_per_second_per_user: u32,
+    /// `userByPhoneNumber` look-ups per minute per user (`RATE_LIMIT_LOOKUPS_PER_USER`).
+    pub lookups_per_minute_per_user: u32,
     /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
     /// cannot take every core from message delivery.
     pub bcrypt_concurrency: usize,
+    /// Password hashes running or queued at most (`BCRYPT_MAX_QUEUE`); past it, sign-ins are
+    /// refused at once with `SERVICE_UNAVAILABLE` and `retryAfter`.
+    pub bcrypt_max_queue: usize,
     /// Deepest query nesting (`GRAPHQL_MAX_DEPTH`).
     pub graphql_max_depth: usize,
-    /// Highest query complexity, one per field (`GRAPHQL_MAX_COMPLEXITY`).
+    /// Highest query complexity (`GRAPHQL_MAX_COMPLEXITY`): one point per field, ten more for
+    /// a field that reads the store, and a page's items counted once each.
     pub graphql_max_complexity: usize,
     /// Operations in one batched HTTP request (`GRAPHQL_MAX_BATCH`).
     pub graphql_max_batch: usize,
@@ -153,9 +160,11 @@ impl Config {
             auth_per_minute_per_phone: positive("RATE_LIMIT_AUTH_PER_PHONE", 10)? as u32,
             login_failures_before_backoff: positive("LOGIN_FAILURES_BEFORE_BACKOFF", 5)? as u32,
             messages_per_second_per_user: positive("RATE_LIMIT_MESSAGES_PER_USER", 20)? as u32,
+            lookups_per_minute_per_user: positive("RATE_LIMIT_LOOKUPS_PER_USER", 60)? as u32,
             bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
+            bcrypt_max_queue: positive("BCRYPT_MAX_QUEUE", 32)?,
             graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,
-            graphql_max_complexity: positive("GRAPHQL_MAX_COMPLEXITY", 250)?,
+            graphql_max_complexity: positive("GRAPHQL_MAX_COMPLEXITY", 2000)?,
             graphql_max_batch: positive("GRAPHQL_MAX_BATCH", 10)?,
             graphql_introspection: parse_or(
                 get("GRAPHQL_INTROSPECTION"),
@@ -177,7 +186,18 @@ impl Config {
         };
         Ok(Config {
             mongo,
-            trust_proxy: parse_or(get("TRUST_PROXY"), "TRUST_PROXY", false)?,
+            trusted_proxies: match get("TRUST_PROXY").map(|v| v.trim().to_ascii_lowercase()) {
+                None => 0,
+                Some(value) if value == "false" => 0,
+                Some(value) if value == "true" => 1,
+                Some(value) => value.parse().map_err(|_| {
+                    ConfigError::new(
+                        "TRUST_PROXY",
+                        value,
+                        "expected the number of proxies, true or false",
+                    )
+                })?,
+            },
             graphiql: parse_or(get("GRAPHIQL"), "GRAPHIQL", true)?,
             limits,
             ws_init_timeout,

@@ -7,7 +7,7 @@
 use async_graphql::ErrorExtensions;
 
 /// What went wrong, phrased as what the client should be told.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppError {
     /// The input is malformed or breaks a documented rule (`BAD_USER_INPUT`).
     #[error("{0}")]
@@ -38,6 +38,13 @@ pub enum AppError {
     /// (`SERVICE_UNAVAILABLE`).
     #[error("the service is temporarily unavailable, please retry")]
     ServiceUnavailable(String),
+    /// Too much work is queued (sign-ins during a flood); retry after the given number of
+    /// seconds (`SERVICE_UNAVAILABLE`, with `extensions.retryAfter`).
+    #[error("the server is busy, please retry in {retry_after_seconds} s")]
+    Overloaded {
+        /// Whole seconds until a retry is likely to be served.
+        retry_after_seconds: u64,
+    },
     /// A bug or an unexpected failure (`INTERNAL_SERVER_ERROR`). The detail is logged, never shown.
     #[error("internal server error")]
     Internal(String),
@@ -53,7 +60,7 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
             AppError::RateLimited { .. } => "RATE_LIMITED",
-            AppError::ServiceUnavailable(_) => "SERVICE_UNAVAILABLE",
+            AppError::ServiceUnavailable(_) | AppError::Overloaded { .. } => "SERVICE_UNAVAILABLE",
             AppError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -79,7 +86,8 @@ impl From<AppError> for async_graphql::Error {
         }
         let code = error.code();
         let retry_after = match &error {
-            AppError::RateLimited { retry_after_seconds, .. } => Some(*retry_after_seconds),
+            AppError::RateLimited { retry_after_seconds, .. }
+            | AppError::Overloaded { retry_after_seconds } => Some(*retry_after_seconds),
             _ => None,
         };
         async_graphql::Error::new(error.to_string()).extend_with(|_, extensions| {

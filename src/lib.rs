@@ -22,6 +22,7 @@
 //! until a shutdown future resolves; `main` and the integration tests both use exactly these.
 
 pub mod bus;
+pub mod client_address;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -74,7 +75,11 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         store,
         bus: Arc::new(InProcessBus::new()),
         tokens: Arc::new(TokenService::new(&secret, config.jwt_ttl)),
-        passwords: PasswordHasher::new(config.bcrypt_cost, config.limits.bcrypt_concurrency),
+        passwords: PasswordHasher::new(
+            config.bcrypt_cost,
+            config.limits.bcrypt_concurrency,
+            config.limits.bcrypt_max_queue,
+        ),
         rate_limits: Arc::new(RateLimits::new(&config.limits)),
     };
     prune_rate_limits_periodically(&services.rate_limits);

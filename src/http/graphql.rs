@@ -29,7 +29,7 @@ pub(super) async fn post(State(state): State<AppState>, request: Request) -> Res
         let message = "send the request body as application/json";
         return request_error(format, StatusCode::UNSUPPORTED_MEDIA_TYPE, message, "BAD_REQUEST");
     }
-    let (auth, address) = request_data(&parts, state.trust_proxy);
+    let (auth, address) = request_data(&parts, state.trusted_proxies);
     let batch = match GraphQLBatchRequest::<GraphQLRejection>::from_request(
         Request::from_parts(parts, body),
         &state,
@@ -96,7 +96,7 @@ pub(super) async fn get(state: AppState, parts: &Parts) -> Response {
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let (auth, address) = request_data(parts, state.trust_proxy);
+    let (auth, address) = request_data(parts, state.trusted_proxies);
     request = request.data(auth).data(address);
     render(format, BatchResponse::Single(state.schema.execute(request).await))
 }

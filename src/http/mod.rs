@@ -8,10 +8,7 @@ mod graphiql;
 mod graphql;
 pub mod negotiation;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json, Router,
@@ -29,11 +26,12 @@ use tower_http::{
 
 use self::{graphql::request_error, negotiation::ResponseFormat};
 use crate::{
+    client_address::ClientAddress,
     config::Config,
     cors::AllowedOrigins,
     schema::AppSchema,
     services::Services,
-    sessions::{self, ClientAddress, RequestAuth},
+    sessions::{self, RequestAuth},
     websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
@@ -53,8 +51,8 @@ struct AppState {
     websocket_settings: WebsocketSettings,
     /// Open websockets per user, for `WS_MAX_CONNECTIONS_PER_USER`.
     connections: ConnectionRegistry,
-    /// Whether `X-Forwarded-For` names the client (`TRUST_PROXY`).
-    trust_proxy: bool,
+    /// Reverse proxies appending to `X-Forwarded-For` (`TRUST_PROXY`).
+    trusted_proxies: usize,
     /// Most operations in one batched POST.
     max_batch: usize,
     /// Browser origins allowed cross-origin; also checked on websocket upgrades.
@@ -85,7 +83,7 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
                 max_message_bytes: config.limits.ws_max_message_bytes,
             },
             connections: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
-            trust_proxy: config.trust_proxy,
+            trusted_proxies: config.trusted_proxies,
             max_batch: config.limits.graphql_max_batch,
             allowed_origins: config.cors_allowed_origins.clone(),
             graphiql: config.graphiql,
@@ -125,20 +123,22 @@ fn request_auth(headers: &HeaderMap) -> RequestAuth {
     RequestAuth::from_token(token)
 }
 
-/// The client's address: the peer address, or with `TRUST_PROXY` the first `X-Forwarded-For`
-/// entry.
-fn client_address(parts: &Parts, trust_proxy: bool) -> ClientAddress {
-    let forwarded = || {
-        let header = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
-        header.split(',').next()?.trim().parse::<IpAddr>().ok()
-    };
-    let peer = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    ClientAddress(if trust_proxy { forwarded().or_else(peer) } else { peer() })
+/// The client's address: the peer address, or behind `TRUST_PROXY` proxies the entry of
+/// `X-Forwarded-For` they vouch for.
+fn client_address(parts: &Parts, trusted_proxies: usize) -> ClientAddress {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let forwarded: Vec<&str> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    ClientAddress::behind_proxies(peer, &forwarded, trusted_proxies)
 }
 
 /// The GraphQL data every HTTP request carries: the caller's token and address.
-fn request_data(parts: &Parts, trust_proxy: bool) -> (RequestAuth, ClientAddress) {
-    (request_auth(&parts.headers), client_address(parts, trust_proxy))
+fn request_data(parts: &Parts, trusted_proxies: usize) -> (RequestAuth, ClientAddress) {
+    (request_auth(&parts.headers), client_address(parts, trusted_proxies))
 }
 
 /// Gives the body-size refusal (a bare 413 from the limit layer, or the GraphQL extractor's
@@ -215,6 +215,8 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         }
     };
     let settings = state.websocket_settings;
+    // Operations on the socket (sign-ins included) are limited per client like HTTP requests.
+    let client = client_address(parts, state.trusted_proxies);
     upgrade
         .protocols([protocol.name()])
         // tungstenite's defaults (128 KiB read and write buffers) are sized for large messages
@@ -232,6 +234,7 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
                 state.services,
                 state.connections,
                 settings,
+                client,
             )
         })
         .into_response()

@@ -11,7 +11,7 @@ use super::{Message, SendRequest, delivery, encode_cursor};
 use crate::{
     error::AppError,
     schema::{Timestamp, services, viewer},
-    users::User,
+    users::{self, graphql::UserNode},
 };
 
 /// A chat message between two users.
@@ -33,12 +33,12 @@ impl Message {
     }
 
     /// Who sent the message.
-    async fn sender(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+    async fn sender(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, &self.sender_id).await
     }
 
     /// Who the message is for.
-    async fn recipient(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+    async fn recipient(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, &self.recipient_id).await
     }
 
@@ -63,9 +63,11 @@ impl Message {
     }
 }
 
-async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<User> {
-    let user = services(ctx)?.store.user_by_id(id).await?;
-    user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")).into())
+async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<UserNode> {
+    let user = users::graphql::load_user(ctx, id).await?;
+    let user =
+        user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")))?;
+    Ok(UserNode::other(user))
 }
 
 /// A message to send.
@@ -91,6 +93,7 @@ impl MessageQuery {
     /// edges run oldest to newest. To load older messages, pass `pageInfo.startCursor` as
     /// `before`; `pageInfo.hasPreviousPage` says whether there are any. `last` is 1 to 100
     /// (default 50). Cursors stay valid while new messages arrive.
+    #[graphql(complexity = "crate::schema::page_complexity(last, child_complexity)")]
     async fn conversation(
         &self,
         ctx: &Context<'_>,
@@ -136,6 +139,9 @@ impl MessageMutation {
 
     /// Acknowledges messages the caller has received, so they are not replayed again. Only the
     /// recipient may acknowledge; acknowledging twice is harmless. At most 500 ids per call.
+    #[graphql(
+        complexity = "crate::schema::STORE_READ_COMPLEXITY + message_ids.len().max(1) * child_complexity"
+    )]
     async fn mark_delivered(
         &self,
         ctx: &Context<'_>,

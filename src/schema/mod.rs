@@ -20,7 +20,7 @@ use crate::{
         RequestAuth, Viewer,
         graphql::{AuthMutation, SessionQuery},
     },
-    users::graphql::UserQuery,
+    users::graphql::{UserLoader, UserQuery},
 };
 
 /// All queries.
@@ -35,12 +35,27 @@ pub struct Mutation(AuthMutation, MessageMutation);
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(MessageSubscription);
 
+/// Complexity of a field that reads the store, on top of its selection: such a field costs far
+/// more than one that only formats data already loaded, so alias floods of store reads reach
+/// `GRAPHQL_MAX_COMPLEXITY` ten times sooner.
+pub const STORE_READ_COMPLEXITY: usize = 10;
+
+/// Complexity of a page of `last` items (default and cap as `conversation` applies them): the
+/// selection of one item counts once per item, plus the store read.
+pub fn page_complexity(last: Option<i32>, child_complexity: usize) -> usize {
+    let items = last.map_or(crate::messages::DEFAULT_PAGE_SIZE, |last| {
+        usize::try_from(last).unwrap_or(1).clamp(1, crate::messages::MAX_PAGE_SIZE)
+    });
+    STORE_READ_COMPLEXITY.saturating_add(items.saturating_mul(child_complexity))
+}
+
 /// The schema type the server executes.
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Builds the schema with `services` as schema data and the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
+        .data(UserLoader::data_loader(services.store.clone()))
         .data(services)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))

@@ -2,10 +2,11 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::{ClientAddress, SignedIn};
+use super::SignedIn;
 use crate::{
+    client_address::{ClientAddress, ClientNetwork},
     schema::{Timestamp, services, viewer},
-    users::User,
+    users::graphql::UserNode,
 };
 
 /// Details for a new account.
@@ -42,7 +43,7 @@ pub struct AuthPayload {
     /// A human-readable outcome.
     pub message: String,
     /// The signed-in user.
-    pub user: User,
+    pub user: UserNode,
 }
 
 impl AuthPayload {
@@ -52,7 +53,7 @@ impl AuthPayload {
             profile_id: ID(signed_in.user.id.clone()),
             username: signed_in.user.username.clone(),
             message: message.to_string(),
-            user: signed_in.user,
+            user: UserNode::caller(signed_in.user),
         }
     }
 }
@@ -64,9 +65,10 @@ pub struct LogoutPayload {
     pub message: String,
 }
 
-/// The caller's network address, for the per-address sign-in limit (unknown outside HTTP).
-fn client_address(ctx: &Context<'_>) -> Option<std::net::IpAddr> {
-    ctx.data_opt::<ClientAddress>().and_then(|address| address.0)
+/// Where the caller connects from, for the per-client sign-in limits (HTTP and websocket
+/// requests carry it; anything else shares the bucket of unknown addresses).
+fn client_network(ctx: &Context<'_>) -> ClientNetwork {
+    ctx.data_opt::<ClientAddress>().copied().unwrap_or_default().network()
 }
 
 /// Account and session mutations.
@@ -85,7 +87,7 @@ impl AuthMutation {
         let services = services(ctx)?;
         let signed_in = super::register(
             services,
-            client_address(ctx),
+            client_network(ctx),
             &input.phone_number,
             &input.username,
             &input.password,
@@ -103,7 +105,7 @@ impl AuthMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let services = services(ctx)?;
         let signed_in =
-            super::login(services, client_address(ctx), &input.phone_number, &input.password)
+            super::login(services, client_network(ctx), &input.phone_number, &input.password)
                 .await?;
         Ok(AuthPayload::new(signed_in, "Login successful"))
     }
@@ -161,6 +163,7 @@ pub struct SessionQuery;
 #[Object]
 impl SessionQuery {
     /// The caller's live sessions, newest first.
+    #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SessionInfo>> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;

@@ -50,11 +50,6 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The network address a request came from (when known), as request data, for per-address
-/// rate limits.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddress(pub Option<std::net::IpAddr>);
-
 /// The authenticated caller of a request or websocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Viewer {

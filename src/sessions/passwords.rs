@@ -5,7 +5,14 @@
 //! priority is lowered (nice 10, Linux), so a login storm queues there and only gets the CPU
 //! that message delivery leaves idle.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::Instant,
+};
 
 use tokio::sync::{OnceCell, oneshot};
 
@@ -23,6 +30,13 @@ pub struct PasswordHasher {
     cost: u32,
     /// Queue of the hashing threads; they stop when the last hasher is dropped.
     work: mpsc::Sender<Work>,
+    /// Jobs queued or running, and the most allowed: past it a sign-in is refused at once with
+    /// `SERVICE_UNAVAILABLE` instead of waiting behind a flood for many seconds.
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+    threads: usize,
+    /// How long the last job took, in milliseconds, to say when to retry.
+    last_job_millis: Arc<AtomicU64>,
     /// A hash of a random password, verified against when the phone number is unknown so that
     /// "no such account" takes as long as "wrong password" and accounts cannot be probed by
     /// timing. Made once, on first need.
@@ -30,8 +44,9 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// A hasher using bcrypt work factor `cost`, running at most `concurrency` hashes at once.
-    pub fn new(cost: u32, concurrency: usize) -> Self {
+    /// A hasher using bcrypt work factor `cost`, running at most `concurrency` hashes at once
+    /// and holding at most `max_pending` (running and queued) before refusing more.
+    pub fn new(cost: u32, concurrency: usize, max_pending: usize) -> Self {
         let (work, queue) = mpsc::channel::<Work>();
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..concurrency.max(1) {
@@ -55,7 +70,15 @@ impl PasswordHasher {
                 tracing::error!(%error, "cannot start a password hashing thread");
             }
         }
-        PasswordHasher { cost, work, decoy: Arc::new(OnceCell::new()) }
+        PasswordHasher {
+            cost,
+            work,
+            pending: Arc::default(),
+            max_pending: max_pending.max(1),
+            threads: concurrency.max(1),
+            last_job_millis: Arc::default(),
+            decoy: Arc::new(OnceCell::new()),
+        }
     }
 
     /// Runs bcrypt work on a hashing thread.
@@ -63,9 +86,20 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        let slot = PendingSlot::take(&self.pending, self.max_pending).ok_or_else(|| {
+            let per_job = self.last_job_millis.load(Ordering::Relaxed).max(1);
+            let queued = u64::try_from(self.max_pending / self.threads).unwrap_or(u64::MAX);
+            AppError::Overloaded { retry_after_seconds: (per_job * queued).div_ceil(1000).max(1) }
+        })?;
         let (reply, answer) = oneshot::channel();
+        let last_job_millis = self.last_job_millis.clone();
         let job: Work = Box::new(move || {
-            let _ = reply.send(work());
+            let _slot = slot;
+            let started = Instant::now();
+            let result = work();
+            let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            last_job_millis.store(millis, Ordering::Relaxed);
+            let _ = reply.send(result);
         });
         self.work.send(job).map_err(AppError::internal)?;
         answer.await.map_err(AppError::internal)
@@ -105,6 +139,24 @@ impl PasswordHasher {
     }
 }
 
+/// A place in the hashing queue, given back when the job is done or dropped (even by a panic).
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl PendingSlot {
+    fn take(pending: &Arc<AtomicUsize>, max: usize) -> Option<PendingSlot> {
+        pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| PendingSlot(pending.clone()))
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Lowers the calling thread's scheduling priority (on Linux the nice value is per thread).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -123,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_mismatches_do_not() {
-        let hasher = PasswordHasher::new(4, 1);
+        let hasher = PasswordHasher::new(4, 1, 8);
         let hash = hasher.hash(&Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hasher.verify("correct horse", &hash).await.unwrap());
         assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());
@@ -131,10 +183,39 @@ mod tests {
         assert!(!hasher.verify_decoy("correct horse").await.unwrap());
     }
 
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_with_a_retry_time() {
+        let hasher = PasswordHasher::new(4, 1, 2);
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let blockers: Vec<_> = (0..2)
+            .map(|_| {
+                let hasher = hasher.clone();
+                let wait = wait.clone();
+                tokio::spawn(async move { hasher.run(move || wait.lock().unwrap().recv()).await })
+            })
+            .collect();
+        // Both places are taken (one running, one queued) once the counter says so.
+        while hasher.pending.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = hasher.verify_decoy("password123").await.unwrap_err();
+        assert!(
+            matches!(refused, AppError::Overloaded { retry_after_seconds } if retry_after_seconds >= 1)
+        );
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        for blocker in blockers {
+            blocker.await.unwrap().unwrap().unwrap();
+        }
+        assert_eq!(hasher.pending.load(Ordering::Acquire), 0, "places are given back");
+        assert!(!hasher.verify_decoy("password123").await.unwrap());
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashing_runs_at_low_priority() {
-        let hasher = PasswordHasher::new(4, 1);
+        let hasher = PasswordHasher::new(4, 1, 8);
         // SAFETY: getpriority only reads the calling thread's nice value.
         let nice = hasher
             .run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })

@@ -1,11 +1,10 @@
 //! Signing in: registering an account or logging in, each of which starts a session.
 
-use std::net::IpAddr;
-
 use chrono::Utc;
 
 use super::{NewSession, Session};
 use crate::{
+    client_address::ClientNetwork,
     error::{AppError, AppResult},
     services::Services,
     users::{NewUser, Password, PhoneNumber, User, Username},
@@ -32,7 +31,7 @@ fn bad_credentials() -> AppError {
 #[tracing::instrument(skip_all)]
 pub async fn register(
     services: &Services,
-    client: Option<IpAddr>,
+    client: ClientNetwork,
     phone_number: &str,
     username: &str,
     password: &str,
@@ -55,14 +54,14 @@ pub async fn register(
 #[tracing::instrument(skip_all)]
 pub async fn login(
     services: &Services,
-    client: Option<IpAddr>,
+    client: ClientNetwork,
     phone_number: &str,
     password: &str,
 ) -> AppResult<SignedIn> {
     let phone_number = PhoneNumber::parse(phone_number)?;
     let limits = &services.rate_limits;
     limits.check_auth(client, phone_number.as_str())?;
-    limits.check_login_backoff(phone_number.as_str())?;
+    limits.check_login_backoff(client, phone_number.as_str())?;
     let credentials = services.store.credentials_by_phone(phone_number.as_str()).await?;
     let matched = match &credentials {
         Some(credentials) => {
@@ -76,7 +75,7 @@ pub async fn login(
             start_session(services, credentials.user).await
         }
         _ => {
-            limits.record_login_failure(phone_number.as_str());
+            limits.record_login_failure(client, phone_number.as_str());
             Err(bad_credentials())
         }
     }

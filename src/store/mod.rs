@@ -79,6 +79,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, user: NewUser) -> StoreResult<User>;
     /// The user with this id.
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+    /// The users with these ids that exist, in no particular order (one query, for batching
+    /// the senders and recipients of a page of messages).
+    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>>;
     /// The user with this normalised phone number.
     async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
         Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))

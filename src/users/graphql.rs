@@ -1,27 +1,103 @@
 //! The GraphQL face of users: the `User` type and the queries that find users.
 
-use async_graphql::{Context, ID, Object};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_graphql::{
+    Context, ID, Object,
+    dataloader::{DataLoader, Loader},
+};
 
 use super::{PhoneNumber, User};
-use crate::schema::{services, viewer};
+use crate::{
+    error::AppError,
+    schema::{services, viewer},
+    store::Store,
+};
+
+/// A user as the GraphQL schema shows them (the `User` type): the user, and whether the caller
+/// is already known to be allowed their phone number.
+pub struct UserNode {
+    user: User,
+    /// Set when the user is the caller (a sign-in's own payload); otherwise the caller's right
+    /// to the phone number is looked up when asked for.
+    is_caller: bool,
+}
+
+impl UserNode {
+    /// Someone other than (or not known to be) the caller.
+    pub fn other(user: User) -> Self {
+        UserNode { user, is_caller: false }
+    }
+
+    /// The caller themself.
+    pub fn caller(user: User) -> Self {
+        UserNode { user, is_caller: true }
+    }
+}
 
 /// Someone who can send and receive messages.
-#[Object]
-impl User {
+#[Object(name = "User")]
+impl UserNode {
     /// Stable, opaque id. Use it as `recipientId` when sending a message.
     async fn id(&self) -> ID {
-        ID(self.id.clone())
+        ID(self.user.id.clone())
     }
 
     /// Display name chosen at registration.
     async fn username(&self) -> &str {
-        &self.username
+        &self.user.username
     }
 
-    /// Phone number in E.164 form, for example `+12025550143`.
-    async fn phone_number(&self) -> &str {
-        &self.phone_number
+    /// Phone number in E.164 form, for example `+12025550143`. Shown only to the user
+    /// themself and to users who share a conversation with them (have sent or received a
+    /// message to or from them); null for everyone else, so numbers cannot be harvested.
+    async fn phone_number(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&str>> {
+        let phone_number = Some(self.user.phone_number.as_str());
+        if self.is_caller {
+            return Ok(phone_number);
+        }
+        let Ok(viewer) = viewer(ctx).await else { return Ok(None) };
+        if viewer.user_id == self.user.id {
+            return Ok(phone_number);
+        }
+        let shared =
+            services(ctx)?.store.conversation(&viewer.user_id, &self.user.id, None, 1).await?;
+        Ok(if shared.is_empty() { None } else { phone_number })
     }
+}
+
+/// Loads users by id in batches: the senders and recipients of a page of messages (or of
+/// every page in a request) cost one store query, not one per message.
+pub struct UserLoader {
+    store: Arc<dyn Store>,
+}
+
+/// How long a load waits for more ids to batch with. Short, because a live message's
+/// `sender` is loaded on the delivery path.
+const BATCH_DELAY: Duration = Duration::from_micros(200);
+
+impl UserLoader {
+    /// A request-independent loader (it batches but does not cache, so it never serves stale
+    /// users), for schema data.
+    pub fn data_loader(store: Arc<dyn Store>) -> DataLoader<UserLoader> {
+        DataLoader::new(UserLoader { store }, tokio::spawn).delay(BATCH_DELAY)
+    }
+}
+
+impl Loader<String> for UserLoader {
+    type Value = User;
+    type Error = AppError;
+
+    async fn load(&self, ids: &[String]) -> Result<HashMap<String, User>, Self::Error> {
+        let users = self.store.users_by_ids(ids).await?;
+        Ok(users.into_iter().map(|user| (user.id.clone(), user)).collect())
+    }
+}
+
+/// The user with this id, through the request's batching loader.
+pub async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<Option<User>> {
+    let loader = ctx.data::<DataLoader<UserLoader>>()?;
+    Ok(loader.load_one(id.to_string()).await?)
 }
 
 /// Queries about users.
@@ -31,30 +107,35 @@ pub struct UserQuery;
 #[Object]
 impl UserQuery {
     /// The signed-in user. Requires a token.
-    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+    #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
         let user = services.store.user_by_id(&viewer.user_id).await?;
-        user.ok_or_else(|| crate::error::AppError::unauthenticated().into())
+        user.map(UserNode::caller).ok_or_else(|| crate::error::AppError::unauthenticated().into())
     }
 
     /// A user by id, or null if there is none. Requires a token.
-    async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<User>> {
+    #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
+    async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<UserNode>> {
         let services = services(ctx)?;
         viewer(ctx).await?;
-        Ok(services.store.user_by_id(&id).await?)
+        Ok(services.store.user_by_id(&id).await?.map(UserNode::other))
     }
 
     /// Finds a user by phone number (any common formatting), to start a conversation. Null if
-    /// nobody registered that number. Requires a token.
+    /// nobody registered that number. Requires a token. Limited per caller (every alias and
+    /// batch entry counts): `RATE_LIMITED` past the limit.
+    #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn user_by_phone_number(
         &self,
         ctx: &Context<'_>,
         phone_number: String,
-    ) -> async_graphql::Result<Option<User>> {
+    ) -> async_graphql::Result<Option<UserNode>> {
         let services = services(ctx)?;
-        viewer(ctx).await?;
+        let viewer = viewer(ctx).await?;
+        services.rate_limits.check_lookup(&viewer.user_id)?;
         let phone_number = PhoneNumber::parse(&phone_number)?;
-        Ok(services.store.user_by_phone(phone_number.as_str()).await?)
+        Ok(services.store.user_by_phone(phone_number.as_str()).await?.map(UserNode::other))
     }
 }

@@ -27,6 +27,7 @@ use tokio_stream::StreamMap;
 use self::protocol::{ClientMessage, Outgoing, Protocol, close};
 use crate::{
     bus::BusSubscription,
+    client_address::ClientAddress,
     schema::AppSchema,
     services::Services,
     sessions::{self, RequestAuth, Viewer},
@@ -131,9 +132,11 @@ pub async fn serve(
     services: Services,
     registry: ConnectionRegistry,
     settings: WebsocketSettings,
+    client: ClientAddress,
 ) {
     let mut connection = Connection {
         protocol,
+        client,
         schema,
         services,
         registry,
@@ -162,6 +165,9 @@ pub async fn serve(
 
 struct Connection {
     protocol: Protocol,
+    /// Where the socket comes from: every operation carries it, so sign-ins sent over the
+    /// socket count against the same per-client limits as over HTTP.
+    client: ClientAddress,
     schema: AppSchema,
     services: Services,
     registry: ConnectionRegistry,
@@ -346,7 +352,7 @@ impl Connection {
             );
             return Ok(vec![protocol::refused(self.protocol, &id, &message, "LIMIT_EXCEEDED")]);
         }
-        let request = request.data(RequestAuth::authenticated(viewer));
+        let request = request.data(RequestAuth::authenticated(viewer)).data(self.client);
         let results = self
             .schema
             .execute_stream(request)

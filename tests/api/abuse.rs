@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, TestUser, spawn_app};
 
 /// Generous: a refusal takes milliseconds; before the shape check the smallest of these
 /// documents took hours of CPU.
@@ -90,4 +90,81 @@ async fn validation_errors_are_capped() {
     assert_eq!(errors.len(), 21, "{}", errors.len());
     assert!(errors[20]["message"].as_str().unwrap().contains("180 more"), "{}", errors[20]);
     assert!(errors.iter().all(|error| error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"));
+}
+
+/// A page's selection counts once per item, so aliased large pages cannot multiply store work
+/// (before: 82,410 store reads from one POST under the limit).
+#[tokio::test]
+async fn large_pages_count_per_item() {
+    let app = spawn_app().await;
+    let alice = app.register("+12025550141", "alice").await;
+    let bob = app.register("+12025550142", "bob").await;
+    for n in 0..3 {
+        app.send_ok(&alice, &bob, &format!("m{n}")).await;
+    }
+    let page = "conversation(withUserId: $with, last: 100) { edges { node { content sender { username } recipient { username } } } }";
+    let aliased: String = (0..10).map(|n| format!("p{n}: {page} ")).collect();
+    let body = app
+        .graphql(
+            &format!("query($with: ID!) {{ {aliased} }}"),
+            json!({ "with": bob.id }),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(first_error(&body), ("GRAPHQL_VALIDATION_FAILED", "Query is too complex."));
+    // One such page is fine, and its senders and recipients (loaded in one batch) are right.
+    let body = app
+        .graphql(
+            &format!("query($with: ID!) {{ {page} }}"),
+            json!({ "with": bob.id }),
+            Some(&alice.token),
+        )
+        .await;
+    let edges =
+        body["data"]["conversation"]["edges"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(edges.len(), 3);
+    for edge in edges {
+        assert_eq!(edge["node"]["sender"]["username"], "alice");
+        assert_eq!(edge["node"]["recipient"]["username"], "bob");
+    }
+}
+
+/// A phone number is shown to its owner and to people they talk with, nobody else.
+#[tokio::test]
+async fn phone_numbers_are_shown_only_to_conversation_partners() {
+    let app = spawn_app().await;
+    let alice = app.register("+12025550141", "alice").await;
+    let bob = app.register("+12025550142", "bob").await;
+    let eve = app.register("+12025550149", "eve").await;
+    assert_eq!(phone_seen_by(&app, &eve, &alice).await, Value::Null);
+    assert_eq!(phone_seen_by(&app, &bob, &alice).await, Value::Null);
+    app.send_ok(&alice, &bob, "hi").await;
+    assert_eq!(phone_seen_by(&app, &bob, &alice).await, "+12025550141");
+    assert_eq!(phone_seen_by(&app, &alice, &bob).await, "+12025550142");
+    assert_eq!(phone_seen_by(&app, &eve, &alice).await, Value::Null);
+    assert_eq!(phone_seen_by(&app, &alice, &alice).await, "+12025550141");
+}
+
+async fn phone_seen_by(app: &TestApp, viewer: &TestUser, of: &TestUser) -> Value {
+    let query = "query($id: ID!) { user(id: $id) { phoneNumber } }";
+    let body = app.graphql(query, json!({ "id": of.id }), Some(&viewer.token)).await;
+    body["data"]["user"]["phoneNumber"].clone()
+}
+
+/// Look-ups by phone number are limited per caller, aliases included.
+#[tokio::test]
+async fn phone_number_lookups_are_limited() {
+    let app = crate::helpers::spawn_app_with(
+        std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        &[("RATE_LIMIT_LOOKUPS_PER_USER", "5")],
+    )
+    .await;
+    let alice = app.register("+12025550141", "alice").await;
+    let lookups: String = (0..8)
+        .map(|n| format!("u{n}: userByPhoneNumber(phoneNumber: \"+1202555016{n}\") {{ id }} "))
+        .collect();
+    let body = app.graphql(&format!("{{ {lookups} }}"), json!({}), Some(&alice.token)).await;
+    let errors = body["errors"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(errors.len(), 3, "{body}");
+    assert!(errors.iter().all(|error| error["extensions"]["code"] == "RATE_LIMITED"));
 }

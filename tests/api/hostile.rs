@@ -503,7 +503,9 @@ fn catalogue(
             CONVERSATION,
             json!({ "with": bob.id, "last": 4_294_967_296u64 }),
             Alice,
-            "BAD_USER_INPUT",
+            // A variable that cannot be coerced is a request error (GraphQL over HTTP), caught
+            // while the page's complexity is computed.
+            "GRAPHQL_VALIDATION_FAILED",
         ),
         probe(
             "conversation: garbage cursor",

@@ -71,6 +71,7 @@ where
 contract_tests!(
     phone_numbers_are_unique,
     users_are_found_by_id_and_phone,
+    users_are_found_in_batches,
     backlog_is_undelivered_messages_in_send_order,
     acknowledgement_only_touches_the_recipients_messages,
     a_client_message_id_is_stored_once_per_sender,
@@ -319,6 +320,19 @@ async fn concurrent_sends_get_distinct_seqs_and_one_copy_per_client_id(store: Ar
     let backlog = store.undelivered_messages(&bob.id, 0, 100).await.unwrap();
     assert_eq!(backlog.len(), 31);
     assert!(backlog.windows(2).all(|pair| pair[0].seq < pair[1].seq), "backlog in seq order");
+}
+
+async fn users_are_found_in_batches(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let _carol = user(&*store, "+12025550145").await;
+    let ids = [alice.id.clone(), bob.id.clone(), bob.id.clone(), "not-an-id".to_string()];
+    let mut found = store.users_by_ids(&ids).await.unwrap();
+    found.sort_by(|a, b| a.username.cmp(&b.username).then(a.id.cmp(&b.id)));
+    let mut expected = vec![alice, bob];
+    expected.sort_by(|a, b| a.username.cmp(&b.username).then(a.id.cmp(&b.id)));
+    assert_eq!(found, expected);
+    assert!(store.users_by_ids(&[]).await.unwrap().is_empty());
 }
 
 async fn ids_that_cannot_be_the_stores_name_nothing(store: Arc<dyn Store>) {

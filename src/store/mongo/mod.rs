@@ -247,6 +247,16 @@ impl Store for MongoStore {
         Ok(found.map(UserDocument::into_user))
     }
 
+    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+        let ids = object_ids(ids);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursor = self.users.find(doc! { "_id": { "$in": ids } }).await.map_err(store_error)?;
+        let documents: Vec<UserDocument> = cursor.try_collect().await.map_err(store_error)?;
+        Ok(documents.into_iter().map(UserDocument::into_user).collect())
+    }
+
     async fn credentials_by_phone(
         &self,
         phone_number: &str,

@@ -220,6 +220,20 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        self.read(|c| {
+            let sql_text = format!("SELECT {USER_COLUMNS} FROM users WHERE id IN ({placeholders})");
+            let mut statement = c.prepare(&sql_text).map_err(sql)?;
+            let rows =
+                statement.query_map(params_from_iter(ids.iter()), user_from_row).map_err(sql)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+    }
+
     async fn credentials_by_phone(
         &self,
         phone_number: &str,
