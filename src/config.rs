@@ -6,7 +6,7 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use crate::cors::AllowedOrigins;
+use crate::{cors::AllowedOrigins, secret::Secret};
 
 /// Everything the server reads from its environment.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HMAC secret for signing tokens (`JWT_SECRET`). When unset, one is generated and kept in
     /// the data directory so tokens survive restarts.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret<String>>,
     /// How long an issued token stays valid (`JWT_TTL`, e.g. `3600`, `90m`, `12h`, `7d`).
     pub jwt_ttl: Duration,
     /// bcrypt work factor (`BCRYPT_COST`, 4 to 31). Each step doubles the cost of a login.
@@ -205,7 +205,7 @@ impl Config {
             bind_address,
             port,
             data_dir: get("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),
-            jwt_secret: get("JWT_SECRET"),
+            jwt_secret: get("JWT_SECRET").map(Secret::new),
             jwt_ttl,
             bcrypt_cost,
             cors_allowed_origins: AllowedOrigins::parse(
@@ -288,6 +288,15 @@ mod tests {
         assert_eq!(mongo.timeout, Duration::from_secs(3));
         assert_eq!(mongo.database, None);
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_token_secret_is_never_printed() {
+        let secret = "a-very-long-signing-secret-of-forty-bytes!";
+        let config = config(&[("JWT_SECRET", secret)]).unwrap();
+        assert_eq!(config.jwt_secret.as_ref().unwrap().expose(), secret);
+        let printed = format!("{config:?} {config:#?}");
+        assert!(!printed.contains(secret) && printed.contains("[redacted]"), "{printed}");
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub mod bus;
 pub mod client_address;
 pub mod config;
 pub mod cors;
+pub mod data_dir;
 pub mod error;
 pub mod http;
 pub mod messages;
 pub mod rate_limits;
 pub mod schema;
+pub mod secret;
 pub mod services;
 pub mod sessions;
 pub mod store;
@@ -65,7 +67,7 @@ const DATABASE_FILE: &str = "chat.db";
 /// Builds the app described by `config`: opens the store, loads the signing secret, and wires
 /// the schema and routes.
 pub async fn build(config: &Config) -> Result<App, StartupError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::Io {
+    data_dir::prepare(&config.data_dir).map_err(|source| StartupError::Io {
         context: format!("cannot create data directory {}", config.data_dir.display()),
         source,
     })?;
@@ -93,7 +95,14 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
     let Some(mongo) = &config.mongo else {
         let database = config.data_dir.join(DATABASE_FILE);
+        data_dir::create_private_file(&database).map_err(|source| StartupError::Io {
+            context: format!("cannot create {}", database.display()),
+            source,
+        })?;
         let store = SqliteStore::open(&database)?;
+        for suffix in ["", "-wal", "-shm"] {
+            data_dir::warn_if_exposed(&config.data_dir.join(format!("{DATABASE_FILE}{suffix}")));
+        }
         tracing::info!(store = store.kind(), path = %database.display(), "using the embedded store");
         return Ok(Arc::new(store));
     };
@@ -143,13 +152,13 @@ fn purge_expired_sessions_periodically(store: &Arc<dyn Store>) {
 
 fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
     if let Some(secret) = &config.jwt_secret {
-        if secret.len() < TokenService::MIN_SECRET_BYTES {
+        if secret.expose().len() < TokenService::MIN_SECRET_BYTES {
             return Err(StartupError::Invalid(format!(
                 "JWT_SECRET must be at least {} bytes long; generate one with `openssl rand -base64 48`",
                 TokenService::MIN_SECRET_BYTES
             )));
         }
-        return Ok(secret.as_bytes().to_vec());
+        return Ok(secret.expose().as_bytes().to_vec());
     }
     let (secret, created) =
         sessions::tokens::load_or_create_secret(&config.data_dir).map_err(|source| {
@@ -172,6 +181,21 @@ pub async fn serve(
     // Connection info gives resolvers the client address, for per-address rate limits.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+}
+
+/// Crates whose detailed logs would carry secrets or personal data (websocket frames with the
+/// `connection_init` token; MongoDB commands with phone numbers and password hashes): capped at
+/// `info` whatever `RUST_LOG` asks for.
+const LOG_CAPS: [&str; 3] = ["tungstenite=info", "tokio_tungstenite=info", "mongodb::command=info"];
+
+/// The log filter: `RUST_LOG`, else `chatapp=info,tower_http=info`, with [`LOG_CAPS`] on top.
+pub fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| format!("{}=info,tower_http=info", env!("CARGO_CRATE_NAME")).into());
+    LOG_CAPS
+        .iter()
+        .filter_map(|cap| cap.parse().ok())
+        .fold(filter, |filter, cap| filter.add_directive(cap))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

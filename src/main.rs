@@ -2,7 +2,6 @@
 //! or SIGTERM.
 
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: the server allocates many small, short-lived
 /// objects per message, and with mimalloc delivery throughput was about 18% higher (see
@@ -13,11 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     dotenvy::dotenv().ok();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            format!("{}=info,tower_http=info", env!("CARGO_CRATE_NAME")).into()
-        }))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(chatapp::log_filter()).init();
 
     let config = chatapp::config::Config::from_env()?;
     let app = chatapp::build(&config).await?;

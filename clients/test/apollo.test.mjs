@@ -58,7 +58,7 @@ async function signUp(username) {
   });
   const { data } = await user.client.mutate({
     mutation: gql(ops.REGISTER),
-    variables: { input: { phoneNumber: phoneNumber(), username, password: 'password123' } },
+    variables: { input: { phoneNumber: phoneNumber(), username, password: 'correct-horse-battery' } },
   });
   user.token = data.register.token;
   user.id = data.register.profileId;

@@ -60,7 +60,7 @@ test('GraphiQL works offline: docs, a mutation, a live subscription', { skip: !e
   await page.locator('.graphiql-doc-explorer').getByText('sendMessage').first().waitFor();
 
   // A mutation typed into the editor.
-  await setEditor(page, '.graphiql-query-editor', 'mutation SignUp { register(input: { phoneNumber: "+12025550190", username: "gina", password: "password123" }) { username token } }');
+  await setEditor(page, '.graphiql-query-editor', 'mutation SignUp { register(input: { phoneNumber: "+12025550190", username: "gina", password: "correct-horse-battery" }) { username token } }');
   await waitUntilParsed(page, 'SignUp');
   await page.getByLabel('Execute query (Ctrl-Enter)').click();
   await page.waitForFunction(() => document.querySelector('.graphiql-response .CodeMirror').CodeMirror.getValue().includes('"token"'));

@@ -55,7 +55,7 @@ async function signUp(username) {
     onClosed: (code) => user.closeCodes.push(code),
   });
   const result = await user.client
-    .mutation(gql(ops.REGISTER), { input: { phoneNumber: phoneNumber(), username, password: 'password123' } })
+    .mutation(gql(ops.REGISTER), { input: { phoneNumber: phoneNumber(), username, password: 'correct-horse-battery' } })
     .toPromise();
   assert.equal(result.error, undefined);
   user.token = result.data.register.token;

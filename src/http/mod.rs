@@ -90,7 +90,10 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
         })
         .layer(RequestBodyLimitLayer::new(config.limits.max_body_bytes))
         .layer(axum::middleware::map_response(coded_payload_too_large))
-        .layer(TraceLayer::new_for_http());
+        // Spans name the path only: query strings carry GET queries' variables (phone numbers).
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+        }));
     match cors_layer(&config.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,

@@ -16,7 +16,10 @@ use std::{
 
 use tokio::sync::{OnceCell, oneshot};
 
-use crate::{error::AppError, users::Password};
+use crate::{
+    error::AppError,
+    users::{Password, PasswordHash},
+};
 
 /// Nice value of the hashing threads: the kernel gives them about a tenth of the CPU time of a
 /// normal thread when both want it.
@@ -40,7 +43,7 @@ pub struct PasswordHasher {
     /// A hash of a random password, verified against when the phone number is unknown so that
     /// "no such account" takes as long as "wrong password" and accounts cannot be probed by
     /// timing. Made once, on first need.
-    decoy: Arc<OnceCell<String>>,
+    decoy: Arc<OnceCell<PasswordHash>>,
 }
 
 impl PasswordHasher {
@@ -106,18 +109,19 @@ impl PasswordHasher {
     }
 
     /// Hashes a validated password.
-    pub async fn hash(&self, password: &Password) -> Result<String, AppError> {
+    pub async fn hash(&self, password: &Password) -> Result<PasswordHash, AppError> {
         let password = password.expose().to_string();
         let cost = self.cost;
         self.run(move || bcrypt::non_truncating_hash(password, cost))
             .await?
+            .map(PasswordHash::new)
             .map_err(AppError::internal)
     }
 
     /// Whether `password` matches `hash`. Malformed input simply does not match.
-    pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, AppError> {
+    pub async fn verify(&self, password: &str, hash: &PasswordHash) -> Result<bool, AppError> {
         let password = password.to_string();
-        let hash = hash.to_string();
+        let hash = hash.as_str().to_string();
         let matched = self.run(move || bcrypt::non_truncating_verify(password, &hash)).await?;
         Ok(matched.unwrap_or(false))
     }
@@ -130,6 +134,7 @@ impl PasswordHasher {
             .get_or_try_init(|| async move {
                 self.run(move || bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost))
                     .await?
+                    .map(PasswordHash::new)
                     .map_err(AppError::internal)
             })
             .await?
@@ -179,7 +184,8 @@ mod tests {
         let hash = hasher.hash(&Password::parse("correct horse").unwrap()).await.unwrap();
         assert!(hasher.verify("correct horse", &hash).await.unwrap());
         assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());
-        assert!(!hasher.verify("correct horse", "not a hash").await.unwrap());
+        let garbage = PasswordHash::new("not a hash".into());
+        assert!(!hasher.verify("correct horse", &garbage).await.unwrap());
         assert!(!hasher.verify_decoy("correct horse").await.unwrap());
     }
 
@@ -199,7 +205,7 @@ mod tests {
         while hasher.pending.load(Ordering::Acquire) < 2 {
             tokio::task::yield_now().await;
         }
-        let refused = hasher.verify_decoy("password123").await.unwrap_err();
+        let refused = hasher.verify_decoy("correct-horse-battery").await.unwrap_err();
         assert!(
             matches!(refused, AppError::Overloaded { retry_after_seconds } if retry_after_seconds >= 1)
         );
@@ -209,7 +215,7 @@ mod tests {
             blocker.await.unwrap().unwrap().unwrap();
         }
         assert_eq!(hasher.pending.load(Ordering::Acquire), 0, "places are given back");
-        assert!(!hasher.verify_decoy("password123").await.unwrap());
+        assert!(!hasher.verify_decoy("correct-horse-battery").await.unwrap());
     }
 
     #[cfg(target_os = "linux")]

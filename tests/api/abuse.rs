@@ -168,3 +168,30 @@ async fn phone_number_lookups_are_limited() {
     assert_eq!(errors.len(), 3, "{body}");
     assert!(errors.iter().all(|error| error["extensions"]["code"] == "RATE_LIMITED"));
 }
+
+/// Before: the data directory was created 0755 and the database 0644, readable by every user
+/// of the machine.
+#[cfg(unix)]
+#[tokio::test]
+async fn data_files_are_private_to_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let data_dir = root.path().join("data");
+    let app =
+        crate::helpers::spawn_app_with(root.clone(), &[("DATA_DIR", data_dir.to_str().unwrap())])
+            .await;
+    let alice = app.register("+12025550141", "alice").await;
+    let bob = app.register("+12025550142", "bob").await;
+    app.send_ok(&alice, &bob, "hello").await;
+    let mode = |name: &str| {
+        let path = data_dir.join(name);
+        std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).ok()
+    };
+    assert_eq!(mode(""), Some(0o700), "the directory");
+    assert_eq!(mode("jwt_secret"), Some(0o600));
+    if app.services.store.kind() == "sqlite" {
+        for file in ["chat.db", "chat.db-wal", "chat.db-shm"] {
+            assert_eq!(mode(file), Some(0o600), "{file}");
+        }
+    }
+}

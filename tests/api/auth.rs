@@ -19,7 +19,7 @@ async fn register_returns_a_working_token_and_the_user() {
     let body = app
         .graphql(
             REGISTER,
-            json!({ "input": { "phoneNumber": "+1 (202) 555-0143", "username": " alice ", "password": "password123" } }),
+            json!({ "input": { "phoneNumber": "+1 (202) 555-0143", "username": " alice ", "password": "correct-horse-battery" } }),
             None,
         )
         .await;
@@ -43,7 +43,7 @@ async fn a_phone_number_can_register_only_once_in_any_formatting() {
     let body = app
         .graphql(
             REGISTER,
-            json!({ "input": { "phoneNumber": "+1 202-555-0143", "username": "mallory", "password": "password123" } }),
+            json!({ "input": { "phoneNumber": "+1 202-555-0143", "username": "mallory", "password": "correct-horse-battery" } }),
             None,
         )
         .await;
@@ -55,8 +55,8 @@ async fn a_phone_number_can_register_only_once_in_any_formatting() {
 async fn invalid_registration_details_are_refused_and_nothing_is_stored() {
     let app = spawn_app().await;
     for input in [
-        json!({ "phoneNumber": "555-0143", "username": "alice", "password": "password123" }),
-        json!({ "phoneNumber": "+12025550143", "username": "a", "password": "password123" }),
+        json!({ "phoneNumber": "555-0143", "username": "alice", "password": "correct-horse-battery" }),
+        json!({ "phoneNumber": "+12025550143", "username": "a", "password": "correct-horse-battery" }),
         json!({ "phoneNumber": "+12025550143", "username": "alice", "password": "short" }),
         json!({ "phoneNumber": "+12025550143", "username": "alice", "password": "x".repeat(72) }),
     ] {
@@ -74,7 +74,7 @@ async fn login_works_with_the_right_password() {
     let body = app
         .graphql(
             LOGIN,
-            json!({ "input": { "phoneNumber": "+1 (202) 555-0143", "password": "password123" } }),
+            json!({ "input": { "phoneNumber": "+1 (202) 555-0143", "password": "correct-horse-battery" } }),
             None,
         )
         .await;
@@ -99,7 +99,7 @@ async fn wrong_password_and_unknown_number_get_the_same_answer() {
     let unknown_number = app
         .graphql(
             LOGIN,
-            json!({ "input": { "phoneNumber": "+12025550199", "password": "password123" } }),
+            json!({ "input": { "phoneNumber": "+12025550199", "password": "correct-horse-battery" } }),
             None,
         )
         .await;
@@ -136,7 +136,7 @@ async fn logout_makes_the_token_unusable_but_not_other_sessions() {
     let second = app
         .graphql(
             LOGIN,
-            json!({ "input": { "phoneNumber": "+12025550143", "password": "password123" } }),
+            json!({ "input": { "phoneNumber": "+12025550143", "password": "correct-horse-battery" } }),
             None,
         )
         .await;

@@ -158,7 +158,7 @@ impl TestApp {
         let body = self
             .graphql(
                 "mutation($input: RegisterInput!) { register(input: $input) { token profileId user { id } } }",
-                json!({ "input": { "phoneNumber": phone_number, "username": username, "password": "password123" } }),
+                json!({ "input": { "phoneNumber": phone_number, "username": username, "password": "correct-horse-battery" } }),
                 None,
             )
             .await;
@@ -176,7 +176,7 @@ impl TestApp {
         let body = self
             .graphql(
                 "mutation($input: LoginInput!) { login(input: $input) { token } }",
-                json!({ "input": { "phoneNumber": user.phone_number, "password": "password123" } }),
+                json!({ "input": { "phoneNumber": user.phone_number, "password": "correct-horse-battery" } }),
                 None,
             )
             .await;

@@ -62,7 +62,7 @@ async fn graphiql_can_be_switched_off() {
 async fn simple_cross_site_posts_are_refused() {
     let app = spawn_app().await;
     let register = json!({
-        "query": "mutation { register(input: { phoneNumber: \"+12025550150\", username: \"csrf\", password: \"password123\" }) { token } }"
+        "query": "mutation { register(input: { phoneNumber: \"+12025550150\", username: \"csrf\", password: \"correct-horse-battery\" }) { token } }"
     })
     .to_string();
     for content_type in [

@@ -26,7 +26,8 @@ const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $inpu
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
 
 async fn try_register(app: &TestApp, phone: &str) -> Value {
-    let input = json!({ "phoneNumber": phone, "username": "someone", "password": "password123" });
+    let input =
+        json!({ "phoneNumber": phone, "username": "someone", "password": "correct-horse-battery" });
     app.graphql(REGISTER, json!({ "input": input }), None).await
 }
 
@@ -47,7 +48,7 @@ async fn sign_ins_are_limited_per_client_address() {
     let store = &app.services.store;
     assert!(store.user_by_phone("+12025550149").await.unwrap().is_none(), "nothing stored");
     // Logins from the same address share the budget.
-    assert_rate_limited(&try_login(&app, "+12025550140", "password123").await);
+    assert_rate_limited(&try_login(&app, "+12025550140", "correct-horse-battery").await);
 }
 
 #[tokio::test]
@@ -57,7 +58,7 @@ async fn sign_ins_are_limited_per_phone_number() {
     for _ in 0..2 {
         app.login(&user).await;
     }
-    assert_rate_limited(&try_login(&app, &user.phone_number, "password123").await);
+    assert_rate_limited(&try_login(&app, &user.phone_number, "correct-horse-battery").await);
     // Another account is untouched, and the limited user's token keeps working.
     app.register("+12025550142", "bob").await;
     let me = app.graphql("{ me { id } }", json!({}), Some(&user.token)).await;
@@ -73,7 +74,7 @@ async fn repeated_failed_logins_back_off_even_for_the_right_password() {
         assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
     }
     // The guesser is now slowed down, whatever they try next.
-    assert_rate_limited(&try_login(&app, &user.phone_number, "password123").await);
+    assert_rate_limited(&try_login(&app, &user.phone_number, "correct-horse-battery").await);
     // Other accounts log in as usual.
     let other = app.register("+12025550142", "bob").await;
     app.login(&other).await;
@@ -361,7 +362,7 @@ async fn delivery_stays_fast_while_logins_are_hammered() {
             let phone = alice.phone_number.clone();
             tokio::spawn(async move {
                 loop {
-                    try_login(&app, &phone, "password123").await;
+                    try_login(&app, &phone, "correct-horse-battery").await;
                 }
             })
         })

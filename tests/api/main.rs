@@ -10,5 +10,6 @@ mod limits;
 mod messages;
 mod protocol;
 mod sessions;
+mod sign_in_limits;
 mod store_outage;
 mod subscriptions;

@@ -29,7 +29,7 @@ async fn an_unreachable_mongodb_fails_fast_with_service_unavailable() {
         let body = app
             .graphql(
                 "mutation($input: RegisterInput!) { register(input: $input) { token } }",
-                json!({ "input": { "phoneNumber": "+12025550143", "username": "alice", "password": "password123" } }),
+                json!({ "input": { "phoneNumber": "+12025550143", "username": "alice", "password": "correct-horse-battery" } }),
                 None,
             )
             .await;

@@ -12,7 +12,7 @@ use chatapp::{
     messages::NewMessage,
     sessions::NewSession,
     store::{Inserted, Store, StoreError, mongo::MongoStore, sqlite::SqliteStore},
-    users::{NewUser, PhoneNumber, User, Username},
+    users::{NewUser, PasswordHash, PhoneNumber, User, Username},
 };
 use chrono::{Duration, Utc};
 
@@ -89,7 +89,7 @@ async fn user(store: &dyn Store, phone: &str) -> User {
         .create_user(NewUser {
             phone_number: PhoneNumber::parse(phone).unwrap(),
             username: Username::parse("someone").unwrap(),
-            password_hash: "$2b$04$hash".into(),
+            password_hash: PasswordHash::new("$2b$04$hash".into()),
         })
         .await
         .unwrap()
@@ -123,7 +123,7 @@ async fn phone_numbers_are_unique(store: Arc<dyn Store>) {
         .create_user(NewUser {
             phone_number: PhoneNumber::parse("+12025550143").unwrap(),
             username: Username::parse("other").unwrap(),
-            password_hash: "x".into(),
+            password_hash: PasswordHash::new("x".into()),
         })
         .await;
     assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
@@ -135,7 +135,7 @@ async fn users_are_found_by_id_and_phone(store: Arc<dyn Store>) {
     assert_eq!(store.user_by_phone("+12025550143").await.unwrap().as_ref(), Some(&alice));
     let credentials = store.credentials_by_phone("+12025550143").await.unwrap().unwrap();
     assert_eq!(credentials.user, alice);
-    assert_eq!(credentials.password_hash, "$2b$04$hash");
+    assert_eq!(credentials.password_hash.as_str(), "$2b$04$hash");
     assert!(store.user_by_id("missing").await.unwrap().is_none());
     assert!(store.user_by_phone("+19999999999").await.unwrap().is_none());
 }

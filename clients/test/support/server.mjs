@@ -83,7 +83,7 @@ export async function register(server, username) {
   const body = await gql(
     server,
     'mutation($input: RegisterInput!) { register(input: $input) { token profileId } }',
-    { input: { phoneNumber: phone, username, password: 'password123' } },
+    { input: { phoneNumber: phone, username, password: 'correct-horse-battery' } },
   );
   if (!body.data?.register) throw new Error(`register failed: ${JSON.stringify(body)}`);
   return { id: body.data.register.profileId, token: body.data.register.token, phoneNumber: phone, username };

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     messages::{Message, NewMessage},
     sessions::{NewSession, Session},
-    users::{NewUser, User, UserCredentials},
+    users::{NewUser, PasswordHash, User, UserCredentials},
 };
 
 /// The id a client sent, if it can be one of ours.
@@ -47,7 +47,7 @@ pub struct UserDocument {
     /// E.164; unique index `phone_number_unique`.
     pub phone_number: String,
     pub username: String,
-    pub password_hash: String,
+    pub password_hash: PasswordHash,
     pub created_at: bson::DateTime,
 }
 
@@ -196,7 +196,7 @@ mod tests {
         let new = NewUser {
             phone_number: PhoneNumber::parse("+12025550143").unwrap(),
             username: Username::parse("alice").unwrap(),
-            password_hash: "$2b$04$hash".into(),
+            password_hash: PasswordHash::new("$2b$04$hash".into()),
         };
         let document = UserDocument::new(new, at(1_700_000_000_123));
         let stored = bson::to_document(&document).unwrap();
@@ -207,7 +207,7 @@ mod tests {
         let credentials = read.into_credentials();
         assert_eq!(credentials.user.id, document.id.to_hex());
         assert_eq!(credentials.user.created_at, at(1_700_000_000_123));
-        assert_eq!(credentials.password_hash, "$2b$04$hash");
+        assert_eq!(credentials.password_hash.as_str(), "$2b$04$hash");
     }
 
     #[test]

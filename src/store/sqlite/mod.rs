@@ -36,7 +36,7 @@ use super::{Inserted, Store, StoreError, StoreResult};
 use crate::{
     messages::{Message, NewMessage},
     sessions::{NewSession, Session},
-    users::{NewUser, User, UserCredentials},
+    users::{NewUser, PasswordHash, User, UserCredentials},
 };
 
 /// SQLite-backed [`Store`].
@@ -196,7 +196,7 @@ impl Store for SqliteStore {
                         stored.id,
                         stored.phone_number,
                         stored.username,
-                        user.password_hash,
+                        user.password_hash.as_str(),
                         millis(stored.created_at)
                     ])
                 })
@@ -247,7 +247,7 @@ impl Store for SqliteStore {
                     .query_row([phone_number], |row| {
                         Ok(UserCredentials {
                             user: user_from_row(row)?,
-                            password_hash: row.get(4)?,
+                            password_hash: PasswordHash::new(row.get(4)?),
                         })
                     })
                     .optional()
@@ -494,7 +494,7 @@ mod tests {
             .create_user(NewUser {
                 phone_number: crate::users::PhoneNumber::parse("+12025550143").unwrap(),
                 username: crate::users::Username::parse("alice").unwrap(),
-                password_hash: "hash".into(),
+                password_hash: PasswordHash::new("hash".into()),
             })
             .await
             .unwrap();
@@ -519,7 +519,7 @@ mod tests {
                         ))
                         .unwrap(),
                         username: crate::users::Username::parse("someone").unwrap(),
-                        password_hash: "hash".into(),
+                        password_hash: PasswordHash::new("hash".into()),
                     })
                     .await
             })

@@ -1,0 +1,74 @@
+//! The data directory holds phone numbers, password hashes, messages and the token secret, so
+//! only the server's own user may read it: the directory is created `0700` and the database
+//! `0600` (SQLite gives its `-wal` and `-shm` files the database's permissions), and startup
+//! warns about an existing directory or file that others can read.
+
+use std::{io, path::Path};
+
+/// Creates `dir` (and its parents) if missing, private to the owner; warns if it exists and is
+/// readable by others.
+pub fn prepare(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        warn_if_exposed(dir);
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates an empty file only the owner can read, unless it exists already.
+pub fn create_private_file(path: &Path) -> io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Logs a warning when `path` exists and its group or others have any access to it.
+pub fn warn_if_exposed(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{mode:o}"),
+                    "readable by other users of this machine; it holds phone numbers, password hashes and messages: chmod go-rwx"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn new_directories_and_files_are_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        prepare(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let file = dir.join("chat.db");
+        create_private_file(&file).unwrap();
+        assert_eq!(mode(&file), 0o600);
+        create_private_file(&file).unwrap();
+    }
+}
