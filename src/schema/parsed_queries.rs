@@ -135,7 +135,38 @@ impl Extension for ParseStep {
 
 #[cfg(test)]
 mod tests {
+    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
+
     use super::*;
+
+    struct Query;
+
+    #[Object]
+    impl Query {
+        async fn value(&self) -> i32 {
+            1
+        }
+    }
+
+    /// Before: every parsed document was cached, so 512 distinct junk queries pinned hundreds
+    /// of megabytes.
+    #[tokio::test]
+    async fn only_documents_that_validate_are_cached() {
+        let limits = ShapeLimits { max_inlined_fields: 100, max_depth: 10, introspection: true };
+        let extension = ParsedQueries::new(limits);
+        let cache = extension.cache.clone();
+        let schema =
+            Schema::build(Query, EmptyMutation, EmptySubscription).extension(extension).finish();
+        let cached = || cache.lock().unwrap().documents.len();
+        for junk in ["{ nope }", "{ value nope }", "{ value(x: 1) }"] {
+            assert!(schema.execute(junk).await.is_err());
+        }
+        assert_eq!(cached(), 0);
+        assert!(schema.execute("{ value }").await.is_ok());
+        assert_eq!(cached(), 1);
+        // The cached document serves the next request.
+        assert_eq!(schema.execute("{ value }").await.data.to_string(), "{value: 1}");
+    }
 
     #[test]
     fn the_cache_is_bounded_by_bytes() {

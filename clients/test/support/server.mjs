@@ -48,6 +48,7 @@ export async function startServer(settings = {}) {
     url,
     wsUrl: `ws://${address}/graphql`,
     origin: `http://${address}`,
+    pid: child.pid,
     log: () => log,
     async stop() {
       if (child.exitCode === null) {
