@@ -113,12 +113,26 @@ describe("the graphql-ws client's retry decision for the server's close codes", 
   });
   after(() => server?.stop());
 
-  test('a token that is not valid: 4403, retried (connectionParams can fetch a fresh one)', async () => {
+  test('a token that can never work: 4401, final (the app learns at once to sign in)', async () => {
     const { wsClient, events } = client(server.wsUrl, { token: 'not-a-token' }, { retryAttempts: 2 });
     const stream = subscribe(wsClient, MESSAGE_RECEIVED);
     await stream.done;
-    assert.deepEqual(events.closed, [4403, 4403, 4403]);
-    assert.equal(events.connecting, 3, 'tried once, then retried twice');
+    assert.deepEqual(events.closed, [4401]);
+    assert.equal(events.connecting, 1, 'not retried');
+  });
+
+  test('an expired token: 4403, retried with whatever connectionParams returns then', async () => {
+    const shortLived = await startServer({ JWT_TTL: '1s' });
+    try {
+      const ivan = await register(shortLived, 'ivan');
+      await new Promise((resolve) => setTimeout(resolve, 1100)); // the token's own lifetime
+      const { wsClient, events } = client(shortLived.wsUrl, { token: ivan.token }, { retryAttempts: 1 });
+      await subscribe(wsClient, MESSAGE_RECEIVED).done;
+      assert.deepEqual(events.closed, [4403, 4403]);
+      assert.equal(events.connecting, 2, 'retried');
+    } finally {
+      await shortLived.stop();
+    }
   });
 
   test('connection_init too late: 4408, retried', async () => {

@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 
 pub use sign_in::{SignedIn, login, register};
 
+use self::tokens::TokenError;
 use crate::{
     error::{AppError, AppResult},
     services::Services,
@@ -103,20 +104,62 @@ pub async fn revoke(services: &Services, viewer: &Viewer, session_id: &str) -> A
 /// writing to the store on every request.
 const LAST_SEEN_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
-/// Turns a presented token into the caller, checking that its session is still live.
-pub async fn authenticate(services: &Services, token: &str) -> AppResult<Viewer> {
-    let refused = || AppError::Unauthenticated("invalid or expired token".into());
-    let claims = services.tokens.verify(token).map_err(|error| {
+/// Why a presented token does not authenticate anyone.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Genuine but expired (or its session expired): a fresh token will work.
+    #[error("token expired")]
+    Expired,
+    /// Forged, malformed, or its session was ended: no retry with it can work.
+    #[error("invalid token")]
+    Invalid,
+    /// The store could not be asked; the same token may work later.
+    #[error(transparent)]
+    Store(AppError),
+}
+
+impl From<TokenError> for AuthError {
+    fn from(error: TokenError) -> Self {
         tracing::debug!(%error, "token refused");
-        refused()
-    })?;
-    let session = services.store.session(&claims.sid).await?.ok_or_else(refused)?;
+        match error {
+            TokenError::Expired => AuthError::Expired,
+            TokenError::Invalid(_) => AuthError::Invalid,
+        }
+    }
+}
+
+impl From<AuthError> for AppError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Expired | AuthError::Invalid => {
+                AppError::Unauthenticated("invalid or expired token".into())
+            }
+            AuthError::Store(error) => error,
+        }
+    }
+}
+
+/// Turns a presented token into the caller, checking that its session is still live.
+pub async fn authenticate(services: &Services, token: &str) -> Result<Viewer, AuthError> {
+    let claims = services.tokens.verify(token)?;
+    let session = services
+        .store
+        .session(&claims.sid)
+        .await
+        .map_err(|error| AuthError::Store(error.into()))?
+        .ok_or(AuthError::Invalid)?;
     let now = Utc::now();
-    if session.user_id != claims.sub || session.expires_at <= now {
-        return Err(refused());
+    if session.user_id != claims.sub {
+        return Err(AuthError::Invalid);
+    }
+    if session.expires_at <= now {
+        return Err(AuthError::Expired);
     }
     if now - session.last_seen_at > LAST_SEEN_RESOLUTION {
-        services.store.touch_session(&session.id, now).await?;
+        // Best effort: a full disk or a read-only replica must not stop reads.
+        if let Err(error) = services.store.touch_session(&session.id, now).await {
+            tracing::warn!(%error, "cannot record when a session was last used");
+        }
     }
     Ok(Viewer { user_id: session.user_id, session_id: session.id, expires_at: session.expires_at })
 }
@@ -148,7 +191,7 @@ impl RequestAuth {
         self.viewer
             .get_or_try_init(|| async {
                 let token = self.token.as_deref().ok_or_else(AppError::unauthenticated)?;
-                authenticate(services, token).await
+                Ok::<_, AppError>(authenticate(services, token).await?)
             })
             .await
             .cloned()

@@ -32,10 +32,17 @@ pub struct TokenService {
     ttl: Duration,
 }
 
-/// Why a token was refused; the client only ever sees "invalid or expired token".
+/// Why a token was refused; an HTTP client only ever sees "invalid or expired token", while a
+/// websocket is closed with a code that tells expiry (get a fresh token) from forgery (sign in).
 #[derive(Debug, thiserror::Error)]
-#[error("token refused: {0}")]
-pub struct TokenError(String);
+pub enum TokenError {
+    /// Genuine, but past its expiry.
+    #[error("token expired")]
+    Expired,
+    /// Not a token this server signed, or not one at all.
+    #[error("token refused: {0}")]
+    Invalid(String),
+}
 
 impl TokenService {
     /// Shortest secret accepted, in bytes: HS256 is only as strong as its key.
@@ -59,7 +66,7 @@ impl TokenService {
         chrono::Duration::from_std(self.ttl)
             .ok()
             .and_then(|ttl| now.checked_add_signed(ttl))
-            .ok_or_else(|| TokenError("JWT_TTL is out of range".into()))
+            .ok_or_else(|| TokenError::Invalid("JWT_TTL is out of range".into()))
     }
 
     /// Issues a token for `user_id`'s session `session_id` that expires with the session.
@@ -77,14 +84,17 @@ impl TokenService {
             exp: expires_at.timestamp(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| TokenError(e.to_string()))
+            .map_err(|e| TokenError::Invalid(e.to_string()))
     }
 
     /// Checks the signature, algorithm and expiry of `token`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| TokenError(e.to_string()))
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid(e.to_string()),
+            })
     }
 }
 

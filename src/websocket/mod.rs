@@ -30,7 +30,7 @@ use crate::{
     client_address::ClientAddress,
     schema::AppSchema,
     services::Services,
-    sessions::{self, RequestAuth, Viewer},
+    sessions::{self, AuthError, RequestAuth, Viewer},
 };
 
 /// Timings of a websocket connection.
@@ -220,7 +220,7 @@ impl Connection {
                     Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
                 }
                 () = expired(&mut self.expiry) => {
-                    Err(Stop::close(close::FORBIDDEN, "Token expired"))
+                    Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
                 }
                 _ = keepalive.tick() => {
                     if last_heard.elapsed() > settings.ping_interval * 2 {
@@ -289,7 +289,7 @@ impl Connection {
         }
         self.initialised = true;
         match self.authenticate(&payload).await {
-            Some(viewer) => {
+            Ok(viewer) => {
                 self.slot = self.registry.admit(&viewer.user_id);
                 if self.slot.is_none() {
                     return Err(Stop::close(
@@ -306,29 +306,32 @@ impl Connection {
                 }
                 Ok(replies)
             }
-            None => {
+            Err(error) => {
+                let (code, reason) = match error {
+                    AuthError::Invalid => (close::UNAUTHORIZED, "Unauthorized: invalid token"),
+                    AuthError::Expired => (close::TOKEN_EXPIRED, "Token expired"),
+                    AuthError::Store(_) => (close::TRY_AGAIN_LATER, "Try again later"),
+                };
                 // Legacy clients expect to be told before the socket closes.
-                let farewell = (self.protocol == Protocol::Legacy)
-                    .then(|| protocol::connection_error("Forbidden"));
-                Err(Stop::Close { code: close::FORBIDDEN, reason: "Forbidden", farewell })
+                let farewell =
+                    (self.protocol == Protocol::Legacy).then(|| protocol::connection_error(reason));
+                Err(Stop::Close { code, reason, farewell })
             }
         }
     }
 
     /// Checks the token in the init payload. The session watch starts before the store is asked
     /// whether the session is live, so a logout racing with the connect is never missed.
-    async fn authenticate(&mut self, payload: &Value) -> Option<Viewer> {
-        let token = sessions::token_from_init_payload(payload)?;
-        let claims = self.services.tokens.verify(&token).ok()?;
+    async fn authenticate(&mut self, payload: &Value) -> Result<Viewer, AuthError> {
+        let token = sessions::token_from_init_payload(payload).ok_or(AuthError::Invalid)?;
+        let claims = self.services.tokens.verify(&token)?;
         self.session_watch = Some(self.services.bus.watch_session(&claims.sid));
-        match sessions::authenticate(&self.services, &token).await {
-            Ok(viewer) => Some(viewer),
-            Err(error) => {
-                tracing::debug!(%error, "websocket refused");
-                self.session_watch = None;
-                None
-            }
+        let authenticated = sessions::authenticate(&self.services, &token).await;
+        if let Err(error) = &authenticated {
+            tracing::debug!(%error, "websocket refused");
+            self.session_watch = None;
         }
+        authenticated
     }
 
     fn on_subscribe(

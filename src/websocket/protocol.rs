@@ -37,14 +37,20 @@ impl Protocol {
     }
 }
 
-/// Close codes, as the `graphql-ws` protocol defines them.
+/// Close codes, as the `graphql-ws` protocol defines them, chosen so that the `graphql-ws`
+/// client's own retry decision is the right one: it gives up on 4400, 4401, 4409, 4429 and on
+/// 1002–1004, 1007–1011, 1015–1999, and reconnects on everything else.
 pub mod close {
     /// The message could not be parsed or is not allowed.
     pub const BAD_REQUEST: u16 = 4400;
-    /// `subscribe` before `connection_ack`, or the session was ended (logout, revocation).
+    /// Credentials that can never work: no token, a forged or malformed one, or a session that
+    /// was ended (logout, revocation); also `subscribe` before `connection_ack`. Final.
     pub const UNAUTHORIZED: u16 = 4401;
-    /// `connection_init` with a missing or invalid token, or the token expired.
-    pub const FORBIDDEN: u16 = 4403;
+    /// A genuine token that expired, at `connection_init` or while connected. Retried, so
+    /// `connectionParams` can fetch a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4403;
+    /// The store could not be asked about the session; retried.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No `connection_init` in time.
     pub const INIT_TIMEOUT: u16 = 4408;
     /// `subscribe` with an id that is already running.
@@ -55,8 +61,9 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 1008;
     /// A message larger than `WS_MAX_MESSAGE_BYTES`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// The peer stopped answering keep-alive pings.
-    pub const KEEPALIVE_TIMEOUT: u16 = 1011;
+    /// The peer stopped answering keep-alive pings. "Going away" rather than an error code, so a
+    /// tab that froze and wakes up reconnects by itself.
+    pub const KEEPALIVE_TIMEOUT: u16 = 1001;
     /// Normal closure (legacy `connection_terminate`).
     pub const NORMAL: u16 = 1000;
 }

@@ -54,3 +54,20 @@ async fn a_malformed_mongo_uri_stops_startup_with_a_clear_message() {
     let Err(error) = chatapp::build(&config).await else { panic!("a postgres URI was accepted") };
     assert!(error.to_string().contains("MONGO_URI"), "{error}");
 }
+
+/// Before: an outage during `connection_init` closed the socket with 4403 "Forbidden", as if the
+/// token were bad. Now 1013 (try again later), which clients retry.
+#[tokio::test]
+async fn a_store_outage_at_connection_init_is_retryable() {
+    use crate::helpers::{Incoming, WsClient};
+    use chatapp::sessions::tokens::TokenService;
+    let secret = "a-signing-secret-that-is-long-enough-for-hs256";
+    let settings = [("MONGO_URI", NOWHERE), ("MONGO_TIMEOUT", "300ms"), ("JWT_SECRET", secret)];
+    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let tokens = TokenService::new(secret.as_bytes(), Duration::from_secs(3600));
+    let expires_at = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let token =
+        tokens.issue("0123456789abcdef01234567", "0123456789abcdef01234567", expires_at).unwrap();
+    let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
+    assert_eq!(client.init(json!({ "token": token })).await, Incoming::Closed(Some(1013)));
+}
