@@ -32,6 +32,33 @@ pub fn create_private_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Proof that this process alone uses the data directory's embedded store; the lock is released
+/// when this is dropped (or the process dies, however it dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+/// Name of the lock file inside the data directory.
+const LOCK_FILE: &str = "chatapp.lock";
+
+/// Takes the data directory's exclusive lock, or says that another process holds it. Two
+/// servers on one SQLite database would each deliver only the messages sent through them.
+pub fn lock(dir: &Path) -> io::Result<Result<DirLock, String>> {
+    let path = dir.join(LOCK_FILE);
+    create_private_file(&path)?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Ok(DirLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Err(format!(
+            "another chatapp process is already using the data directory {} (it holds {}); stop it, or give this one its own DATA_DIR",
+            dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => Err(error),
+    }
+}
+
 /// Logs a warning when `path` exists and its group or others have any access to it.
 pub fn warn_if_exposed(path: &Path) {
     #[cfg(unix)]
@@ -70,5 +97,15 @@ mod tests {
         create_private_file(&file).unwrap();
         assert_eq!(mode(&file), 0o600);
         create_private_file(&file).unwrap();
+    }
+
+    #[test]
+    fn a_second_lock_on_one_directory_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path()).unwrap().unwrap();
+        let refused = lock(dir.path()).unwrap().unwrap_err();
+        assert!(refused.contains("another chatapp process"), "{refused}");
+        drop(first);
+        assert!(lock(dir.path()).unwrap().is_ok());
     }
 }

@@ -71,8 +71,10 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
         context: format!("cannot create data directory {}", config.data_dir.display()),
         source,
     })?;
-    let secret = signing_secret(config)?;
+    // The store first: for SQLite it takes the data directory's lock, so of two processes
+    // started on one directory the second stops here, before it creates or migrates anything.
     let store = open_store(config).await?;
+    let secret = signing_secret(config)?;
     let services = Services {
         store,
         bus: Arc::new(InProcessBus::new()),
@@ -94,12 +96,18 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
 /// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
     let Some(mongo) = &config.mongo else {
+        let io_error = |source| StartupError::Io {
+            context: format!("cannot lock the data directory {}", config.data_dir.display()),
+            source,
+        };
+        let lock =
+            data_dir::lock(&config.data_dir).map_err(io_error)?.map_err(StartupError::Invalid)?;
         let database = config.data_dir.join(DATABASE_FILE);
         data_dir::create_private_file(&database).map_err(|source| StartupError::Io {
             context: format!("cannot create {}", database.display()),
             source,
         })?;
-        let store = SqliteStore::open(&database)?;
+        let store = SqliteStore::open(&database)?.holding(lock);
         for suffix in ["", "-wal", "-shm"] {
             data_dir::warn_if_exposed(&config.data_dir.join(format!("{DATABASE_FILE}{suffix}")));
         }

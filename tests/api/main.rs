@@ -6,6 +6,7 @@ mod auth;
 mod helpers;
 mod hostile;
 mod http;
+mod lifecycle;
 mod limits;
 mod messages;
 mod protocol;

@@ -47,9 +47,17 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
     /// Keeps the background checkpoint running while the store exists.
     _checkpointer: mpsc::Sender<()>,
+    /// The data directory's lock, held for as long as the store is open.
+    _lock: Option<crate::data_dir::DirLock>,
 }
 
 impl SqliteStore {
+    /// Holds `lock` for as long as the store is open.
+    pub fn holding(mut self, lock: crate::data_dir::DirLock) -> Self {
+        self._lock = Some(lock);
+        self
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.to_string());
@@ -86,6 +94,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             _checkpointer: checkpointer,
+            _lock: None,
         })
     }
 
