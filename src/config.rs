@@ -25,6 +25,8 @@ pub struct Config {
     pub jwt_ttl: Duration,
     /// bcrypt work factor (`BCRYPT_COST`, 4 to 31). Each step doubles the cost of a login.
     pub bcrypt_cost: u32,
+    /// How long a shutdown waits for requests and websockets to finish (`SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: Duration,
     /// How long a websocket client has to send `connection_init` (`WS_INIT_TIMEOUT`).
     pub ws_init_timeout: Duration,
     /// How often the server pings websocket clients (`WS_PING_INTERVAL`); a client silent for two
@@ -202,6 +204,7 @@ impl Config {
             limits,
             ws_init_timeout,
             ws_ping_interval,
+            shutdown_timeout: duration("SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
             bind_address,
             port,
             data_dir: get("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),

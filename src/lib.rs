@@ -34,6 +34,7 @@ pub mod schema;
 pub mod secret;
 pub mod services;
 pub mod sessions;
+pub mod shutdown;
 pub mod store;
 pub mod users;
 pub mod websocket;
@@ -50,6 +51,7 @@ use crate::{
     rate_limits::RateLimits,
     services::Services,
     sessions::{passwords::PasswordHasher, tokens::TokenService},
+    shutdown::Shutdown,
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
 };
 
@@ -59,6 +61,11 @@ pub struct App {
     pub router: Router,
     /// The services the routes use (tests reach into the store through this).
     pub services: Services,
+    /// Tells websockets to close when [`serve`]'s shutdown future resolves.
+    pub shutdown: Shutdown,
+    /// How long [`serve`] waits for connections to finish after the shutdown begins
+    /// (`SHUTDOWN_TIMEOUT`).
+    pub shutdown_timeout: std::time::Duration,
 }
 
 /// File name of the embedded database inside the data directory.
@@ -89,8 +96,9 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     prune_rate_limits_periodically(&services.rate_limits);
     purge_expired_sessions_periodically(&services.store);
     let schema = schema::build(services.clone(), &config.limits);
-    let router = http::router(schema, services.clone(), config);
-    Ok(App { router, services })
+    let shutdown = Shutdown::default();
+    let router = http::router(schema, services.clone(), shutdown.clone(), config);
+    Ok(App { router, services, shutdown, shutdown_timeout: config.shutdown_timeout })
 }
 
 /// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.
@@ -180,15 +188,23 @@ fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
     Ok(secret)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `app` on `listener` until `signal` resolves; then stops accepting, closes every
+/// websocket with 1012 (Service Restart), lets in-flight requests finish, and returns within
+/// the app's `shutdown_timeout` whatever the clients do.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    app: App,
+    signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let App { router, shutdown, shutdown_timeout, .. } = app;
     // Connection info gives resolvers the client address, for per-address rate limits.
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
+    let begin = shutdown.clone();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+        signal.await;
+        begin.begin();
+    });
+    shutdown.drain(server.into_future(), shutdown_timeout).await.unwrap_or(Ok(()))
 }
 
 /// Crates whose detailed logs would carry secrets or personal data (websocket frames with the

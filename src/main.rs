@@ -18,6 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = chatapp::build(&config).await?;
     let listener = TcpListener::bind((config.bind_address, config.port)).await?;
     tracing::info!("listening on http://{}/graphql", listener.local_addr()?);
-    chatapp::serve(listener, app.router, chatapp::shutdown_signal()).await?;
+    chatapp::serve(listener, app, chatapp::shutdown_signal()).await?;
+    tracing::info!("stopped");
     Ok(())
 }

@@ -171,6 +171,18 @@ describe("the graphql-ws client's retry decision for the server's close codes", 
     await first.wsClient.dispose();
   });
 
+  test('the server shutting down: 1012, retried (to this server once back, or another)', async () => {
+    const leaving = await startServer();
+    const judy = await register(leaving, 'judy');
+    const { wsClient, events } = client(leaving.wsUrl, { token: judy.token }, { retryAttempts: 1 });
+    const stream = subscribe(wsClient, MESSAGE_RECEIVED);
+    await waitUntil(() => events.connected === 1, { what: 'the connection' });
+    await leaving.stop(); // SIGTERM
+    await stream.done;
+    assert.equal(events.closed[0], 1012);
+    assert.equal(events.connecting, 2, 'it tried to reconnect');
+  });
+
   test('a message over the size limit: 1009, final', async () => {
     const grace = await register(server, 'grace');
     const { wsClient, events } = client(server.wsUrl, { token: grace.token });

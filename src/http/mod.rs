@@ -32,6 +32,7 @@ use crate::{
     schema::AppSchema,
     services::Services,
     sessions::{self, RequestAuth},
+    shutdown::Shutdown,
     websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
@@ -48,9 +49,8 @@ const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 struct AppState {
     schema: AppSchema,
     services: Services,
-    websocket_settings: WebsocketSettings,
-    /// Open websockets per user, for `WS_MAX_CONNECTIONS_PER_USER`.
-    connections: ConnectionRegistry,
+    /// What every websocket shares: schema, services, per-user counts, settings, shutdown.
+    websocket: websocket::Shared,
     /// Reverse proxies appending to `X-Forwarded-For` (`TRUST_PROXY`).
     trusted_proxies: usize,
     /// Most operations in one batched POST.
@@ -62,7 +62,24 @@ struct AppState {
 }
 
 /// The app's routes, ready to serve.
-pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router {
+pub fn router(
+    schema: AppSchema,
+    services: Services,
+    shutdown: Shutdown,
+    config: &Config,
+) -> Router {
+    let websocket = websocket::Shared {
+        schema: schema.clone(),
+        services: services.clone(),
+        registry: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
+        settings: WebsocketSettings {
+            init_timeout: config.ws_init_timeout,
+            ping_interval: config.ws_ping_interval,
+            max_subscriptions: config.limits.ws_max_subscriptions,
+            max_message_bytes: config.limits.ws_max_message_bytes,
+        },
+        shutdown,
+    };
     let graphql_routes = get(graphql_get).post(graphql::post).fallback(method_not_allowed);
     let mut router = Router::new().route("/graphql", graphql_routes);
     if config.graphiql {
@@ -76,13 +93,7 @@ pub fn router(schema: AppSchema, services: Services, config: &Config) -> Router 
         .with_state(AppState {
             schema,
             services,
-            websocket_settings: WebsocketSettings {
-                init_timeout: config.ws_init_timeout,
-                ping_interval: config.ws_ping_interval,
-                max_subscriptions: config.limits.ws_max_subscriptions,
-                max_message_bytes: config.limits.ws_max_message_bytes,
-            },
-            connections: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
+            websocket,
             trusted_proxies: config.trusted_proxies,
             max_batch: config.limits.graphql_max_batch,
             allowed_origins: config.cors_allowed_origins.clone(),
@@ -217,7 +228,7 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
             );
         }
     };
-    let settings = state.websocket_settings;
+    let settings = state.websocket.settings;
     // Operations on the socket (sign-ins included) are limited per client like HTTP requests.
     let client = client_address(parts, state.trusted_proxies);
     upgrade
@@ -229,17 +240,7 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| {
-            websocket::serve(
-                socket,
-                protocol,
-                state.schema,
-                state.services,
-                state.connections,
-                settings,
-                client,
-            )
-        })
+        .on_upgrade(move |socket| websocket::serve(socket, protocol, state.websocket, client))
         .into_response()
 }
 

@@ -31,6 +31,7 @@ use crate::{
     schema::AppSchema,
     services::Services,
     sessions::{self, AuthError, RequestAuth, Viewer},
+    shutdown::Shutdown,
 };
 
 /// Timings of a websocket connection.
@@ -124,22 +125,38 @@ impl Stop {
 /// Results of one running operation; `None` marks its end.
 type Operation = BoxStream<'static, Option<Response>>;
 
+/// What every websocket of the server shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The schema operations run against.
+    pub schema: AppSchema,
+    /// The services, for authentication and session watching.
+    pub services: Services,
+    /// Open websockets per user.
+    pub registry: ConnectionRegistry,
+    /// Timeouts and limits.
+    pub settings: WebsocketSettings,
+    /// Tells every websocket to close with 1012 when the server shuts down.
+    pub shutdown: Shutdown,
+}
+
 /// Serves one upgraded websocket until it closes.
 pub async fn serve(
     mut socket: WebSocket,
     protocol: Protocol,
-    schema: AppSchema,
-    services: Services,
-    registry: ConnectionRegistry,
-    settings: WebsocketSettings,
+    shared: Shared,
     client: ClientAddress,
 ) {
+    let Shared { schema, services, registry, settings, shutdown } = shared;
+    // Counted until the goodbye is written, so shutdown waits for it.
+    let _open = shutdown.websocket_opened();
     let mut connection = Connection {
         protocol,
         client,
         schema,
         services,
         registry,
+        shutdown,
         slot: None,
         max_subscriptions: settings.max_subscriptions,
         viewer: None,
@@ -184,6 +201,8 @@ struct Connection {
     expiry: Option<Pin<Box<Sleep>>>,
     /// Running operations by client-chosen id.
     operations: StreamMap<String, Operation>,
+    /// Resolves when the server shuts down.
+    shutdown: Shutdown,
 }
 
 impl Connection {
@@ -221,6 +240,9 @@ impl Connection {
                 }
                 () = expired(&mut self.expiry) => {
                     Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
+                }
+                () = self.shutdown.started() => {
+                    Err(Stop::close(close::SERVICE_RESTART, "Server restarting"))
                 }
                 _ = keepalive.tick() => {
                     if last_heard.elapsed() > settings.ping_interval * 2 {

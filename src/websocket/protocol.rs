@@ -64,6 +64,9 @@ pub mod close {
     /// The peer stopped answering keep-alive pings. "Going away" rather than an error code, so a
     /// tab that froze and wakes up reconnects by itself.
     pub const KEEPALIVE_TIMEOUT: u16 = 1001;
+    /// The server is shutting down; clients reconnect (to it once it is back, or to another
+    /// instance).
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Normal closure (legacy `connection_terminate`).
     pub const NORMAL: u16 = 1000;
 }

@@ -97,14 +97,15 @@ pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(chatapp::serve(listener, app.router, async {
+    let services = app.services.clone();
+    let server = tokio::spawn(chatapp::serve(listener, app, async {
         let _ = stop.await;
     }));
     TestApp {
         address,
         http: reqwest::Client::new(),
         data_dir,
-        services: app.services,
+        services,
         shutdown: Some(shutdown),
         server: Some(server),
     }
@@ -126,15 +127,17 @@ impl TestApp {
         format!("http://{}{}", self.address, path)
     }
 
-    /// Stops the server, waiting briefly for in-flight requests.
-    pub async fn stop(mut self) {
+    /// Stops the server as SIGTERM would; returns whether it finished by itself within 5 s.
+    pub async fn stop(mut self) -> bool {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        if let Some(mut server) = self.server.take() {
-            // Upgraded websockets may outlive graceful shutdown; do not wait on them forever.
-            if tokio::time::timeout(Duration::from_secs(5), &mut server).await.is_err() {
+        let Some(mut server) = self.server.take() else { return true };
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(result) => result.is_ok_and(|served| served.is_ok()),
+            Err(_) => {
                 server.abort();
+                false
             }
         }
     }
