@@ -255,14 +255,22 @@ impl Connection {
             match step {
                 Ok(replies) if replies.is_empty() => {}
                 Ok(replies) => {
-                    // Queued, then written together: one write syscall for a burst.
-                    for reply in replies {
-                        if socket.feed(Message::Text(reply.into())).await.is_err() {
+                    // Queued, then written together: one write syscall for a burst. A peer
+                    // that stops reading blocks the write; it gets as long as a silent peer
+                    // gets (two ping intervals), then the connection and its memory go.
+                    let burst = async {
+                        for reply in replies {
+                            socket.feed(Message::Text(reply.into())).await?;
+                        }
+                        socket.flush().await
+                    };
+                    match tokio::time::timeout(settings.ping_interval * 2, burst).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Stop::Gone,
+                        Err(_) => {
+                            tracing::debug!("websocket peer stopped reading; dropped");
                             return Stop::Gone;
                         }
-                    }
-                    if socket.flush().await.is_err() {
-                        return Stop::Gone;
                     }
                 }
                 Err(stop) => return stop,
