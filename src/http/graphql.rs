@@ -11,7 +11,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{AppState, negotiation::ResponseFormat, request_data};
 
@@ -104,44 +104,48 @@ pub(super) async fn get(state: AppState, parts: &Parts) -> Response {
 /// The response in the negotiated format. With `application/graphql-response+json`, a request
 /// error is a 400 and carries no `data`; everything else is a 200.
 fn render(format: ResponseFormat, response: BatchResponse) -> Response {
-    let (body, request_failed) = match response {
-        BatchResponse::Single(response) => body_of(format, response),
-        BatchResponse::Batch(responses) => {
-            let bodies = responses.into_iter().map(|response| body_of(format, response).0);
-            (Value::Array(bodies.collect()), false)
+    let strict = format == ResponseFormat::GraphqlResponseJson;
+    let (body, status) = match response {
+        BatchResponse::Single(response) if strict && is_request_error(&response) => {
+            (without_data(&response), StatusCode::BAD_REQUEST)
         }
+        BatchResponse::Batch(responses) if strict && responses.iter().any(is_request_error) => {
+            let bodies = responses.iter().map(|response| match is_request_error(response) {
+                true => without_data(response),
+                false => to_json(response),
+            });
+            (format!("[{}]", bodies.collect::<Vec<_>>().join(",")), StatusCode::OK)
+        }
+        // The common case, serialized once, straight to text.
+        response => (to_json(&response), StatusCode::OK),
     };
-    let status = match format {
-        ResponseFormat::GraphqlResponseJson if request_failed => StatusCode::BAD_REQUEST,
-        _ => StatusCode::OK,
-    };
-    json_response(format, status, &body)
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    (status, headers, body).into_response()
 }
 
-/// One response's JSON body, and whether it is a request error.
-fn body_of(format: ResponseFormat, response: async_graphql::Response) -> (Value, bool) {
-    let request_failed = response.data == async_graphql::Value::Null
+/// Whether the request itself was bad (its document did not parse or validate), as opposed to
+/// failing while it ran.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|error| {
             let code = error.extensions.as_ref().and_then(|extensions| extensions.get("code"));
             matches!(code, Some(async_graphql::Value::String(code)) if REQUEST_ERROR_CODES.contains(&code.as_str()))
-        });
-    let mut body = serde_json::to_value(&response).unwrap_or_else(|error| {
-        tracing::error!(%error, "cannot serialize a GraphQL response");
-        json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL_SERVER_ERROR" } }] })
-    });
-    if request_failed && format == ResponseFormat::GraphqlResponseJson {
-        if let Some(object) = body.as_object_mut() {
-            object.remove("data");
-        }
-    }
-    (body, request_failed)
+        })
 }
 
-fn json_response(format: ResponseFormat, status: StatusCode, body: &Value) -> Response {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    (status, headers, body.to_string()).into_response()
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot serialize a GraphQL response");
+        json!({ "errors": [{ "message": "internal error", "extensions": { "code": "INTERNAL_SERVER_ERROR" } }] })
+            .to_string()
+    })
+}
+
+/// A request error's body without its `data` entry (GraphQL over HTTP).
+fn without_data(response: &async_graphql::Response) -> String {
+    json!({ "errors": response.errors }).to_string()
 }
 
 /// A GraphQL-shaped error for a request refused before execution.
@@ -152,7 +156,9 @@ pub(super) fn request_error(
     code: &str,
 ) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    json_response(format, status, &body)
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    (status, headers, body.to_string()).into_response()
 }
 
 fn not_acceptable() -> Response {

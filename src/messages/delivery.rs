@@ -144,10 +144,10 @@ impl RecentIds {
         if self.set.contains(id) {
             return false;
         }
-        if self.order.len() == REMEMBERED_IDS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.set.remove(&oldest);
-            }
+        if self.order.len() == REMEMBERED_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
         }
         self.set.insert(id.to_string());
         self.order.push_back(id.to_string());

@@ -524,7 +524,7 @@ mod tests {
                         // Every other registration reuses a number: those must fail alone.
                         phone_number: crate::users::PhoneNumber::parse(&format!(
                             "+1202555{:04}",
-                            if n % 2 == 0 { n } else { 0 }
+                            if n.is_multiple_of(2) { n } else { 0 }
                         ))
                         .unwrap(),
                         username: crate::users::Username::parse("someone").unwrap(),
