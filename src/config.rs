@@ -6,7 +6,7 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use crate::{cors::AllowedOrigins, secret::Secret};
+use crate::{cors::AllowedOrigins, secret::Secret, server::ConnectionLimits};
 
 /// Everything the server reads from its environment.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct Config {
     pub jwt_ttl: Duration,
     /// bcrypt work factor (`BCRYPT_COST`, 4 to 31). Each step doubles the cost of a login.
     pub bcrypt_cost: u32,
+    /// Header-read timeout and caps on open connections (`HTTP_HEADER_READ_TIMEOUT`,
+    /// `MAX_CONNECTIONS`, `MAX_CONNECTIONS_PER_ADDRESS`).
+    pub connection_limits: ConnectionLimits,
     /// How long a shutdown waits for requests and websockets to finish (`SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: Duration,
     /// How long a websocket client has to send `connection_init` (`WS_INIT_TIMEOUT`).
@@ -205,6 +208,15 @@ impl Config {
             ws_init_timeout,
             ws_ping_interval,
             shutdown_timeout: duration("SHUTDOWN_TIMEOUT", Duration::from_secs(10))?,
+            connection_limits: ConnectionLimits {
+                header_read_timeout: duration("HTTP_HEADER_READ_TIMEOUT", Duration::from_secs(10))?,
+                max_connections: positive("MAX_CONNECTIONS", 100_000)?,
+                max_connections_per_address: parse_or(
+                    get("MAX_CONNECTIONS_PER_ADDRESS"),
+                    "MAX_CONNECTIONS_PER_ADDRESS",
+                    0,
+                )?,
+            },
             bind_address,
             port,
             data_dir: get("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./data")),

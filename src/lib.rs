@@ -32,6 +32,7 @@ pub mod messages;
 pub mod rate_limits;
 pub mod schema;
 pub mod secret;
+pub mod server;
 pub mod services;
 pub mod sessions;
 pub mod shutdown;
@@ -66,6 +67,8 @@ pub struct App {
     /// How long [`serve`] waits for connections to finish after the shutdown begins
     /// (`SHUTDOWN_TIMEOUT`).
     pub shutdown_timeout: std::time::Duration,
+    /// Header-read timeout and caps on open connections.
+    pub connection_limits: server::ConnectionLimits,
 }
 
 /// File name of the embedded database inside the data directory.
@@ -98,7 +101,13 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     let schema = schema::build(services.clone(), &config.limits);
     let shutdown = Shutdown::default();
     let router = http::router(schema, services.clone(), shutdown.clone(), config);
-    Ok(App { router, services, shutdown, shutdown_timeout: config.shutdown_timeout })
+    Ok(App {
+        router,
+        services,
+        shutdown,
+        shutdown_timeout: config.shutdown_timeout,
+        connection_limits: config.connection_limits,
+    })
 }
 
 /// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.
@@ -196,15 +205,16 @@ pub async fn serve(
     app: App,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let App { router, shutdown, shutdown_timeout, .. } = app;
-    // Connection info gives resolvers the client address, for per-address rate limits.
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let App { router, shutdown, shutdown_timeout, connection_limits, .. } = app;
+    server::warn_if_descriptors_are_short(&connection_limits);
     let begin = shutdown.clone();
-    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         signal.await;
         begin.begin();
     });
-    shutdown.drain(server.into_future(), shutdown_timeout).await.unwrap_or(Ok(()))
+    let server = server::accept(listener, router, connection_limits, shutdown.clone());
+    shutdown.drain(server, shutdown_timeout).await;
+    Ok(())
 }
 
 /// Crates whose detailed logs would carry secrets or personal data (websocket frames with the

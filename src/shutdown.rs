@@ -18,16 +18,16 @@ use tokio::sync::{Notify, watch};
 #[derive(Clone)]
 pub struct Shutdown {
     started: Arc<watch::Sender<bool>>,
-    open_websockets: Arc<AtomicUsize>,
-    websocket_closed: Arc<Notify>,
+    open_connections: Arc<AtomicUsize>,
+    connection_closed: Arc<Notify>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             started: Arc::new(watch::channel(false).0),
-            open_websockets: Arc::default(),
-            websocket_closed: Arc::default(),
+            open_connections: Arc::default(),
+            connection_closed: Arc::default(),
         }
     }
 }
@@ -45,29 +45,30 @@ impl Shutdown {
         let _ = started.wait_for(|started| *started).await;
     }
 
-    /// Counts a websocket as open until the returned guard is dropped.
-    pub fn websocket_opened(&self) -> WebsocketGuard {
-        self.open_websockets.fetch_add(1, Ordering::AcqRel);
-        WebsocketGuard(self.clone())
+    /// Counts a connection (an HTTP connection, or a websocket after its upgrade) as open until
+    /// the returned guard is dropped.
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.open_connections.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
     }
 
-    /// Resolves when no websocket is open.
-    pub async fn websockets_closed(&self) {
+    /// Resolves when no connection is open.
+    pub async fn connections_closed(&self) {
         loop {
-            let closed = self.websocket_closed.notified();
-            if self.open_websockets.load(Ordering::Acquire) == 0 {
+            let closed = self.connection_closed.notified();
+            if self.open_connections.load(Ordering::Acquire) == 0 {
                 return;
             }
             closed.await;
         }
     }
 
-    /// Waits for `server` (which finishes in-flight HTTP requests once the shutdown has begun)
-    /// and for every websocket to close, but no longer than `drain` after the shutdown began.
+    /// Waits for `server` (which stops accepting once the shutdown has begun) and for every
+    /// connection to close, but no longer than `drain` after the shutdown began.
     pub async fn drain<T>(&self, server: impl Future<Output = T>, drain: Duration) -> Option<T> {
         let everything = async {
             let result = server.await;
-            self.websockets_closed().await;
+            self.connections_closed().await;
             result
         };
         let deadline = async {
@@ -84,13 +85,13 @@ impl Shutdown {
     }
 }
 
-/// An open websocket, for [`Shutdown::websockets_closed`].
-pub struct WebsocketGuard(Shutdown);
+/// An open connection, for [`Shutdown::connections_closed`].
+pub struct ConnectionGuard(Shutdown);
 
-impl Drop for WebsocketGuard {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.open_websockets.fetch_sub(1, Ordering::AcqRel);
-        self.0.websocket_closed.notify_waiters();
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.connection_closed.notify_waiters();
     }
 }
 
@@ -101,18 +102,18 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_websockets_but_not_forever() {
         let shutdown = Shutdown::default();
-        let guard = shutdown.websocket_opened();
+        let guard = shutdown.connection_opened();
         shutdown.begin();
         let waiting = tokio::spawn({
             let shutdown = shutdown.clone();
             async move { shutdown.drain(async { 7 }, Duration::from_secs(30)).await }
         });
         tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "an open websocket holds the drain");
+        assert!(!waiting.is_finished(), "an open connection holds the drain");
         drop(guard);
         assert_eq!(waiting.await.unwrap(), Some(7));
 
-        let _stuck = shutdown.websocket_opened();
+        let _stuck = shutdown.connection_opened();
         let gave_up = shutdown.drain(async { 7 }, Duration::from_millis(50)).await;
         assert_eq!(gave_up, None);
     }

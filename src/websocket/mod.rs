@@ -149,7 +149,7 @@ pub async fn serve(
 ) {
     let Shared { schema, services, registry, settings, shutdown } = shared;
     // Counted until the goodbye is written, so shutdown waits for it.
-    let _open = shutdown.websocket_opened();
+    let _open = shutdown.connection_opened();
     let mut connection = Connection {
         protocol,
         client,

@@ -104,3 +104,80 @@ async fn a_peer_that_stops_reading_is_dropped() {
     }
     drop(stalled);
 }
+
+/// Reads from `stream` until the server closes it; panics if it does not within `within`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // e.g. a 408 before the close
+            }
+        }
+    });
+    read.await.expect("the server kept the connection open");
+}
+
+/// Before: `axum::serve` gave hyper no timer, so silent and slowloris connections stayed open
+/// (2,000 of them for 45 s+), and 1,100 against a 1,024-descriptor limit locked `/healthz` out.
+#[tokio::test]
+async fn silent_and_slow_connections_are_closed_and_capped() {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+    use crate::helpers::spawn_app_with;
+
+    let settings = [("HTTP_HEADER_READ_TIMEOUT", "500ms"), ("MAX_CONNECTIONS", "50")];
+    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    // A silent connection, and one dripping its headers, are both closed.
+    let mut silent = TcpStream::connect(app.address).await.unwrap();
+    let mut slow = TcpStream::connect(app.address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: chat\r\n").await.unwrap();
+    closed_by_server(&mut silent, Duration::from_secs(5)).await;
+    closed_by_server(&mut slow, Duration::from_secs(5)).await;
+
+    // Fill the cap with silent connections: the next one is turned away at once...
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(TcpStream::connect(app.address).await.unwrap());
+    }
+    let mut refused = TcpStream::connect(app.address).await.unwrap();
+    closed_by_server(&mut refused, Duration::from_millis(400)).await;
+    // ...and once they are gone, the server answers again.
+    drop(held);
+    healthy_again(&app).await;
+}
+
+/// Waits until `/healthz` answers 200 (the server notices closed connections asynchronously).
+async fn healthy_again(app: &crate::helpers::TestApp) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match app.http.get(app.url("/healthz")).send().await {
+            Ok(response) if response.status() == 200 => return,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("the server did not answer again: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_can_be_capped_per_address() {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::net::TcpStream;
+
+    use crate::helpers::spawn_app_with;
+
+    let settings = [("MAX_CONNECTIONS_PER_ADDRESS", "3")];
+    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let held: Vec<_> =
+        futures::future::join_all((0..3).map(|_| TcpStream::connect(app.address))).await;
+    let mut fourth = TcpStream::connect(app.address).await.unwrap();
+    closed_by_server(&mut fourth, Duration::from_secs(2)).await;
+    drop(held);
+    healthy_again(&app).await;
+}
