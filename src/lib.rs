@@ -17,6 +17,10 @@
 //!   the websocket upgrade, the vendored GraphiQL, `/healthz`. [`cors`]: allowed origins.
 //! - [`websocket`]: the graphql-ws serve loop, with its close codes and session ending.
 //! - [`error`]: the error type clients see, with its `extensions.code`.
+//! - [`server`]: the accept loop (header-read timeout, connection caps); [`shutdown`]: closing
+//!   websockets with 1012 and draining within `SHUTDOWN_TIMEOUT`.
+//! - [`rate_limits`] and [`client_address`]: per-client limits; [`data_dir`]: private files and
+//!   the one-process lock; [`secret`]: values that never print.
 //!
 //! [`build`] assembles the app from a [`config::Config`] and [`serve`] runs it on a listener
 //! until a shutdown future resolves; `main` and the integration tests both use exactly these.
