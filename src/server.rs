@@ -73,12 +73,13 @@ pub async fn accept(
             tracing::debug!(%peer, "connection refused: too many open");
             continue;
         };
+        let hold = ConnectionHold { _slot: Arc::new(slot) };
         let guard = shutdown.connection_opened();
         let router = router.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _counted = (slot, guard);
-            serve_connection(stream, peer, router, limits, shutdown).await;
+            let _counted = guard;
+            serve_connection(stream, peer, hold, router, limits, shutdown).await;
         });
     }
 }
@@ -86,13 +87,16 @@ pub async fn accept(
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    hold: ConnectionHold,
     router: Router,
     limits: ConnectionLimits,
     shutdown: Shutdown,
 ) {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        // Resolvers read the client address through axum's ConnectInfo.
+        // Resolvers read the client address through axum's ConnectInfo; a websocket upgrade
+        // takes the connection's place under the caps along (see `ConnectionHold`).
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(hold.clone());
         router.clone().oneshot(request.map(Body::new))
     });
     let connection = http1::Builder::new()
@@ -113,6 +117,13 @@ async fn serve_connection(
             let _ = connection.await;
         }
     }
+}
+
+/// A connection's place under the caps, shared by its HTTP task and, after an upgrade, its
+/// websocket (which outlives the HTTP task): the place is given back when both are done.
+#[derive(Clone)]
+pub struct ConnectionHold {
+    _slot: Arc<ConnectionSlot>,
 }
 
 /// A connection's place under the caps, given back when it closes.

@@ -51,6 +51,9 @@ impl Server {
             .env("RATE_LIMIT_AUTH_PER_PHONE", "100000000")
             .env("RATE_LIMIT_MESSAGES_PER_USER", "100000000")
             .env("WS_MAX_CONNECTIONS_PER_USER", "100000")
+            // Thousands of registrations at once: queue them all rather than refuse the
+            // surplus with SERVICE_UNAVAILABLE as production does.
+            .env("BCRYPT_MAX_QUEUE", "100000000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

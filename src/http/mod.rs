@@ -30,6 +30,7 @@ use crate::{
     config::Config,
     cors::AllowedOrigins,
     schema::AppSchema,
+    server::ConnectionHold,
     services::Services,
     sessions::{self, RequestAuth},
     shutdown::Shutdown,
@@ -229,6 +230,8 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         }
     };
     let settings = state.websocket.settings;
+    // The socket keeps its connection's place under MAX_CONNECTIONS for as long as it is open.
+    let hold = parts.extensions.remove::<ConnectionHold>();
     // Operations on the socket (sign-ins included) are limited per client like HTTP requests.
     let client = client_address(parts, state.trusted_proxies);
     upgrade
@@ -240,7 +243,10 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| websocket::serve(socket, protocol, state.websocket, client))
+        .on_upgrade(move |socket| async move {
+            let _hold = hold;
+            websocket::serve(socket, protocol, state.websocket, client).await;
+        })
         .into_response()
 }
 

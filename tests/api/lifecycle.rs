@@ -181,3 +181,23 @@ async fn connections_can_be_capped_per_address() {
     drop(held);
     healthy_again(&app).await;
 }
+
+/// An upgraded websocket keeps its place under MAX_CONNECTIONS for as long as it is open.
+#[tokio::test]
+async fn websockets_count_against_the_connection_cap() {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::helpers::spawn_app_with;
+
+    // Three: the test's HTTP client keeps its connection alive, and two websockets.
+    let settings = [("MAX_CONNECTIONS", "3")];
+    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let alice = app.register("+12025550141", "alice").await;
+    let first = app.ws(&alice).await;
+    let second = app.ws(&alice).await;
+    let mut third = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    closed_by_server(&mut third, Duration::from_secs(2)).await;
+    first.close().await;
+    second.close().await;
+    healthy_again(&app).await;
+}
