@@ -8,7 +8,7 @@ use async_graphql::{
 use async_graphql_axum::{GraphQLBatchRequest, rejection::GraphQLRejection};
 use axum::{
     extract::{FromRequest, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
+    http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -119,9 +119,12 @@ fn render(format: ResponseFormat, response: BatchResponse) -> Response {
         // The common case, serialized once, straight to text.
         response => (to_json(&response), StatusCode::OK),
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    (status, headers, body).into_response()
+    json_response(format, status, body)
+}
+
+/// A JSON body sent as `format`.
+fn json_response(format: ResponseFormat, status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
 /// Whether the request itself was bad (its document did not parse or validate), as opposed to
@@ -156,9 +159,7 @@ pub(super) fn request_error(
     code: &str,
 ) -> Response {
     let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    (status, headers, body.to_string()).into_response()
+    json_response(format, status, body.to_string())
 }
 
 fn not_acceptable() -> Response {
