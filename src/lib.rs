@@ -88,6 +88,12 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
     // The store first: for SQLite it takes the data directory's lock, so of two processes
     // started on one directory the second stops here, before it creates or migrates anything.
     let store = open_store(config).await?;
+    build_with_store(config, store)
+}
+
+/// Builds the app on a store opened by the caller (one wrapped to inject faults, in tests);
+/// `config`'s store settings are ignored.
+pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, StartupError> {
     let secret = signing_secret(config)?;
     let services = Services {
         store,

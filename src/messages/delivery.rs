@@ -8,43 +8,90 @@
 //!
 //! A message sent during step 2 is either committed before the page that would hold it was read
 //! (it is replayed, and its live event is skipped) or after (it is not in the backlog, and its
-//! live event delivers it). If the bus reports that this subscriber lagged, the stream goes back
-//! to the store and re-reads the unacknowledged backlog, skipping what it already emitted.
+//! live event delivers it). If the bus reports that this subscriber lagged, the stream makes a
+//! *pass*: it re-reads the whole unacknowledged backlog from the start (not from where the last
+//! read stopped: MongoDB may commit seq 5 after seq 6 was read), emitting only what it has not
+//! emitted before.
+//!
+//! What has been emitted is remembered exactly, by `seq`, for as long as the message can come
+//! back from the store: a pass forgets the messages it no longer finds there (they were
+//! acknowledged). So nothing is ever sent twice however large the backlog, and the memory is
+//! about 16 bytes per emitted, unacknowledged message. A connection that only receives live
+//! messages makes a pass now and then for the same reason (see [`Emitted::wants_compaction`]).
 
-use std::collections::{HashSet, VecDeque};
-
-use futures::{Stream, StreamExt};
-
-use crate::{
-    bus::{BusEvent, BusSubscription},
-    error::AppResult,
-    messages::Message,
-    services::Services,
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::Arc,
 };
 
-/// Messages fetched from the store per backlog read.
-const REPLAY_PAGE: usize = 500;
-/// How many emitted ids are remembered for de-duplication. Only ids that can still come back
-/// matter: live events buffered while replaying (bounded by the bus's channel capacity) and
-/// messages re-read after a lag.
-const REMEMBERED_IDS: usize = 100_000;
+use async_trait::async_trait;
+use futures::{FutureExt, Stream, StreamExt};
+
+use crate::{
+    bus::{BusEvent, BusSubscription, MessageBus},
+    messages::Message,
+    store::{Store, StoreResult},
+};
+
+/// Bytes of message content a backlog read aims to hold, so a page of long messages does not
+/// pin megabytes per connection. The number of messages per read follows from the previous
+/// page's average size, between [`MIN_PAGE`] and [`MAX_PAGE`].
+const PAGE_BYTES: usize = 256 * 1024;
+/// Fewest messages per backlog read (at the largest content size, 4,000 four-byte characters,
+/// one page is then about [`PAGE_BYTES`]).
+const MIN_PAGE: usize = 16;
+/// Most messages per backlog read.
+const MAX_PAGE: usize = 500;
+/// Messages per read before anything is known about their size.
+const FIRST_PAGE: usize = 64;
+/// Bytes counted per message besides its content (ids, timestamps, allocation).
+const MESSAGE_OVERHEAD: usize = 160;
+/// Emitted messages remembered before a live connection makes its first compaction pass.
+const COMPACT_AFTER: usize = 4096;
 
 /// All messages for `user_id`: first the unacknowledged backlog oldest first, then live ones.
 ///
 /// Listening starts when this function is called, before the stream is first polled.
 pub fn replay_then_live(
-    services: Services,
+    store: Arc<dyn Store>,
+    bus: &dyn MessageBus,
     user_id: String,
-) -> impl Stream<Item = AppResult<Message>> + Send {
-    let live = services.bus.subscribe(&user_id);
+) -> impl Stream<Item = StoreResult<Message>> + Send + use<> {
+    let live = bus.subscribe(&user_id);
+    stream(StoreBacklog { store, user_id }, live)
+}
+
+/// Where the backlog comes from: one user's unacknowledged messages in the store.
+#[async_trait]
+trait Backlog: Send + Sync + 'static {
+    /// Unacknowledged messages with `seq > after_seq`, oldest first, at most `limit`.
+    async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>>;
+}
+
+struct StoreBacklog {
+    store: Arc<dyn Store>,
+    user_id: String,
+}
+
+#[async_trait]
+impl Backlog for StoreBacklog {
+    async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>> {
+        self.store.undelivered_messages(&self.user_id, after_seq, limit).await
+    }
+}
+
+fn stream<B: Backlog>(
+    backlog: B,
+    live: BusSubscription,
+) -> impl Stream<Item = StoreResult<Message>> + Send {
     let state = Delivery {
-        services,
-        user_id,
+        backlog,
         live,
         phase: Phase::Replaying,
         read_up_to: 0,
+        page_size: FIRST_PAGE,
         pending: VecDeque::new(),
-        emitted: RecentIds::default(),
+        emitted: Emitted::default(),
     };
     futures::stream::unfold(state, |mut state| async move {
         let item = state.next().await?;
@@ -61,113 +108,322 @@ enum Phase {
     Done,
 }
 
-struct Delivery {
-    services: Services,
-    user_id: String,
+struct Delivery<B> {
+    backlog: B,
     /// Subscribed before the backlog is read; buffers live events meanwhile.
     live: BusSubscription,
     phase: Phase,
-    /// Highest `seq` read from the store's backlog so far.
+    /// Highest `seq` read from the store's backlog in this pass so far.
     read_up_to: i64,
+    /// Messages to ask for in the next backlog read.
+    page_size: usize,
     /// Backlog messages read but not yet emitted.
     pending: VecDeque<Message>,
-    /// Ids already emitted, so neither a live echo of a replayed message nor a re-read after a
-    /// lag is sent twice.
-    emitted: RecentIds,
+    emitted: Emitted,
 }
 
-impl Delivery {
-    async fn next(&mut self) -> Option<AppResult<Message>> {
+impl<B: Backlog> Delivery<B> {
+    async fn next(&mut self) -> Option<StoreResult<Message>> {
         loop {
             while let Some(message) = self.pending.pop_front() {
-                if self.emitted.insert(&message.id) {
+                if self.emitted.record_read(message.seq) {
                     return Some(Ok(message));
                 }
             }
             match self.phase {
                 Phase::Done => return None,
                 Phase::Replaying => {
-                    let page = self
-                        .services
-                        .store
-                        .undelivered_messages(&self.user_id, self.read_up_to, REPLAY_PAGE)
-                        .await;
-                    match page {
-                        Ok(page) => {
-                            if page.len() < REPLAY_PAGE {
-                                self.phase = Phase::Live;
-                            }
-                            if let Some(last) = page.last() {
-                                self.read_up_to = last.seq;
-                            }
-                            self.pending.extend(page);
-                        }
+                    let page = match self.backlog.read(self.read_up_to, self.page_size).await {
+                        Ok(page) => page,
                         Err(error) => {
                             self.phase = Phase::Done;
-                            return Some(Err(error.into()));
+                            return Some(Err(error));
                         }
+                    };
+                    let limit = self.page_size;
+                    self.page_size = next_page_size(&page);
+                    if let Some(last) = page.last() {
+                        self.read_up_to = last.seq;
+                    }
+                    if page.len() < limit {
+                        self.emitted.end_pass();
+                        self.phase = Phase::Live;
+                    }
+                    self.pending.extend(page);
+                }
+                Phase::Live => {
+                    let event = match self.live.next().now_or_never() {
+                        Some(event) => event,
+                        None => {
+                            // Nothing buffered: every event published before now has been seen,
+                            // so messages the last pass found acknowledged cannot come back.
+                            self.emitted.forget_retired();
+                            if self.emitted.wants_compaction() {
+                                self.start_pass();
+                                continue;
+                            }
+                            self.live.next().await
+                        }
+                    };
+                    match event {
+                        Some(BusEvent::Message(message)) => {
+                            if self.emitted.record_live(message.seq) {
+                                return Some(Ok(Message::clone(&message)));
+                            }
+                        }
+                        Some(BusEvent::Lagged) => {
+                            tracing::warn!("subscriber lagged; catching up from the store");
+                            self.start_pass();
+                        }
+                        // Inbox topics carry only messages; anything else is ignored.
+                        Some(BusEvent::SessionEnded) => {}
+                        None => self.phase = Phase::Done,
                     }
                 }
-                Phase::Live => match self.live.next().await {
-                    Some(BusEvent::Message(message)) => {
-                        if self.emitted.insert(&message.id) {
-                            return Some(Ok(Message::clone(&message)));
-                        }
-                    }
-                    Some(BusEvent::Lagged) => {
-                        tracing::warn!(user = %self.user_id, "subscriber lagged; catching up from the store");
-                        // From the start of the backlog, not from `read_up_to`: a message sent
-                        // concurrently may have committed with a lower seq after that read.
-                        // What was already emitted is skipped by `emitted`.
-                        self.read_up_to = 0;
-                        self.phase = Phase::Replaying;
-                    }
-                    // Inbox topics carry only messages; anything else is ignored.
-                    Some(BusEvent::SessionEnded) => {}
-                    None => self.phase = Phase::Done,
-                },
             }
         }
     }
+
+    /// Re-reads the backlog from its start, emitting what was missed and forgetting what has
+    /// been acknowledged.
+    fn start_pass(&mut self) {
+        self.emitted.start_pass();
+        self.read_up_to = 0;
+        self.phase = Phase::Replaying;
+    }
 }
 
-/// A set of the most recently inserted ids, bounded to [`REMEMBERED_IDS`].
+/// Messages to ask for next, so that a page holds about [`PAGE_BYTES`].
+fn next_page_size(page: &[Message]) -> usize {
+    if page.is_empty() {
+        return FIRST_PAGE;
+    }
+    let bytes: usize = page.iter().map(|m| m.content.len() + MESSAGE_OVERHEAD).sum();
+    (PAGE_BYTES * page.len() / bytes).clamp(MIN_PAGE, MAX_PAGE)
+}
+
+/// The `seq`s of the messages this stream has emitted that may still come back from the store.
+///
+/// During a pass, what was emitted before it sits in `unconfirmed`; each message the pass reads
+/// moves back to `current`. What the pass did not find was acknowledged, but its live event may
+/// still be buffered on the bus, so it is kept in `retired` until the live buffer has been seen
+/// empty.
 #[derive(Default)]
-struct RecentIds {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+struct Emitted {
+    current: BTreeSet<i64>,
+    unconfirmed: BTreeSet<i64>,
+    retired: BTreeSet<i64>,
+    /// Size of `current` at which a live connection makes a compaction pass.
+    compact_at: usize,
 }
 
-impl RecentIds {
-    /// Records `id`; returns false if it was already there.
-    fn insert(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
+impl Emitted {
+    fn contains(&self, seq: i64) -> bool {
+        self.current.contains(&seq)
+            || self.unconfirmed.contains(&seq)
+            || self.retired.contains(&seq)
+    }
+
+    /// Records a message read from the store; true if it had not been emitted.
+    fn record_read(&mut self, seq: i64) -> bool {
+        if self.unconfirmed.remove(&seq) || self.retired.remove(&seq) {
+            self.current.insert(seq);
             return false;
         }
-        if self.order.len() == REMEMBERED_IDS
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.set.remove(&oldest);
-        }
-        self.set.insert(id.to_string());
-        self.order.push_back(id.to_string());
-        true
+        self.current.insert(seq)
+    }
+
+    /// Records a message heard on the bus; true if it had not been emitted.
+    fn record_live(&mut self, seq: i64) -> bool {
+        !self.contains(seq) && self.current.insert(seq)
+    }
+
+    fn start_pass(&mut self) {
+        let current = std::mem::take(&mut self.current);
+        self.unconfirmed.extend(current);
+    }
+
+    fn end_pass(&mut self) {
+        let gone = std::mem::take(&mut self.unconfirmed);
+        self.retired.extend(gone);
+        self.compact_at = COMPACT_AFTER.max(2 * self.current.len());
+    }
+
+    fn forget_retired(&mut self) {
+        self.retired.clear();
+    }
+
+    /// Whether so much has been emitted since the last pass that it is worth re-reading the
+    /// backlog to forget what was acknowledged. The threshold doubles with what the pass could
+    /// not forget, so a client that never acknowledges costs O(1) reads per message.
+    fn wants_compaction(&self) -> bool {
+        self.current.len() > self.compact_at.max(COMPACT_AFTER)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        collections::{BTreeMap, HashMap},
+        sync::{
+            Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+    };
+
+    use chrono::Utc;
+
     use super::*;
+    use crate::bus::InProcessBus;
+
+    type ReadHook = Box<dyn FnMut(usize) + Send>;
+
+    /// A backlog in memory; reads can be counted and can publish while a pass is under way.
+    #[derive(Clone, Default)]
+    struct Inbox {
+        messages: Arc<Mutex<BTreeMap<i64, Message>>>,
+        reads: Arc<AtomicUsize>,
+        /// Called before each read returns, with the number of reads so far.
+        during_read: Arc<Mutex<Option<ReadHook>>>,
+    }
+
+    impl Inbox {
+        fn add(&self, seq: i64, content: &str) -> Message {
+            let message = Message {
+                id: format!("m{seq}"),
+                seq,
+                sender_id: "alice".into(),
+                recipient_id: "bob".into(),
+                content: content.into(),
+                client_message_id: None,
+                sent_at: Utc::now(),
+                delivered_at: None,
+            };
+            self.messages.lock().unwrap().insert(seq, message.clone());
+            message
+        }
+
+        fn acknowledge_up_to(&self, seq: i64) {
+            self.messages.lock().unwrap().retain(|s, _| *s > seq);
+        }
+    }
+
+    #[async_trait]
+    impl Backlog for Inbox {
+        async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>> {
+            let reads = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(hook) = self.during_read.lock().unwrap().as_mut() {
+                hook(reads);
+            }
+            let messages = self.messages.lock().unwrap();
+            Ok(messages.range(after_seq + 1..).take(limit).map(|(_, m)| m.clone()).collect())
+        }
+    }
+
+    async fn publish(bus: &InProcessBus, message: Message) {
+        bus.publish(Arc::new(message)).await;
+    }
+
+    /// Collects `count` messages, failing on a duplicate.
+    async fn take_unique(
+        stream: &mut (impl Stream<Item = StoreResult<Message>> + Unpin),
+        count: usize,
+    ) -> Vec<i64> {
+        let mut seen = HashMap::new();
+        let mut order = Vec::with_capacity(count);
+        while order.len() < count {
+            let message = stream.next().await.expect("stream ended").expect("read failed");
+            if let Some(first) = seen.insert(message.seq, order.len()) {
+                panic!(
+                    "seq {} emitted twice (first as #{first}, again as #{})",
+                    message.seq,
+                    order.len()
+                );
+            }
+            order.push(message.seq);
+        }
+        order
+    }
+
+    #[tokio::test]
+    async fn a_lag_during_a_huge_backlog_resends_nothing() {
+        // More than the 100,000 ids the stream used to remember.
+        const BACKLOG: i64 = 150_000;
+        let inbox = Inbox::default();
+        for seq in 1..=BACKLOG {
+            inbox.add(seq, "hi");
+        }
+        let bus = Arc::new(InProcessBus::default());
+        // Halfway through the replay, a burst larger than the bus buffers makes the stream lag.
+        let burst_bus = bus.clone();
+        let burst_inbox = inbox.clone();
+        *inbox.during_read.lock().unwrap() = Some(Box::new(move |reads| {
+            if reads == 200 {
+                for seq in BACKLOG + 1..=BACKLOG + 50 {
+                    let message = burst_inbox.add(seq, "burst");
+                    let bus = burst_bus.clone();
+                    futures::executor::block_on(publish(&bus, message));
+                }
+            }
+        }));
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        let seqs = take_unique(&mut stream, BACKLOG as usize + 50).await;
+        assert_eq!(seqs[..BACKLOG as usize], (1..=BACKLOG).collect::<Vec<_>>());
+        // And nothing more is queued: the next item would be a duplicate or a hang.
+        assert!(stream.next().now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn messages_committed_below_the_read_position_arrive_once_after_a_lag() {
+        let inbox = Inbox::default();
+        let bus = InProcessBus::default();
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        inbox.add(2, "read first");
+        assert_eq!(take_unique(&mut stream, 1).await, vec![2]);
+        // seq 1 commits late (as MongoDB may) and its live event is lost in a lag.
+        inbox.add(1, "late");
+        for seq in 3..=40 {
+            publish(&bus, inbox.add(seq, "burst")).await;
+        }
+        let mut rest = take_unique(&mut stream, 39).await;
+        rest.sort();
+        assert_eq!(rest, (1..=40).filter(|s| *s != 2).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_pass_forgets_acknowledged_messages_but_never_resends_them() {
+        let inbox = Inbox::default();
+        let bus = InProcessBus::default();
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        let total = 3 * COMPACT_AFTER as i64;
+        for seq in 1..=total {
+            publish(&bus, inbox.add(seq, "live")).await;
+            let got = stream.next().await.unwrap().unwrap();
+            assert_eq!(got.seq, seq);
+            inbox.acknowledge_up_to(seq);
+        }
+        // Compaction passes ran and forgot what was acknowledged...
+        assert!(inbox.reads.load(Ordering::SeqCst) > 1, "no compaction pass ran");
+        assert!(stream.next().now_or_never().is_none(), "something was re-sent");
+        // ...and a lag after them still sends each new message exactly once.
+        for seq in total + 1..=total + 40 {
+            publish(&bus, inbox.add(seq, "burst")).await;
+        }
+        let seqs = take_unique(&mut stream, 40).await;
+        assert_eq!(seqs.len(), 40);
+        assert!(seqs.iter().all(|s| *s > total));
+    }
 
     #[test]
-    fn recent_ids_forget_the_oldest_beyond_the_bound() {
-        let mut ids = RecentIds::default();
-        assert!(ids.insert("a"));
-        assert!(!ids.insert("a"));
-        for i in 0..REMEMBERED_IDS {
-            ids.insert(&i.to_string());
-        }
-        assert!(ids.insert("a"), "the oldest id was forgotten");
-        assert_eq!(ids.set.len(), REMEMBERED_IDS);
+    fn pages_hold_about_the_byte_budget() {
+        let inbox = Inbox::default();
+        let short: Vec<_> = (1..=10).map(|seq| inbox.add(seq, "hi")).collect();
+        assert_eq!(next_page_size(&short), MAX_PAGE);
+        let long: Vec<_> = (1..=10).map(|seq| inbox.add(seq, &"😀".repeat(4000))).collect();
+        assert_eq!(next_page_size(&long), MIN_PAGE);
+        let medium: Vec<_> = (1..=10).map(|seq| inbox.add(seq, &"x".repeat(1000))).collect();
+        let size = next_page_size(&medium);
+        assert!(size * (1000 + MESSAGE_OVERHEAD) <= PAGE_BYTES && size > 200, "{size}");
+        assert_eq!(next_page_size(&[]), FIRST_PAGE);
     }
 }

@@ -167,9 +167,13 @@ impl MessageSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
-        let services = services(ctx)?.clone();
+        let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        Ok(delivery::replay_then_live(services, viewer.user_id)
-            .map(|item| item.map_err(Into::into)))
+        let stream = delivery::replay_then_live(
+            services.store.clone(),
+            services.bus.as_ref(),
+            viewer.user_id,
+        );
+        Ok(stream.map(|item| item.map_err(Into::into)))
     }
 }

@@ -67,10 +67,27 @@ pub async fn spawn_app_in(data_dir: Arc<TempDir>) -> TestApp {
 
 /// Starts a server with extra settings, e.g. `[("JWT_TTL", "2s")]`.
 pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -> TestApp {
+    let config = test_config(&data_dir, settings);
+    let app = chatapp::build(&config).await.expect("app builds");
+    serve_app(app, data_dir).await
+}
+
+/// Starts a server on the store the suite would use, as `wrap` returns it (to inject faults).
+pub async fn spawn_app_wrapping_store(
+    wrap: impl FnOnce(Arc<dyn chatapp::store::Store>) -> Arc<dyn chatapp::store::Store>,
+) -> TestApp {
+    let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let config = test_config(&data_dir, &[]);
+    let store = chatapp::build(&config).await.expect("app builds").services.store;
+    let app = chatapp::build_with_store(&config, wrap(store)).expect("app builds");
+    serve_app(app, data_dir).await
+}
+
+fn test_config(data_dir: &TempDir, settings: &[(&str, &str)]) -> Config {
     init_tracing();
     let path = data_dir.path().display().to_string();
-    let mongo = test_mongo_database(&data_dir);
-    let config = Config::from_lookup(|name| {
+    let mongo = test_mongo_database(data_dir);
+    Config::from_lookup(|name| {
         if let Some((_, value)) = settings.iter().find(|(key, _)| *key == name) {
             return Some(value.to_string());
         }
@@ -92,8 +109,10 @@ pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -
             _ => None,
         }
     })
-    .expect("test config");
-    let app = chatapp::build(&config).await.expect("app builds");
+    .expect("test config")
+}
+
+async fn serve_app(app: chatapp::App, data_dir: Arc<TempDir>) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();

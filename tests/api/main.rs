@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod full_disk;
 mod helpers;
 mod hostile;
 mod http;

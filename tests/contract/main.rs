@@ -47,25 +47,85 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let Some(store) = fresh_mongo(name).await else { return };
+    let store = Arc::new(store);
+    let outcome = tokio::spawn(test(store.clone())).await;
+    store.drop_database().await.expect("test database dropped");
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+/// A store on a freshly named database, or `None` (with a notice) without `TEST_MONGO_URI`.
+async fn fresh_mongo(name: &str) -> Option<MongoStore> {
     let Some(uri) = std::env::var("TEST_MONGO_URI").ok().filter(|uri| !uri.is_empty()) else {
         // Straight to stderr, past the test harness's output capture, so the skip is seen.
         let _ = writeln!(
             std::io::stderr(),
             "NOTICE: MongoDB contract test {name} skipped: set TEST_MONGO_URI to run it"
         );
-        return;
+        return None;
     };
     let config = MongoConfig {
         uri,
         database: Some(format!("chatapp_contract_{}", uuid::Uuid::new_v4().simple())),
         timeout: StdDuration::from_secs(10),
     };
-    let store = Arc::new(MongoStore::connect(&config).await.expect("TEST_MONGO_URI is usable"));
-    let outcome = tokio::spawn(test(store.clone())).await;
+    Some(MongoStore::connect(&config).await.expect("TEST_MONGO_URI is usable"))
+}
+
+/// MongoDB only: a database dropped (or restored from a dump without indexes) under a running
+/// server gets its unique indexes back, so concurrent duplicates are still refused. Before, the
+/// indexes were created once per process and 5-7 copies got through.
+#[tokio::test]
+async fn mongo_unique_indexes_come_back_after_the_database_is_dropped() {
+    let name = "mongo_unique_indexes_come_back_after_the_database_is_dropped";
+    let Some(store) = fresh_mongo(name).await else { return };
+    let store = Arc::new(store.recheck_indexes_every(StdDuration::from_millis(50)));
+    let outcome = tokio::spawn(duplicates_are_refused_after_a_drop(store.clone())).await;
     store.drop_database().await.expect("test database dropped");
     if let Err(error) = outcome {
         std::panic::resume_unwind(error.into_panic());
     }
+}
+
+async fn duplicates_are_refused_after_a_drop(store: Arc<MongoStore>) {
+    user(&*store, "+12025550143").await;
+    store.drop_database().await.unwrap();
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+
+    let registrations = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_user(NewUser {
+                    phone_number: PhoneNumber::parse("+12025550144").unwrap(),
+                    username: Username::parse("twin").unwrap(),
+                    password_hash: PasswordHash::new("$2b$04$hash".into()),
+                })
+                .await
+        })
+    });
+    let created = futures::future::join_all(registrations)
+        .await
+        .into_iter()
+        .filter(|outcome| outcome.as_ref().unwrap().is_ok())
+        .count();
+    assert_eq!(created, 1, "one account per phone number after the drop");
+
+    let alice = store.user_by_phone("+12025550144").await.unwrap().unwrap();
+    let bob = user(&*store, "+12025550145").await;
+    let sends = (0..8).map(|_| {
+        let store = store.clone();
+        let new = message(&alice, &bob, "once", Some("k1"));
+        tokio::spawn(async move { store.insert_message(new).await.unwrap() })
+    });
+    let copies = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .filter(|outcome| matches!(outcome, Ok(Inserted::Created(_))))
+        .count();
+    assert_eq!(copies, 1, "one message per clientMessageId after the drop");
 }
 
 contract_tests!(

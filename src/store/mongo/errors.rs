@@ -38,6 +38,14 @@ pub fn is_duplicate_key(error: &Error) -> bool {
     }
 }
 
+/// MongoDB's NamespaceNotFound: the collection or database does not exist.
+const NAMESPACE_NOT_FOUND: i32 = 26;
+
+/// Whether `error` says the collection does not exist.
+pub fn is_namespace_not_found(error: &Error) -> bool {
+    matches!(error.kind.as_ref(), ErrorKind::Command(command) if command.code == NAMESPACE_NOT_FOUND)
+}
+
 /// Classifies a driver error that the caller did not handle itself.
 pub fn store_error(error: Error) -> StoreError {
     let unavailable = match error.kind.as_ref() {

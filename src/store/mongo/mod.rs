@@ -2,7 +2,9 @@
 //!
 //! Collections: `users`, `sessions`, `messages`, and `counters` (message sequence numbers).
 //! Indexes are created on first use, idempotently, and again after a failure, so a server
-//! started while MongoDB is down begins working when it comes back. Every write waits for the
+//! started while MongoDB is down begins working when it comes back; the unique ones are looked
+//! for again every [`INDEX_RECHECK`] before writes that rely on them, because a database dropped
+//! or restored under a running server loses them. Every write waits for the
 //! journal on a majority of the replica set (`w: "majority", j: true`), so a message
 //! acknowledged to its sender survives a crash or failover. Operations fail fast with
 //! [`StoreError::Unavailable`] when no server can be selected within `MONGO_TIMEOUT`.
@@ -10,7 +12,7 @@
 mod documents;
 mod errors;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,7 +22,7 @@ use mongodb::{
     bson::{Document, doc, oid::ObjectId},
     options::{Acknowledgment, ClientOptions, IndexOptions, ReturnDocument, WriteConcern},
 };
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use self::{
     documents::{
@@ -44,6 +46,12 @@ pub const DEFAULT_DATABASE: &str = "chatapp";
 const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Longest a write waits for majority acknowledgement before failing as unavailable.
 const WRITE_CONCERN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the unique indexes are trusted to exist after they were last seen. Between a drop
+/// of the database and the next check, uniqueness rests on the reads each write does first.
+pub const INDEX_RECHECK: Duration = Duration::from_secs(30);
+/// The indexes that uniqueness depends on, by collection.
+const UNIQUE_INDEXES: [(&str, &str); 2] =
+    [("users", "phone_number_unique"), ("messages", "client_message_id_unique")];
 
 /// Users, sessions and messages in MongoDB.
 pub struct MongoStore {
@@ -52,8 +60,10 @@ pub struct MongoStore {
     sessions: Collection<SessionDocument>,
     messages: Collection<MessageDocument>,
     counters: Collection<CounterDocument>,
-    /// Set once every index exists; until then each operation tries to create them.
-    indexes: OnceCell<()>,
+    /// When every index was last seen in place (`None` until they have been created).
+    indexes_seen: Mutex<Option<Instant>>,
+    /// How long that sighting is trusted ([`INDEX_RECHECK`]).
+    index_recheck: Duration,
 }
 
 impl MongoStore {
@@ -90,8 +100,15 @@ impl MongoStore {
             messages: database.collection("messages"),
             counters: database.collection("counters"),
             database,
-            indexes: OnceCell::new(),
+            indexes_seen: Mutex::new(None),
+            index_recheck: INDEX_RECHECK,
         }
+    }
+
+    /// Looks for the unique indexes every `interval` instead of every [`INDEX_RECHECK`].
+    pub fn recheck_indexes_every(mut self, interval: Duration) -> Self {
+        self.index_recheck = interval;
+        self
     }
 
     /// The database's name.
@@ -104,9 +121,41 @@ impl MongoStore {
         self.database.drop().await.map_err(store_error)
     }
 
-    /// Creates every index the store relies on, once; a failure is retried by the next call.
+    /// Creates every index the store relies on, and makes sure the unique ones still exist
+    /// when they were last seen more than `index_recheck` ago. A failure is retried by the next
+    /// call. Concurrent callers wait for one check.
     pub async fn ensure_indexes(&self) -> StoreResult<()> {
-        self.indexes.get_or_try_init(|| self.create_indexes()).await.map(drop)
+        let mut seen = self.indexes_seen.lock().await;
+        match *seen {
+            Some(at) if at.elapsed() < self.index_recheck => return Ok(()),
+            Some(_) => {
+                if self.unique_indexes_missing().await? {
+                    tracing::warn!(
+                        database = self.database.name(),
+                        "unique indexes are missing (was the database dropped or restored?); recreating them"
+                    );
+                    self.create_indexes().await?;
+                }
+            }
+            None => self.create_indexes().await?,
+        }
+        *seen = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Whether any index that uniqueness depends on is gone.
+    async fn unique_indexes_missing(&self) -> StoreResult<bool> {
+        for (collection, index) in UNIQUE_INDEXES {
+            let names = self.database.collection::<Document>(collection).list_index_names().await;
+            match names {
+                Ok(names) if names.iter().any(|name| name == index) => {}
+                Ok(_) => return Ok(true),
+                // The collection itself is gone (NamespaceNotFound).
+                Err(error) if errors::is_namespace_not_found(&error) => return Ok(true),
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+        Ok(false)
     }
 
     async fn create_indexes(&self) -> StoreResult<()> {
@@ -231,6 +280,12 @@ impl Store for MongoStore {
 
     async fn create_user(&self, user: NewUser) -> StoreResult<User> {
         self.ensure_indexes().await?;
+        // The unique index decides; this read only covers the moments it may be missing (a
+        // dropped database, until the next index check).
+        let taken = doc! { "phone_number": user.phone_number.as_str() };
+        if self.users.find_one(taken).await.map_err(store_error)?.is_some() {
+            return Err(StoreError::Conflict("this phone number is already registered".into()));
+        }
         let document = UserDocument::new(user, Utc::now());
         match self.users.insert_one(&document).await {
             Ok(_) => Ok(document.into_user()),

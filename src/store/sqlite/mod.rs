@@ -546,4 +546,54 @@ mod tests {
         }
         assert_eq!(created, 32, "one per distinct number");
     }
+
+    /// SQLite reports a full disk as `SQLITE_FULL`; `max_page_count` makes it happen for real,
+    /// without filling a disk. Writes are unavailable (retryable), reads go on, and writes work
+    /// again once there is room.
+    #[tokio::test]
+    async fn a_full_database_refuses_writes_as_unavailable_and_keeps_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("chat.db")).unwrap();
+        let new_user = |phone: &str| NewUser {
+            phone_number: crate::users::PhoneNumber::parse(phone).unwrap(),
+            username: crate::users::Username::parse("alice").unwrap(),
+            password_hash: PasswordHash::new("hash".into()),
+        };
+        let alice = store.create_user(new_user("+12025550143")).await.unwrap();
+        let message = |n: usize| NewMessage {
+            sender_id: alice.id.clone(),
+            recipient_id: alice.id.clone(),
+            content: format!("{n}: {}", "x".repeat(3000)),
+            client_message_id: None,
+            sent_at: Utc::now(),
+        };
+        let pages: i64 = store
+            .read(|c| c.pragma_query_value(None, "page_count", |r| r.get(0)).map_err(sql))
+            .unwrap();
+        store.writer.write(move |c| set_max_pages(c, pages)).await.unwrap();
+
+        let mut refused = None;
+        for n in 0..100 {
+            if let Err(error) = store.insert_message(message(n)).await {
+                refused = Some(error);
+                break;
+            }
+        }
+        let refused = refused.expect("a write beyond max_page_count was accepted");
+        assert!(
+            matches!(&refused, StoreError::Unavailable(text) if text.contains("full")),
+            "{refused:?}"
+        );
+        assert_eq!(store.user_by_id(&alice.id).await.unwrap(), Some(alice.clone()));
+        let readable = store.undelivered_messages(&alice.id, 0, 500).await.unwrap().len();
+
+        store.writer.write(|c| set_max_pages(c, 1 << 30)).await.unwrap();
+        store.insert_message(message(1000)).await.unwrap();
+        let after = store.undelivered_messages(&alice.id, 0, 500).await.unwrap().len();
+        assert_eq!(after, readable + 1);
+    }
+
+    fn set_max_pages(connection: &Connection, pages: i64) -> StoreResult<()> {
+        connection.pragma_update(None, "max_page_count", pages).map_err(sql)
+    }
 }

@@ -23,8 +23,8 @@ const MAX_BATCH: usize = 256;
 
 /// A write waiting for the writer thread.
 trait Job: Send {
-    /// Runs the write; returns whether it succeeded (and so stays in the transaction).
-    fn run(&mut self, connection: &Connection) -> bool;
+    /// Runs the write; an error means it must be rolled back.
+    fn run(&mut self, connection: &Connection) -> StoreResult<()>;
     /// Answers the caller once the batch's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
@@ -40,11 +40,11 @@ where
     T: Send,
     F: FnOnce(&Connection) -> StoreResult<T> + Send,
 {
-    fn run(&mut self, connection: &Connection) -> bool {
+    fn run(&mut self, connection: &Connection) -> StoreResult<()> {
         let result = self.work.take().map_or_else(|| Err(not_run()), |work| work(connection));
-        let succeeded = result.is_ok();
+        let outcome = result.as_ref().map(drop).map_err(StoreError::clone);
         self.result = Some(result);
-        succeeded
+        outcome
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -124,8 +124,14 @@ fn commit_batch(connection: &Connection, batch: &mut [Box<dyn Job>]) -> Result<(
             run("SAVEPOINT job")?;
             // A panicking write must not take the writer thread (and every later write) down:
             // it is rolled back like a failed one, and its caller hears "write was not run".
-            let succeeded = panic::catch_unwind(AssertUnwindSafe(|| job.run(connection)));
-            if !succeeded.unwrap_or(false) {
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| job.run(connection)))
+                .unwrap_or_else(|_| Err(not_run()));
+            if let Err(error) = outcome {
+                if connection.is_autocommit() {
+                    // SQLite rolled the whole transaction back itself, as it may on a full
+                    // disk or an I/O error: the batch fails, with this write's error.
+                    return Err(error);
+                }
                 run("ROLLBACK TO job")?;
             }
             run("RELEASE job")?;

@@ -1,0 +1,173 @@
+//! A store that cannot write (a full disk): reads, sign-in checks and new websockets keep
+//! working, sends fail with `SERVICE_UNAVAILABLE`, and everything works again as soon as writes
+//! do. The store is wrapped so that every write fails the way the SQLite store reports
+//! `SQLITE_FULL` (its own mapping is unit-tested beside it); the wrapper works on either store.
+//!
+//! Before: authenticating a request wrote the session's `lastSeenAt` and failed with it, so
+//! `me`, `conversation` and new websockets failed while the disk was full.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use async_trait::async_trait;
+use chatapp::{
+    messages::{Message, NewMessage},
+    sessions::{NewSession, Session},
+    store::{Inserted, Store, StoreError, StoreResult},
+    users::{NewUser, User, UserCredentials},
+};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+
+use crate::helpers::spawn_app_wrapping_store;
+
+/// Delegates to the real store, failing every write while `full` is set.
+struct DiskFull {
+    inner: Arc<dyn Store>,
+    full: Arc<AtomicBool>,
+}
+
+impl DiskFull {
+    fn check(&self) -> StoreResult<()> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("database or disk is full".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for DiskFull {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
+        self.check()?;
+        self.inner.create_user(user).await
+    }
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+        self.inner.user_by_id(id).await
+    }
+    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+        self.inner.users_by_ids(ids).await
+    }
+    async fn credentials_by_phone(&self, phone: &str) -> StoreResult<Option<UserCredentials>> {
+        self.inner.credentials_by_phone(phone).await
+    }
+    async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
+        self.check()?;
+        self.inner.create_session(session).await
+    }
+    /// Sessions look an hour old, so every authentication wants to record that it was used
+    /// (a write), as it would after a minute of a full disk.
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        let session = self.inner.session(id).await?;
+        Ok(session.map(|s| Session { last_seen_at: s.last_seen_at - TimeDelta::hours(1), ..s }))
+    }
+    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.delete_session(id).await
+    }
+    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+        self.check()?;
+        self.inner.delete_user_sessions(user_id).await
+    }
+    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+        self.inner.user_sessions(user_id).await
+    }
+    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+        self.check()?;
+        self.inner.touch_session(id, at).await
+    }
+    async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.delete_expired_sessions(before).await
+    }
+    async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
+        self.check()?;
+        self.inner.insert_message(message).await
+    }
+    async fn undelivered_messages(
+        &self,
+        recipient_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.inner.undelivered_messages(recipient_id, after_seq, limit).await
+    }
+    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+        self.inner.messages_by_ids(ids).await
+    }
+    async fn mark_delivered(
+        &self,
+        recipient_id: &str,
+        ids: &[String],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.mark_delivered(recipient_id, ids, at).await
+    }
+    async fn conversation(
+        &self,
+        user_a: &str,
+        user_b: &str,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.inner.conversation(user_a, user_b, before_seq, limit).await
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_keeps_reads_working_and_sends_recover_when_space_returns() {
+    let full = Arc::new(AtomicBool::new(false));
+    let switch = full.clone();
+    let app =
+        spawn_app_wrapping_store(move |inner| Arc::new(DiskFull { inner, full: switch })).await;
+    let alice = app.register("+12025550143", "alice").await;
+    let bob = app.register("+12025550144", "bob").await;
+    let before = app.send_ok(&alice, &bob, "sent before the disk filled").await;
+
+    full.store(true, Ordering::SeqCst);
+
+    let me = app.graphql("{ me { id } }", json!({}), Some(&alice.token)).await;
+    assert_eq!(me["data"]["me"]["id"], alice.id.as_str(), "{me}");
+    let history = app
+        .graphql(
+            "query($with: ID!) { conversation(withUserId: $with) { edges { node { content } } } }",
+            json!({ "with": bob.id }),
+            Some(&alice.token),
+        )
+        .await;
+    assert_eq!(
+        history["data"]["conversation"]["edges"][0]["node"]["content"],
+        "sent before the disk filled",
+        "{history}"
+    );
+    // A new websocket authenticates and replays the backlog.
+    let mut bob_ws = app.ws(&bob).await;
+    bob_ws.subscribe_messages("inbox").await;
+    assert_eq!(bob_ws.next_message("inbox").await["id"], before["id"]);
+
+    let refused = app.send(&alice, &bob, "sent while full", Some("retry-me")).await;
+    assert_eq!(refused["errors"][0]["extensions"]["code"], "SERVICE_UNAVAILABLE", "{refused}");
+    assert!(refused["data"].is_null() || refused["data"]["sendMessage"].is_null(), "{refused}");
+    let message = refused["errors"][0]["message"].as_str().unwrap();
+    assert!(!message.contains("disk"), "the error leaks the store's own words: {message}");
+
+    full.store(false, Ordering::SeqCst);
+
+    // The client's retry with the same clientMessageId now goes through, once, and live.
+    let retried = app.send(&alice, &bob, "sent while full", Some("retry-me")).await;
+    let sent = &retried["data"]["sendMessage"];
+    assert!(sent.is_object(), "{retried}");
+    assert_eq!(bob_ws.next_message("inbox").await["id"], sent["id"]);
+    let unread = app.services.store.undelivered_messages(&bob.id, 0, 10).await.unwrap();
+    assert_eq!(unread.len(), 2, "one message before the disk filled, one after");
+    bob_ws.expect_silence(std::time::Duration::from_millis(200)).await;
+}
