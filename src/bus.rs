@@ -18,7 +18,7 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use crate::messages::Message;
+use crate::domain::{Message, SessionId, UserId};
 
 /// What a subscriber hears from the bus.
 #[derive(Debug, Clone)]
@@ -41,14 +41,14 @@ pub trait MessageBus: Send + Sync + 'static {
     async fn publish(&self, message: Arc<Message>);
 
     /// Announces that these sessions were ended.
-    async fn end_sessions(&self, session_ids: &[String]);
+    async fn end_sessions(&self, session_ids: &[SessionId]);
 
     /// Starts listening to `user_id`'s inbox. Listening has begun when this returns, so a caller
     /// may read the store afterwards without missing anything published in between.
-    fn subscribe(&self, user_id: &str) -> BusSubscription;
+    fn subscribe(&self, user_id: &UserId) -> BusSubscription;
 
     /// Starts listening for the end of session `session_id`.
-    fn watch_session(&self, session_id: &str) -> BusSubscription;
+    fn watch_session(&self, session_id: &SessionId) -> BusSubscription;
 }
 
 /// Events one inbox channel holds before a slow subscriber lags. Kept small because tokio
@@ -102,11 +102,11 @@ impl InProcessBus {
     }
 }
 
-fn inbox_key(user_id: &str) -> String {
+fn inbox_key(user_id: &UserId) -> String {
     format!("inbox:{user_id}")
 }
 
-fn session_key(session_id: &str) -> String {
+fn session_key(session_id: &SessionId) -> String {
     format!("session:{session_id}")
 }
 
@@ -117,17 +117,17 @@ impl MessageBus for InProcessBus {
         self.send(&key, BusEvent::Message(message));
     }
 
-    async fn end_sessions(&self, session_ids: &[String]) {
+    async fn end_sessions(&self, session_ids: &[SessionId]) {
         for session_id in session_ids {
             self.send(&session_key(session_id), BusEvent::SessionEnded);
         }
     }
 
-    fn subscribe(&self, user_id: &str) -> BusSubscription {
+    fn subscribe(&self, user_id: &UserId) -> BusSubscription {
         self.listen(inbox_key(user_id), INBOX_CAPACITY)
     }
 
-    fn watch_session(&self, session_id: &str) -> BusSubscription {
+    fn watch_session(&self, session_id: &SessionId) -> BusSubscription {
         self.listen(session_key(session_id), SESSION_CAPACITY)
     }
 }
@@ -171,16 +171,17 @@ impl Drop for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{MessageContent, MessageId};
     use chrono::Utc;
     use futures::StreamExt;
 
     fn message(id: &str, recipient: &str) -> Arc<Message> {
         Arc::new(Message {
-            id: id.into(),
+            id: MessageId::new(id),
             seq: 1,
-            sender_id: "sender".into(),
-            recipient_id: recipient.into(),
-            content: "hi".into(),
+            sender_id: UserId::new("sender"),
+            recipient_id: UserId::new(recipient),
+            content: MessageContent::from_stored("hi".into()),
             client_message_id: None,
             sent_at: Utc::now(),
             delivered_at: None,
@@ -190,13 +191,13 @@ mod tests {
     #[tokio::test]
     async fn every_subscription_of_the_recipient_hears_a_message() {
         let bus = InProcessBus::new();
-        let mut first = bus.subscribe("bob");
-        let mut second = bus.subscribe("bob");
-        let mut other = bus.subscribe("carol");
+        let mut first = bus.subscribe(&UserId::new("bob"));
+        let mut second = bus.subscribe(&UserId::new("bob"));
+        let mut other = bus.subscribe(&UserId::new("carol"));
         bus.publish(message("m1", "bob")).await;
         for subscription in [&mut first, &mut second] {
             match subscription.next().await {
-                Some(BusEvent::Message(m)) => assert_eq!(m.id, "m1"),
+                Some(BusEvent::Message(m)) => assert_eq!(m.id.as_str(), "m1"),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -208,8 +209,8 @@ mod tests {
     #[tokio::test]
     async fn channels_are_removed_with_their_last_subscriber() {
         let bus = InProcessBus::new();
-        let first = bus.subscribe("bob");
-        let second = bus.subscribe("bob");
+        let first = bus.subscribe(&UserId::new("bob"));
+        let second = bus.subscribe(&UserId::new("bob"));
         assert_eq!(bus.active_topics(), 1);
         drop(first);
         assert_eq!(bus.active_topics(), 1);
@@ -220,9 +221,9 @@ mod tests {
     #[tokio::test]
     async fn ending_a_session_reaches_only_its_watchers() {
         let bus = InProcessBus::new();
-        let mut ended = bus.watch_session("s1");
-        let mut other = bus.watch_session("s2");
-        bus.end_sessions(&["s1".to_string()]).await;
+        let mut ended = bus.watch_session(&SessionId::new("s1"));
+        let mut other = bus.watch_session(&SessionId::new("s2"));
+        bus.end_sessions(&[SessionId::new("s1")]).await;
         assert!(matches!(ended.next().await, Some(BusEvent::SessionEnded)));
         let nothing =
             tokio::time::timeout(std::time::Duration::from_millis(50), other.next()).await;
@@ -232,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_subscriber_is_told_it_lagged() {
         let bus = InProcessBus::new();
-        let mut slow = bus.subscribe("bob");
+        let mut slow = bus.subscribe(&UserId::new("bob"));
         for i in 0..INBOX_CAPACITY + 5 {
             bus.publish(message(&format!("m{i}"), "bob")).await;
         }

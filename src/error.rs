@@ -6,6 +6,11 @@
 
 use async_graphql::ErrorExtensions;
 
+use crate::{
+    domain::InvalidInput,
+    store::{Constraint, StoreError},
+};
+
 /// What went wrong, phrased as what the client should be told.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppError {
@@ -96,6 +101,36 @@ impl From<AppError> for async_graphql::Error {
                 extensions.set("retryAfter", seconds);
             }
         })
+    }
+}
+
+impl From<InvalidInput> for AppError {
+    fn from(error: InvalidInput) -> Self {
+        AppError::BadUserInput(error.0)
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict(Constraint::PhoneNumber) => {
+                AppError::Conflict("this phone number is already registered".into())
+            }
+            StoreError::Unavailable(detail) => AppError::ServiceUnavailable(detail),
+            StoreError::Internal(detail) => AppError::Internal(detail),
+        }
+    }
+}
+
+impl From<StoreError> for async_graphql::Error {
+    fn from(error: StoreError) -> Self {
+        AppError::from(error).into()
+    }
+}
+
+impl From<InvalidInput> for async_graphql::Error {
+    fn from(error: InvalidInput) -> Self {
+        AppError::from(error).into()
     }
 }
 

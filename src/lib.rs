@@ -30,6 +30,7 @@ pub mod client_address;
 pub mod config;
 pub mod cors;
 pub mod data_dir;
+pub mod domain;
 pub mod error;
 pub mod http;
 pub mod messages;

@@ -29,7 +29,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use crate::{
     bus::{BusEvent, BusSubscription, MessageBus},
-    messages::Message,
+    domain::{Message, UserId},
     store::{Store, StoreResult},
 };
 
@@ -55,7 +55,7 @@ const COMPACT_AFTER: usize = 4096;
 pub fn replay_then_live(
     store: Arc<dyn Store>,
     bus: &dyn MessageBus,
-    user_id: String,
+    user_id: UserId,
 ) -> impl Stream<Item = StoreResult<Message>> + Send + use<> {
     let live = bus.subscribe(&user_id);
     stream(StoreBacklog { store, user_id }, live)
@@ -70,7 +70,7 @@ trait Backlog: Send + Sync + 'static {
 
 struct StoreBacklog {
     store: Arc<dyn Store>,
-    user_id: String,
+    user_id: UserId,
 }
 
 #[async_trait]
@@ -274,7 +274,10 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::bus::InProcessBus;
+    use crate::{
+        bus::InProcessBus,
+        domain::{MessageContent, MessageId},
+    };
 
     type ReadHook = Box<dyn FnMut(usize) + Send>;
 
@@ -290,11 +293,11 @@ mod tests {
     impl Inbox {
         fn add(&self, seq: i64, content: &str) -> Message {
             let message = Message {
-                id: format!("m{seq}"),
+                id: MessageId::new(format!("m{seq}")),
                 seq,
-                sender_id: "alice".into(),
-                recipient_id: "bob".into(),
-                content: content.into(),
+                sender_id: UserId::new("alice"),
+                recipient_id: UserId::new("bob"),
+                content: MessageContent::from_stored(content.into()),
                 client_message_id: None,
                 sent_at: Utc::now(),
                 delivered_at: None,
@@ -366,7 +369,7 @@ mod tests {
                 }
             }
         }));
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
         let seqs = take_unique(&mut stream, BACKLOG as usize + 50).await;
         assert_eq!(seqs[..BACKLOG as usize], (1..=BACKLOG).collect::<Vec<_>>());
         // And nothing more is queued: the next item would be a duplicate or a hang.
@@ -377,7 +380,7 @@ mod tests {
     async fn messages_committed_below_the_read_position_arrive_once_after_a_lag() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
         inbox.add(2, "read first");
         assert_eq!(take_unique(&mut stream, 1).await, vec![2]);
         // seq 1 commits late (as MongoDB may) and its live event is lost in a lag.
@@ -394,7 +397,7 @@ mod tests {
     async fn a_pass_forgets_acknowledged_messages_but_never_resends_them() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe("bob")));
+        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
         let total = 3 * COMPACT_AFTER as i64;
         for seq in 1..=total {
             publish(&bus, inbox.add(seq, "live")).await;

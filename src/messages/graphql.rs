@@ -7,8 +7,11 @@ use async_graphql::{
 };
 use futures::{Stream, StreamExt};
 
-use super::{Message, SendRequest, delivery, encode_cursor};
+use super::{SendRequest, delivery};
 use crate::{
+    domain::{
+        ClientMessageId, Cursor, InvalidInput, Message, MessageContent, MessageId, PageSize, UserId,
+    },
     error::AppError,
     schema::{Timestamp, services, viewer},
     users::{self, graphql::UserNode},
@@ -19,17 +22,17 @@ use crate::{
 impl Message {
     /// Stable, opaque id; pass it to `markDelivered` once the message is shown.
     async fn id(&self) -> ID {
-        ID(self.id.clone())
+        ID(self.id.to_string())
     }
 
     /// The sender's user id.
     async fn sender_id(&self) -> ID {
-        ID(self.sender_id.clone())
+        ID(self.sender_id.to_string())
     }
 
     /// The recipient's user id.
     async fn recipient_id(&self) -> ID {
-        ID(self.recipient_id.clone())
+        ID(self.recipient_id.to_string())
     }
 
     /// Who sent the message.
@@ -44,7 +47,7 @@ impl Message {
 
     /// The text, exactly as sent.
     async fn content(&self) -> &str {
-        &self.content
+        self.content.as_str()
     }
 
     /// When the server accepted the message.
@@ -59,11 +62,11 @@ impl Message {
 
     /// The sender's idempotency key, if one was given.
     async fn client_message_id(&self) -> Option<&str> {
-        self.client_message_id.as_deref()
+        self.client_message_id.as_ref().map(ClientMessageId::as_str)
     }
 }
 
-async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<UserNode> {
+async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
     let user = users::graphql::load_user(ctx, id).await?;
     let user =
         user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")))?;
@@ -81,6 +84,18 @@ pub struct SendMessageInput {
     /// returns the first message instead of storing a copy, so retries after a network error
     /// are safe.
     pub client_message_id: Option<String>,
+}
+
+impl TryFrom<SendMessageInput> for SendRequest {
+    type Error = InvalidInput;
+
+    fn try_from(input: SendMessageInput) -> Result<Self, InvalidInput> {
+        Ok(SendRequest {
+            recipient_id: UserId::new(input.recipient_id.0),
+            content: MessageContent::parse(input.content)?,
+            client_message_id: input.client_message_id.map(ClientMessageId::parse).transpose()?,
+        })
+    }
 }
 
 /// Queries about messages.
@@ -103,11 +118,15 @@ impl MessageQuery {
     ) -> async_graphql::Result<Connection<String, Message>> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        let page =
-            super::history(services, &viewer, &with_user_id, last, before.as_deref()).await?;
-        let mut connection = Connection::new(page.has_older, before.is_some());
+        let page_size = PageSize::parse(last)?;
+        let cursor = before.as_deref().map(Cursor::parse).transpose()?;
+        let with_user_id = UserId::new(with_user_id.0);
+        let page = super::history(services, &viewer, &with_user_id, page_size, cursor).await?;
+        let mut connection = Connection::new(page.has_older, cursor.is_some());
         connection.edges.extend(
-            page.messages.into_iter().map(|message| Edge::new(encode_cursor(message.seq), message)),
+            page.messages
+                .into_iter()
+                .map(|message| Edge::new(Cursor::at(message.seq).encode(), message)),
         );
         Ok(connection)
     }
@@ -129,11 +148,7 @@ impl MessageMutation {
     ) -> async_graphql::Result<Message> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        let request = SendRequest {
-            recipient_id: input.recipient_id.0,
-            content: input.content,
-            client_message_id: input.client_message_id,
-        };
+        let request = SendRequest::try_from(input)?;
         Ok(super::send(services, &viewer, request).await?)
     }
 
@@ -149,7 +164,7 @@ impl MessageMutation {
     ) -> async_graphql::Result<Vec<Message>> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        let ids = message_ids.into_iter().map(|id| id.0).collect();
+        let ids = message_ids.into_iter().map(|id| MessageId::new(id.0)).collect();
         Ok(super::mark_delivered(services, &viewer, ids).await?)
     }
 }

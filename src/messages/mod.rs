@@ -9,100 +9,29 @@ pub mod graphql;
 
 use std::{collections::HashSet, sync::Arc};
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use crate::{
+    domain::{
+        ClientMessageId, Cursor, Message, MessageContent, MessageId, NewMessage, PageSize, UserId,
+        Viewer,
+    },
     error::{AppError, AppResult},
     services::Services,
-    sessions::Viewer,
     store::Inserted,
 };
 
-/// A stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Opaque, store-assigned id.
-    pub id: String,
-    /// Position in the store's commit order; the backlog is replayed in this order and history
-    /// cursors point at it.
-    pub seq: i64,
-    /// Who sent it.
-    pub sender_id: String,
-    /// Who it is for.
-    pub recipient_id: String,
-    /// The text, as sent.
-    pub content: String,
-    /// The sender's idempotency key, if it gave one.
-    pub client_message_id: Option<String>,
-    /// When the server accepted it.
-    pub sent_at: DateTime<Utc>,
-    /// When the recipient acknowledged it; `None` while it is still to be replayed.
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
-/// A message about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    /// The sender, already authenticated.
-    pub sender_id: String,
-    /// The recipient, already known to exist.
-    pub recipient_id: String,
-    /// Validated content.
-    pub content: String,
-    /// Optional idempotency key, unique per sender.
-    pub client_message_id: Option<String>,
-    /// Acceptance time.
-    pub sent_at: DateTime<Utc>,
-}
-
-/// Longest accepted message, in characters.
-pub const MAX_CONTENT_CHARS: usize = 4000;
-/// Longest accepted `clientMessageId`, in characters.
-pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 128;
 /// Most message ids one `markDelivered` call may acknowledge.
 pub const MAX_ACK_BATCH: usize = 500;
-/// Largest history page.
-pub const MAX_PAGE_SIZE: usize = 100;
-/// History page size when the client does not say.
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-
-/// What a client asked to send.
+/// What a client asked to send, already parsed.
 #[derive(Debug, Clone)]
 pub struct SendRequest {
     /// The recipient's user id.
-    pub recipient_id: String,
+    pub recipient_id: UserId,
     /// The text.
-    pub content: String,
+    pub content: MessageContent,
     /// Optional idempotency key.
-    pub client_message_id: Option<String>,
-}
-
-/// Checks the content rules: not blank, not too long, no NUL.
-pub fn validate_content(content: &str) -> AppResult<()> {
-    if content.trim().is_empty() {
-        return Err(AppError::BadUserInput("content must not be empty".into()));
-    }
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(AppError::BadUserInput(format!(
-            "content must be at most {MAX_CONTENT_CHARS} characters long"
-        )));
-    }
-    if content.contains('\0') {
-        return Err(AppError::BadUserInput("content must not contain NUL characters".into()));
-    }
-    Ok(())
-}
-
-/// Checks an idempotency key: 1 to 128 characters, no control characters.
-pub fn validate_client_message_id(id: &str) -> AppResult<()> {
-    let length = id.chars().count();
-    if length == 0 || length > MAX_CLIENT_MESSAGE_ID_CHARS || id.chars().any(char::is_control) {
-        return Err(AppError::BadUserInput(format!(
-            "clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID_CHARS} characters, without control characters"
-        )));
-    }
-    Ok(())
+    pub client_message_id: Option<ClientMessageId>,
 }
 
 /// Stores a message from `viewer` and wakes the recipient's live subscriptions.
@@ -114,11 +43,7 @@ pub async fn send(
     viewer: &Viewer,
     request: SendRequest,
 ) -> AppResult<Message> {
-    services.rate_limits.check_send(&viewer.user_id)?;
-    validate_content(&request.content)?;
-    if let Some(id) = &request.client_message_id {
-        validate_client_message_id(id)?;
-    }
+    services.rate_limits.check_send(viewer.user_id.as_str())?;
     if request.recipient_id == viewer.user_id {
         return Err(AppError::BadUserInput("you cannot send a message to yourself".into()));
     }
@@ -152,7 +77,7 @@ pub async fn send(
 pub async fn mark_delivered(
     services: &Services,
     viewer: &Viewer,
-    ids: Vec<String>,
+    ids: Vec<MessageId>,
 ) -> AppResult<Vec<Message>> {
     if ids.len() > MAX_ACK_BATCH {
         return Err(AppError::BadUserInput(format!(
@@ -162,7 +87,7 @@ pub async fn mark_delivered(
     let mut unique = Vec::with_capacity(ids.len());
     let mut seen = HashSet::new();
     for id in &ids {
-        if seen.insert(id.as_str()) {
+        if seen.insert(id) {
             unique.push(id.clone());
         }
     }
@@ -193,25 +118,17 @@ pub struct HistoryPage {
     pub has_older: bool,
 }
 
-/// Reads the `last` messages between `viewer` and `other_user_id` sent before the cursor.
+/// Reads a page of the messages between `viewer` and `other_user_id` sent before the cursor.
 #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
 pub async fn history(
     services: &Services,
     viewer: &Viewer,
-    other_user_id: &str,
-    last: Option<i32>,
-    before: Option<&str>,
+    other_user_id: &UserId,
+    page_size: PageSize,
+    before: Option<Cursor>,
 ) -> AppResult<HistoryPage> {
-    let limit = match last {
-        None => DEFAULT_PAGE_SIZE,
-        Some(n) if n >= 1 && n as usize <= MAX_PAGE_SIZE => n as usize,
-        Some(_) => {
-            return Err(AppError::BadUserInput(format!(
-                "last must be between 1 and {MAX_PAGE_SIZE}"
-            )));
-        }
-    };
-    let before_seq = before.map(decode_cursor).transpose()?;
+    let limit = page_size.get();
+    let before_seq = before.map(Cursor::seq);
     if services.store.user_by_id(other_user_id).await?.is_none() {
         return Err(AppError::NotFound("user not found".into()));
     }
@@ -221,55 +138,4 @@ pub async fn history(
     messages.truncate(limit);
     messages.reverse();
     Ok(HistoryPage { messages, has_older })
-}
-
-const CURSOR_PREFIX: &str = "msg:";
-
-/// An opaque cursor for a message's position in history.
-pub fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
-}
-
-/// Reads a cursor made by [`encode_cursor`].
-pub fn decode_cursor(cursor: &str) -> AppResult<i64> {
-    let invalid = || AppError::BadUserInput("the cursor is not valid".into());
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
-    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    text.strip_prefix(CURSOR_PREFIX)
-        .and_then(|seq| seq.parse::<i64>().ok())
-        .filter(|seq| *seq >= 0)
-        .ok_or_else(invalid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_garbage() {
-        let cursor = encode_cursor(42);
-        assert_eq!(decode_cursor(&cursor).unwrap(), 42);
-        for bad in
-            ["", "!!!", "bXNnOg", &URL_SAFE_NO_PAD.encode("msg:-1"), &URL_SAFE_NO_PAD.encode("x:1")]
-        {
-            assert_eq!(decode_cursor(bad).unwrap_err().code(), "BAD_USER_INPUT", "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn content_rules() {
-        assert!(validate_content("hello").is_ok());
-        assert!(validate_content("   \n").is_err());
-        assert!(validate_content("a\0b").is_err());
-        assert!(validate_content(&"é".repeat(MAX_CONTENT_CHARS)).is_ok());
-        assert!(validate_content(&"é".repeat(MAX_CONTENT_CHARS + 1)).is_err());
-    }
-
-    #[test]
-    fn client_message_id_rules() {
-        assert!(validate_client_message_id("c-1").is_ok());
-        assert!(validate_client_message_id("").is_err());
-        assert!(validate_client_message_id(&"x".repeat(129)).is_err());
-        assert!(validate_client_message_id("a\nb").is_err());
-    }
 }

@@ -13,11 +13,12 @@ use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
 use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use crate::{
     config::Limits,
+    domain::{PageSize, Viewer},
     error::AppError,
     messages::graphql::{MessageMutation, MessageQuery, MessageSubscription},
     services::Services,
     sessions::{
-        RequestAuth, Viewer,
+        RequestAuth,
         graphql::{AuthMutation, SessionQuery},
     },
     users::graphql::{UserLoader, UserQuery},
@@ -43,8 +44,8 @@ pub const STORE_READ_COMPLEXITY: usize = 10;
 /// Complexity of a page of `last` items (default and cap as `conversation` applies them): the
 /// selection of one item counts once per item, plus the store read.
 pub fn page_complexity(last: Option<i32>, child_complexity: usize) -> usize {
-    let items = last.map_or(crate::messages::DEFAULT_PAGE_SIZE, |last| {
-        usize::try_from(last).unwrap_or(1).clamp(1, crate::messages::MAX_PAGE_SIZE)
+    let items = last.map_or(PageSize::DEFAULT, |last| {
+        usize::try_from(last).unwrap_or(1).clamp(1, PageSize::MAX)
     });
     STORE_READ_COMPLEXITY.saturating_add(items.saturating_mul(child_complexity))
 }

@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use super::SignedIn;
 use crate::{
     client_address::{ClientAddress, ClientNetwork},
+    domain::SessionId,
     schema::{Timestamp, services, viewer},
     users::graphql::UserNode,
 };
@@ -50,8 +51,8 @@ impl AuthPayload {
     fn new(signed_in: SignedIn, message: &str) -> Self {
         AuthPayload {
             token: signed_in.token,
-            profile_id: ID(signed_in.user.id.clone()),
-            username: signed_in.user.username.clone(),
+            profile_id: ID(signed_in.user.id.to_string()),
+            username: signed_in.user.username.as_str().to_string(),
             message: message.to_string(),
             user: UserNode::caller(signed_in.user),
         }
@@ -135,7 +136,7 @@ impl AuthMutation {
     ) -> async_graphql::Result<LogoutPayload> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        super::revoke(services, &viewer, &id).await?;
+        super::revoke(services, &viewer, &SessionId::new(id.0)).await?;
         Ok(LogoutPayload { message: "Session revoked".into() })
     }
 }
@@ -172,7 +173,7 @@ impl SessionQuery {
             .into_iter()
             .map(|session| SessionInfo {
                 current: session.id == viewer.session_id,
-                id: ID(session.id),
+                id: ID(session.id.into_string()),
                 created_at: session.created_at.into(),
                 last_seen_at: session.last_seen_at.into(),
                 expires_at: session.expires_at.into(),

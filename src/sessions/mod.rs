@@ -11,56 +11,20 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::OnceCell;
 
 pub use sign_in::{SignedIn, login, register};
 
 use self::tokens::TokenError;
 use crate::{
+    domain::{Session, SessionId, Viewer},
     error::{AppError, AppResult},
     services::Services,
 };
 
 /// How long an expired session is kept before it is removed from the store.
 pub const EXPIRED_SESSION_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
-
-/// A live login of one user on one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// Opaque id, carried in the token's `sid` claim.
-    pub id: String,
-    /// Whose session it is.
-    pub user_id: String,
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-    /// When a request last used it (refreshed at most once a minute).
-    pub last_seen_at: DateTime<Utc>,
-    /// When its token stops being accepted.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// A session about to be stored.
-#[derive(Debug, Clone)]
-pub struct NewSession {
-    /// Whose session it is.
-    pub user_id: String,
-    /// When it was created.
-    pub created_at: DateTime<Utc>,
-    /// When its token stops being accepted.
-    pub expires_at: DateTime<Utc>,
-}
-
-/// The authenticated caller of a request or websocket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Viewer {
-    /// The caller's user id.
-    pub user_id: String,
-    /// The session the caller's token names.
-    pub session_id: String,
-    /// When that session (and its token) expires; open websockets close then.
-    pub expires_at: DateTime<Utc>,
-}
 
 /// Ends the caller's session, or with `all_sessions` every session of the caller, and closes
 /// the websockets those sessions hold open. Their tokens stop working at once.
@@ -89,13 +53,13 @@ pub async fn list(services: &Services, viewer: &Viewer) -> AppResult<Vec<Session
 /// Ends one of the caller's sessions ("log out that other device"). Someone else's session id
 /// is `NOT_FOUND`, exactly like an unknown one.
 #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
-pub async fn revoke(services: &Services, viewer: &Viewer, session_id: &str) -> AppResult<()> {
+pub async fn revoke(services: &Services, viewer: &Viewer, session_id: &SessionId) -> AppResult<()> {
     let owned = services.store.session(session_id).await?;
     if owned.is_none_or(|session| session.user_id != viewer.user_id) {
         return Err(AppError::NotFound("session not found".into()));
     }
     if services.store.delete_session(session_id).await? {
-        services.bus.end_sessions(&[session_id.to_string()]).await;
+        services.bus.end_sessions(std::slice::from_ref(session_id)).await;
     }
     Ok(())
 }
@@ -144,12 +108,12 @@ pub async fn authenticate(services: &Services, token: &str) -> Result<Viewer, Au
     let claims = services.tokens.verify(token)?;
     let session = services
         .store
-        .session(&claims.sid)
+        .session(&SessionId::new(claims.sid))
         .await
         .map_err(|error| AuthError::Store(error.into()))?
         .ok_or(AuthError::Invalid)?;
     let now = Utc::now();
-    if session.user_id != claims.sub {
+    if session.user_id.as_str() != claims.sub {
         return Err(AuthError::Invalid);
     }
     if session.expires_at <= now {

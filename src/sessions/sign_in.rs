@@ -2,12 +2,12 @@
 
 use chrono::Utc;
 
-use super::{NewSession, Session};
 use crate::{
     client_address::ClientNetwork,
+    domain::{NewSession, NewUser, Password, PhoneNumber, Session, User, Username},
     error::{AppError, AppResult},
     services::Services,
-    users::{NewUser, Password, PhoneNumber, User, Username},
+    store::{Constraint, StoreError},
 };
 
 /// What a successful registration or login hands back.
@@ -40,8 +40,8 @@ pub async fn register(
     let username = Username::parse(username)?;
     let password = Password::parse(password)?;
     services.rate_limits.check_auth(client, phone_number.as_str())?;
-    if services.store.user_by_phone(phone_number.as_str()).await?.is_some() {
-        return Err(AppError::Conflict("this phone number is already registered".into()));
+    if services.store.user_by_phone(&phone_number).await?.is_some() {
+        return Err(StoreError::Conflict(Constraint::PhoneNumber).into());
     }
     let password_hash = services.passwords.hash(&password).await?;
     let user =
@@ -62,7 +62,7 @@ pub async fn login(
     let limits = &services.rate_limits;
     limits.check_auth(client, phone_number.as_str())?;
     limits.check_login_backoff(client, phone_number.as_str())?;
-    let credentials = services.store.credentials_by_phone(phone_number.as_str()).await?;
+    let credentials = services.store.credentials_by_phone(&phone_number).await?;
     let matched = match &credentials {
         Some(credentials) => {
             services.passwords.verify(password, &credentials.password_hash).await?

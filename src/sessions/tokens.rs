@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{SessionId, UserId};
+
 /// The claims every token carries.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -72,8 +74,8 @@ impl TokenService {
     /// Issues a token for `user_id`'s session `session_id` that expires with the session.
     pub fn issue(
         &self,
-        user_id: &str,
-        session_id: &str,
+        user_id: &UserId,
+        session_id: &SessionId,
         expires_at: DateTime<Utc>,
     ) -> Result<String, TokenError> {
         let now = Utc::now();
@@ -152,8 +154,13 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let service = TokenService::new(SECRET, Duration::from_secs(60));
-        let token =
-            service.issue("user-1", "session-1", service.expiry_from(Utc::now()).unwrap()).unwrap();
+        let token = service
+            .issue(
+                &UserId::new("user-1"),
+                &SessionId::new("session-1"),
+                service.expiry_from(Utc::now()).unwrap(),
+            )
+            .unwrap();
         let claims = service.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.sid.as_str()), ("user-1", "session-1"));
         assert_eq!(claims.exp - claims.iat, 60);
@@ -165,10 +172,13 @@ mod tests {
         let other =
             TokenService::new(b"another secret that is long enough!!", Duration::from_secs(60));
         let expires_at = service.expiry_from(Utc::now()).unwrap();
-        let token = other.issue("user-1", "session-1", expires_at).unwrap();
+        let token =
+            other.issue(&UserId::new("user-1"), &SessionId::new("session-1"), expires_at).unwrap();
         assert!(service.verify(&token).is_err());
 
-        let token = service.issue("user-1", "session-1", expires_at).unwrap();
+        let token = service
+            .issue(&UserId::new("user-1"), &SessionId::new("session-1"), expires_at)
+            .unwrap();
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let forged = STANDARD_NO_PAD
             .encode(br#"{"sub":"user-2","sid":"session-1","iat":1,"exp":99999999999}"#)
@@ -182,7 +192,11 @@ mod tests {
     fn expired_tokens_are_refused() {
         let service = TokenService::new(SECRET, Duration::from_secs(60));
         let token = service
-            .issue("user-1", "session-1", Utc::now() - chrono::Duration::seconds(1))
+            .issue(
+                &UserId::new("user-1"),
+                &SessionId::new("session-1"),
+                Utc::now() - chrono::Duration::seconds(1),
+            )
             .unwrap();
         assert!(service.verify(&token).is_err());
     }

@@ -11,41 +11,30 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::{
-    error::AppError,
-    messages::{Message, NewMessage},
-    sessions::{NewSession, Session},
-    users::{NewUser, User, UserCredentials},
+use crate::domain::{
+    Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
+    UserCredentials, UserId,
 };
 
-/// What a store can fail with, in terms the server can act on.
+/// A uniqueness rule the store enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Constraint {
+    /// One user per phone number.
+    PhoneNumber,
+}
+
+/// What a store can fail with, as storage facts; the layers above word them for clients.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// A uniqueness rule was broken; the text names the rule, for the client.
-    #[error("{0}")]
-    Conflict(String),
+    /// A uniqueness rule was broken.
+    #[error("uniqueness rule broken: {0:?}")]
+    Conflict(Constraint),
     /// The store cannot be reached; the request may succeed later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Anything else; logged, never shown.
     #[error("store failure: {0}")]
     Internal(String),
-}
-
-impl From<StoreError> for AppError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Conflict(message) => AppError::Conflict(message),
-            StoreError::Unavailable(detail) => AppError::ServiceUnavailable(detail),
-            StoreError::Internal(detail) => AppError::Internal(detail),
-        }
-    }
-}
-
-impl From<StoreError> for async_graphql::Error {
-    fn from(error: StoreError) -> Self {
-        AppError::from(error).into()
-    }
 }
 
 /// Result of a store call.
@@ -78,32 +67,32 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new user; a taken phone number is a [`StoreError::Conflict`].
     async fn create_user(&self, user: NewUser) -> StoreResult<User>;
     /// The user with this id.
-    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>>;
     /// The users with these ids that exist, in no particular order (one query, for batching
     /// the senders and recipients of a page of messages).
-    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>>;
-    /// The user with this normalised phone number.
-    async fn user_by_phone(&self, phone_number: &str) -> StoreResult<Option<User>> {
+    async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<User>>;
+    /// The user with this phone number.
+    async fn user_by_phone(&self, phone_number: &PhoneNumber) -> StoreResult<Option<User>> {
         Ok(self.credentials_by_phone(phone_number).await?.map(|found| found.user))
     }
-    /// The user with this normalised phone number, with the password hash, for logging in.
+    /// The user with this phone number, with the password hash, for logging in.
     async fn credentials_by_phone(
         &self,
-        phone_number: &str,
+        phone_number: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>>;
 
     /// Stores a new session.
     async fn create_session(&self, session: NewSession) -> StoreResult<Session>;
     /// The session with this id, if it has not been ended.
-    async fn session(&self, id: &str) -> StoreResult<Option<Session>>;
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>>;
     /// Ends a session; returns whether it existed.
-    async fn delete_session(&self, id: &str) -> StoreResult<bool>;
+    async fn delete_session(&self, id: &SessionId) -> StoreResult<bool>;
     /// Ends every session of a user; returns the ids that were ended.
-    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>>;
+    async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>>;
     /// Every session of a user that has not been ended (expired ones included).
-    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>>;
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>>;
     /// Records that a session was used at `at`.
-    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()>;
+    async fn touch_session(&self, id: &SessionId, at: DateTime<Utc>) -> StoreResult<()>;
     /// Removes sessions that expired before `before`; returns how many.
     async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
@@ -114,25 +103,25 @@ pub trait Store: Send + Sync + 'static {
     /// at most `limit`.
     async fn undelivered_messages(
         &self,
-        recipient_id: &str,
+        recipient_id: &UserId,
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<Message>>;
     /// The messages with these ids that exist, in no particular order.
-    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>>;
+    async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>>;
     /// Sets `delivered_at` on those of `ids` addressed to `recipient_id` that have none yet.
     async fn mark_delivered(
         &self,
-        recipient_id: &str,
-        ids: &[String],
+        recipient_id: &UserId,
+        ids: &[MessageId],
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
     /// Messages between two users, newest first, with `seq < before_seq` when given, at most
     /// `limit`.
     async fn conversation(
         &self,
-        user_a: &str,
-        user_b: &str,
+        user_a: &UserId,
+        user_b: &UserId,
         before_seq: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<Message>>;

@@ -7,8 +7,8 @@ use async_graphql::{
     dataloader::{DataLoader, Loader},
 };
 
-use super::{PhoneNumber, User};
 use crate::{
+    domain::{PhoneNumber, User, UserId},
     error::AppError,
     schema::{services, viewer},
     store::Store,
@@ -40,12 +40,12 @@ impl UserNode {
 impl UserNode {
     /// Stable, opaque id. Use it as `recipientId` when sending a message.
     async fn id(&self) -> ID {
-        ID(self.user.id.clone())
+        ID(self.user.id.to_string())
     }
 
     /// Display name chosen at registration.
     async fn username(&self) -> &str {
-        &self.user.username
+        self.user.username.as_str()
     }
 
     /// Phone number in E.164 form, for example `+12025550143`. Shown only to the user
@@ -84,20 +84,20 @@ impl UserLoader {
     }
 }
 
-impl Loader<String> for UserLoader {
+impl Loader<UserId> for UserLoader {
     type Value = User;
     type Error = AppError;
 
-    async fn load(&self, ids: &[String]) -> Result<HashMap<String, User>, Self::Error> {
+    async fn load(&self, ids: &[UserId]) -> Result<HashMap<UserId, User>, Self::Error> {
         let users = self.store.users_by_ids(ids).await?;
         Ok(users.into_iter().map(|user| (user.id.clone(), user)).collect())
     }
 }
 
 /// The user with this id, through the request's batching loader.
-pub async fn load_user(ctx: &Context<'_>, id: &str) -> async_graphql::Result<Option<User>> {
+pub async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<Option<User>> {
     let loader = ctx.data::<DataLoader<UserLoader>>()?;
-    Ok(loader.load_one(id.to_string()).await?)
+    Ok(loader.load_one(id.clone()).await?)
 }
 
 /// Queries about users.
@@ -120,7 +120,7 @@ impl UserQuery {
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<UserNode>> {
         let services = services(ctx)?;
         viewer(ctx).await?;
-        Ok(services.store.user_by_id(&id).await?.map(UserNode::other))
+        Ok(services.store.user_by_id(&UserId::new(id.0)).await?.map(UserNode::other))
     }
 
     /// Finds a user by phone number (any common formatting), to start a conversation. Null if
@@ -134,8 +134,8 @@ impl UserQuery {
     ) -> async_graphql::Result<Option<UserNode>> {
         let services = services(ctx)?;
         let viewer = viewer(ctx).await?;
-        services.rate_limits.check_lookup(&viewer.user_id)?;
+        services.rate_limits.check_lookup(viewer.user_id.as_str())?;
         let phone_number = PhoneNumber::parse(&phone_number)?;
-        Ok(services.store.user_by_phone(phone_number.as_str()).await?.map(UserNode::other))
+        Ok(services.store.user_by_phone(&phone_number).await?.map(UserNode::other))
     }
 }

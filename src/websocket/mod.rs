@@ -28,9 +28,10 @@ use self::protocol::{ClientMessage, Outgoing, Protocol, close};
 use crate::{
     bus::BusSubscription,
     client_address::ClientAddress,
+    domain::{SessionId, Viewer},
     schema::AppSchema,
     services::Services,
-    sessions::{self, AuthError, RequestAuth, Viewer},
+    sessions::{self, AuthError, RequestAuth},
     shutdown::Shutdown,
 };
 
@@ -320,7 +321,7 @@ impl Connection {
         self.initialised = true;
         match self.authenticate(&payload).await {
             Ok(viewer) => {
-                self.slot = self.registry.admit(&viewer.user_id);
+                self.slot = self.registry.admit(viewer.user_id.as_str());
                 if self.slot.is_none() {
                     return Err(Stop::close(
                         close::TOO_MANY_CONNECTIONS,
@@ -355,7 +356,8 @@ impl Connection {
     async fn authenticate(&mut self, payload: &Value) -> Result<Viewer, AuthError> {
         let token = sessions::token_from_init_payload(payload).ok_or(AuthError::Invalid)?;
         let claims = self.services.tokens.verify(&token)?;
-        self.session_watch = Some(self.services.bus.watch_session(&claims.sid));
+        self.session_watch =
+            Some(self.services.bus.watch_session(&SessionId::new(claims.sid.clone())));
         let authenticated = sessions::authenticate(&self.services, &token).await;
         if let Err(error) = &authenticated {
             tracing::debug!(%error, "websocket refused");

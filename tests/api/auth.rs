@@ -63,7 +63,8 @@ async fn invalid_registration_details_are_refused_and_nothing_is_stored() {
         let body = app.graphql(REGISTER, json!({ "input": input }), None).await;
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{input}");
     }
-    let user = app.services.store.user_by_phone("+12025550143").await.unwrap();
+    let phone = chatapp::domain::PhoneNumber::parse("+12025550143").unwrap();
+    let user = app.services.store.user_by_phone(&phone).await.unwrap();
     assert!(user.is_none(), "a refused registration stored a user");
 }
 

@@ -13,10 +13,11 @@ use std::sync::{
 
 use async_trait::async_trait;
 use chatapp::{
-    messages::{Message, NewMessage},
-    sessions::{NewSession, Session},
+    domain::{
+        Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
+        UserCredentials, UserId,
+    },
     store::{Inserted, Store, StoreError, StoreResult},
-    users::{NewUser, User, UserCredentials},
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
@@ -50,13 +51,16 @@ impl Store for DiskFull {
         self.check()?;
         self.inner.create_user(user).await
     }
-    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
         self.inner.user_by_id(id).await
     }
-    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+    async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
         self.inner.users_by_ids(ids).await
     }
-    async fn credentials_by_phone(&self, phone: &str) -> StoreResult<Option<UserCredentials>> {
+    async fn credentials_by_phone(
+        &self,
+        phone: &PhoneNumber,
+    ) -> StoreResult<Option<UserCredentials>> {
         self.inner.credentials_by_phone(phone).await
     }
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
@@ -65,22 +69,22 @@ impl Store for DiskFull {
     }
     /// Sessions look an hour old, so every authentication wants to record that it was used
     /// (a write), as it would after a minute of a full disk.
-    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>> {
         let session = self.inner.session(id).await?;
         Ok(session.map(|s| Session { last_seen_at: s.last_seen_at - TimeDelta::hours(1), ..s }))
     }
-    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
+    async fn delete_session(&self, id: &SessionId) -> StoreResult<bool> {
         self.check()?;
         self.inner.delete_session(id).await
     }
-    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>> {
         self.check()?;
         self.inner.delete_user_sessions(user_id).await
     }
-    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         self.inner.user_sessions(user_id).await
     }
-    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+    async fn touch_session(&self, id: &SessionId, at: DateTime<Utc>) -> StoreResult<()> {
         self.check()?;
         self.inner.touch_session(id, at).await
     }
@@ -94,19 +98,19 @@ impl Store for DiskFull {
     }
     async fn undelivered_messages(
         &self,
-        recipient_id: &str,
+        recipient_id: &UserId,
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
         self.inner.undelivered_messages(recipient_id, after_seq, limit).await
     }
-    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+    async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>> {
         self.inner.messages_by_ids(ids).await
     }
     async fn mark_delivered(
         &self,
-        recipient_id: &str,
-        ids: &[String],
+        recipient_id: &UserId,
+        ids: &[MessageId],
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
         self.check()?;
@@ -114,8 +118,8 @@ impl Store for DiskFull {
     }
     async fn conversation(
         &self,
-        user_a: &str,
-        user_b: &str,
+        user_a: &UserId,
+        user_b: &UserId,
         before_seq: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
@@ -167,7 +171,7 @@ async fn a_full_disk_keeps_reads_working_and_sends_recover_when_space_returns() 
     let sent = &retried["data"]["sendMessage"];
     assert!(sent.is_object(), "{retried}");
     assert_eq!(bob_ws.next_message("inbox").await["id"], sent["id"]);
-    let unread = app.services.store.undelivered_messages(&bob.id, 0, 10).await.unwrap();
+    let unread = app.services.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap();
     assert_eq!(unread.len(), 2, "one message before the disk filled, one after");
     bob_ws.expect_silence(std::time::Duration::from_millis(200)).await;
 }

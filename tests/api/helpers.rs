@@ -55,6 +55,13 @@ pub struct TestUser {
     pub phone_number: String,
 }
 
+impl TestUser {
+    /// The id as the store takes it.
+    pub fn user_id(&self) -> chatapp::domain::UserId {
+        chatapp::domain::UserId::new(self.id.clone())
+    }
+}
+
 /// Starts a server with a fresh data directory.
 pub async fn spawn_app() -> TestApp {
     spawn_app_in(Arc::new(tempfile::tempdir().expect("temp dir"))).await

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use chatapp::domain::PhoneNumber;
+
 use crate::helpers::{TestApp, TestUser, spawn_app_with};
 
 /// Whose token an entry sends.
@@ -58,18 +60,20 @@ async fn snapshot(app: &TestApp, users: &[&TestUser]) -> String {
     let store = &app.services.store;
     let mut state = Vec::new();
     for user in users {
-        state.push(format!("{:?}", store.user_by_id(&user.id).await.unwrap()));
-        let mut sessions: Vec<String> =
-            store.user_sessions(&user.id).await.unwrap().into_iter().map(|s| s.id).collect();
+        let id = user.user_id();
+        state.push(format!("{:?}", store.user_by_id(&id).await.unwrap()));
+        let mut sessions: Vec<_> =
+            store.user_sessions(&id).await.unwrap().into_iter().map(|s| s.id).collect();
         sessions.sort();
         state.push(format!("{sessions:?}"));
-        state.push(format!("{:?}", store.undelivered_messages(&user.id, 0, 1000).await.unwrap()));
+        state.push(format!("{:?}", store.undelivered_messages(&id, 0, 1000).await.unwrap()));
         for other in users {
-            let history = store.conversation(&user.id, &other.id, None, 1000).await.unwrap();
+            let history = store.conversation(&id, &other.user_id(), None, 1000).await.unwrap();
             state.push(format!("{history:?}"));
         }
     }
-    state.push(format!("{:?}", store.user_by_phone(FRESH_PHONE).await.unwrap()));
+    let fresh = PhoneNumber::parse(FRESH_PHONE).unwrap();
+    state.push(format!("{:?}", store.user_by_phone(&fresh).await.unwrap()));
     state.join("\n")
 }
 

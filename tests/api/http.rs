@@ -208,19 +208,16 @@ fn schema_file_is_in_sync() {
 #[test]
 fn schema_descriptions_quote_the_real_limits() {
     use chatapp::{
-        messages::{
-            DEFAULT_PAGE_SIZE, MAX_ACK_BATCH, MAX_CLIENT_MESSAGE_ID_CHARS, MAX_CONTENT_CHARS,
-            MAX_PAGE_SIZE,
-        },
-        users::{Password, Username},
+        domain::{ClientMessageId, MessageContent, PageSize, Password, Username},
+        messages::MAX_ACK_BATCH,
     };
     let sdl = chatapp::schema::sdl();
     for phrase in [
-        format!("`last` is 1 to {MAX_PAGE_SIZE}"),
-        format!("(default {DEFAULT_PAGE_SIZE})"),
+        format!("`last` is 1 to {}", PageSize::MAX),
+        format!("(default {})", PageSize::DEFAULT),
         format!("At most {MAX_ACK_BATCH} ids per call"),
-        format!("at most {MAX_CONTENT_CHARS} characters"),
-        format!("at most {MAX_CLIENT_MESSAGE_ID_CHARS} characters"),
+        format!("at most {} characters", MessageContent::MAX_CHARS),
+        format!("at most {} characters", ClientMessageId::MAX_CHARS),
         format!("{} to {} characters", Username::MIN_CHARS, Username::MAX_CHARS),
         format!(
             "At least {} characters and at most {} bytes",

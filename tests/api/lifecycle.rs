@@ -74,11 +74,11 @@ async fn a_peer_that_stops_reading_is_dropped() {
     let bob = app.register("+12025550142", "bob").await;
     // A backlog of about 12 MB, more than the socket buffers between the two hold, written
     // straight to the store (sending it over HTTP would only make the test slow).
-    let content = "x".repeat(4000);
+    let content = chatapp::domain::MessageContent::parse("x".repeat(4000)).unwrap();
     let writes = (0..3000).map(|_| {
-        app.services.store.insert_message(chatapp::messages::NewMessage {
-            sender_id: alice.id.clone(),
-            recipient_id: bob.id.clone(),
+        app.services.store.insert_message(chatapp::domain::NewMessage {
+            sender_id: alice.user_id(),
+            recipient_id: bob.user_id(),
             content: content.clone(),
             client_message_id: None,
             sent_at: chrono::Utc::now(),

@@ -156,7 +156,11 @@ async fn forged_tokens_are_refused_everywhere() {
 
     let other_secret =
         TokenService::new(b"some other secret, at least 32 bytes long", Duration::from_secs(600))
-            .issue(&bob.id, sid, chrono::Utc::now() + chrono::Duration::minutes(10))
+            .issue(
+                &bob.user_id(),
+                &chatapp::domain::SessionId::new(sid),
+                chrono::Utc::now() + chrono::Duration::minutes(10),
+            )
             .unwrap();
     let encode = |value: &Value| URL_SAFE_NO_PAD.encode(value.to_string());
     let unsigned =

@@ -66,8 +66,9 @@ async fn a_store_outage_at_connection_init_is_retryable() {
     let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
     let tokens = TokenService::new(secret.as_bytes(), Duration::from_secs(3600));
     let expires_at = chrono::Utc::now() + chrono::TimeDelta::hours(1);
-    let token =
-        tokens.issue("0123456789abcdef01234567", "0123456789abcdef01234567", expires_at).unwrap();
+    let id = "0123456789abcdef01234567";
+    let (user, session) = (chatapp::domain::UserId::new(id), chatapp::domain::SessionId::new(id));
+    let token = tokens.issue(&user, &session, expires_at).unwrap();
     let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
     assert_eq!(client.init(json!({ "token": token })).await, Incoming::Closed(Some(1013)));
 }

@@ -9,10 +9,11 @@ use std::{io::Write, sync::Arc, time::Duration as StdDuration};
 
 use chatapp::{
     config::MongoConfig,
-    messages::NewMessage,
-    sessions::NewSession,
-    store::{Inserted, Store, StoreError, mongo::MongoStore, sqlite::SqliteStore},
-    users::{NewUser, PasswordHash, PhoneNumber, User, Username},
+    domain::{
+        ClientMessageId, Message, MessageContent, MessageId, NewMessage, NewSession, NewUser,
+        PasswordHash, PhoneNumber, SessionId, User, UserId, Username,
+    },
+    store::{Constraint, Inserted, Store, StoreError, mongo::MongoStore, sqlite::SqliteStore},
 };
 use chrono::{Duration, Utc};
 
@@ -113,7 +114,7 @@ async fn duplicates_are_refused_after_a_drop(store: Arc<MongoStore>) {
         .count();
     assert_eq!(created, 1, "one account per phone number after the drop");
 
-    let alice = store.user_by_phone("+12025550144").await.unwrap().unwrap();
+    let alice = store.user_by_phone(&phone("+12025550144")).await.unwrap().unwrap();
     let bob = user(&*store, "+12025550145").await;
     let sends = (0..8).map(|_| {
         let store = store.clone();
@@ -144,10 +145,14 @@ contract_tests!(
     expired_sessions_can_be_purged,
 );
 
-async fn user(store: &dyn Store, phone: &str) -> User {
+fn phone(number: &str) -> PhoneNumber {
+    PhoneNumber::parse(number).unwrap()
+}
+
+async fn user(store: &dyn Store, number: &str) -> User {
     store
         .create_user(NewUser {
-            phone_number: PhoneNumber::parse(phone).unwrap(),
+            phone_number: phone(number),
             username: Username::parse("someone").unwrap(),
             password_hash: PasswordHash::new("$2b$04$hash".into()),
         })
@@ -159,18 +164,13 @@ fn message(from: &User, to: &User, content: &str, client_id: Option<&str>) -> Ne
     NewMessage {
         sender_id: from.id.clone(),
         recipient_id: to.id.clone(),
-        content: content.into(),
-        client_message_id: client_id.map(String::from),
+        content: MessageContent::parse(content.into()).unwrap(),
+        client_message_id: client_id.map(|key| ClientMessageId::parse(key.into()).unwrap()),
         sent_at: Utc::now(),
     }
 }
 
-async fn send(
-    store: &dyn Store,
-    from: &User,
-    to: &User,
-    content: &str,
-) -> chatapp::messages::Message {
+async fn send(store: &dyn Store, from: &User, to: &User, content: &str) -> Message {
     match store.insert_message(message(from, to, content, None)).await.unwrap() {
         Inserted::Created(message) => message,
         Inserted::Existing(_) => panic!("a message without client id was deduplicated"),
@@ -186,18 +186,21 @@ async fn phone_numbers_are_unique(store: Arc<dyn Store>) {
             password_hash: PasswordHash::new("x".into()),
         })
         .await;
-    assert!(matches!(duplicate, Err(StoreError::Conflict(_))), "{duplicate:?}");
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict(Constraint::PhoneNumber))),
+        "{duplicate:?}"
+    );
 }
 
 async fn users_are_found_by_id_and_phone(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
     assert_eq!(store.user_by_id(&alice.id).await.unwrap().as_ref(), Some(&alice));
-    assert_eq!(store.user_by_phone("+12025550143").await.unwrap().as_ref(), Some(&alice));
-    let credentials = store.credentials_by_phone("+12025550143").await.unwrap().unwrap();
+    assert_eq!(store.user_by_phone(&phone("+12025550143")).await.unwrap().as_ref(), Some(&alice));
+    let credentials = store.credentials_by_phone(&phone("+12025550143")).await.unwrap().unwrap();
     assert_eq!(credentials.user, alice);
     assert_eq!(credentials.password_hash.as_str(), "$2b$04$hash");
-    assert!(store.user_by_id("missing").await.unwrap().is_none());
-    assert!(store.user_by_phone("+19999999999").await.unwrap().is_none());
+    assert!(store.user_by_id(&UserId::new("missing")).await.unwrap().is_none());
+    assert!(store.user_by_phone(&phone("+12025550100")).await.unwrap().is_none());
 }
 
 async fn backlog_is_undelivered_messages_in_send_order(store: Arc<dyn Store>) {
@@ -223,7 +226,7 @@ async fn backlog_is_undelivered_messages_in_send_order(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .into_iter()
-        .map(|m| m.content)
+        .map(|m| m.content.as_str().to_string())
         .collect();
     assert_eq!(remaining, ["m0", "m2", "m3", "m4", "m5", "m6"]);
 }
@@ -238,7 +241,7 @@ async fn acknowledgement_only_touches_the_recipients_messages(store: Arc<dyn Sto
     let first = Utc::now();
     store.mark_delivered(&bob.id, &ids, first).await.unwrap();
     let found = store.messages_by_ids(&ids).await.unwrap();
-    let by_id = |id: &str| found.iter().find(|m| m.id == id).unwrap().clone();
+    let by_id = |id: &MessageId| found.iter().find(|m| &m.id == id).unwrap().clone();
     let delivered_at = by_id(&to_bob.id).delivered_at.expect("bob's message is acknowledged");
     assert!((delivered_at - first).num_milliseconds().abs() < 1000);
     assert!(by_id(&to_alice.id).delivered_at.is_none(), "bob acknowledged alice's message");
@@ -250,7 +253,7 @@ async fn acknowledgement_only_touches_the_recipients_messages(store: Arc<dyn Sto
         Some(delivered_at),
         "a second acknowledgement changes nothing"
     );
-    assert!(store.messages_by_ids(&["missing".to_string()]).await.unwrap().is_empty());
+    assert!(store.messages_by_ids(&[MessageId::new("missing")]).await.unwrap().is_empty());
 }
 
 async fn a_client_message_id_is_stored_once_per_sender(store: Arc<dyn Store>) {
@@ -328,7 +331,7 @@ async fn every_session_of_a_user_can_be_listed_touched_and_ended(store: Arc<dyn 
     let first = store.create_session(new(&alice)).await.unwrap();
     let second = store.create_session(new(&alice)).await.unwrap();
     let bobs = store.create_session(new(&bob)).await.unwrap();
-    let mut listed: Vec<String> =
+    let mut listed: Vec<SessionId> =
         store.user_sessions(&alice.id).await.unwrap().into_iter().map(|s| s.id).collect();
     listed.sort();
     let mut expected = vec![first.id.clone(), second.id.clone()];
@@ -386,11 +389,11 @@ async fn users_are_found_in_batches(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
     let bob = user(&*store, "+12025550144").await;
     let _carol = user(&*store, "+12025550145").await;
-    let ids = [alice.id.clone(), bob.id.clone(), bob.id.clone(), "not-an-id".to_string()];
+    let ids = [alice.id.clone(), bob.id.clone(), bob.id.clone(), UserId::new("not-an-id")];
     let mut found = store.users_by_ids(&ids).await.unwrap();
-    found.sort_by(|a, b| a.username.cmp(&b.username).then(a.id.cmp(&b.id)));
+    found.sort_by(|a, b| a.id.cmp(&b.id));
     let mut expected = vec![alice, bob];
-    expected.sort_by(|a, b| a.username.cmp(&b.username).then(a.id.cmp(&b.id)));
+    expected.sort_by(|a, b| a.id.cmp(&b.id));
     assert_eq!(found, expected);
     assert!(store.users_by_ids(&[]).await.unwrap().is_empty());
 }
@@ -400,13 +403,14 @@ async fn ids_that_cannot_be_the_stores_name_nothing(store: Arc<dyn Store>) {
     let bob = user(&*store, "+12025550144").await;
     let sent = send(&*store, &alice, &bob, "hello").await;
     for foreign in ["", "not-an-id", "0", "'; DROP TABLE users; --", "{\"$ne\": null}"] {
-        assert!(store.user_by_id(foreign).await.unwrap().is_none(), "{foreign:?}");
-        assert!(store.session(foreign).await.unwrap().is_none(), "{foreign:?}");
-        assert!(!store.delete_session(foreign).await.unwrap(), "{foreign:?}");
-        assert!(store.user_sessions(foreign).await.unwrap().is_empty(), "{foreign:?}");
-        assert!(store.messages_by_ids(&[foreign.to_string()]).await.unwrap().is_empty());
-        assert!(store.conversation(&alice.id, foreign, None, 10).await.unwrap().is_empty());
-        store.mark_delivered(foreign, std::slice::from_ref(&sent.id), Utc::now()).await.unwrap();
+        let (user, session) = (UserId::new(foreign), SessionId::new(foreign));
+        assert!(store.user_by_id(&user).await.unwrap().is_none(), "{foreign:?}");
+        assert!(store.session(&session).await.unwrap().is_none(), "{foreign:?}");
+        assert!(!store.delete_session(&session).await.unwrap(), "{foreign:?}");
+        assert!(store.user_sessions(&user).await.unwrap().is_empty(), "{foreign:?}");
+        assert!(store.messages_by_ids(&[MessageId::new(foreign)]).await.unwrap().is_empty());
+        assert!(store.conversation(&alice.id, &user, None, 10).await.unwrap().is_empty());
+        store.mark_delivered(&user, std::slice::from_ref(&sent.id), Utc::now()).await.unwrap();
     }
     let unchanged = store.messages_by_ids(std::slice::from_ref(&sent.id)).await.unwrap();
     assert_eq!(unchanged, vec![sent], "nothing was acknowledged through a foreign id");

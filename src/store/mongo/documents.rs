@@ -8,10 +8,9 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::{self, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    messages::{Message, NewMessage},
-    sessions::{NewSession, Session},
-    users::{NewUser, PasswordHash, User, UserCredentials},
+use crate::domain::{
+    ClientMessageId, Message, MessageContent, MessageId, NewMessage, NewSession, NewUser,
+    PasswordHash, PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
 };
 
 /// The id a client sent, if it can be one of ours.
@@ -69,9 +68,9 @@ impl UserDocument {
     pub fn into_credentials(self) -> UserCredentials {
         UserCredentials {
             user: User {
-                id: self.id.to_hex(),
-                phone_number: self.phone_number,
-                username: self.username,
+                id: UserId::new(self.id.to_hex()),
+                phone_number: PhoneNumber::from_stored(self.phone_number),
+                username: Username::from_stored(self.username),
                 created_at: from_bson_date(self.created_at),
             },
             password_hash: self.password_hash,
@@ -97,7 +96,7 @@ impl SessionDocument {
     pub fn new(session: &NewSession) -> Option<Self> {
         Some(SessionDocument {
             id: ObjectId::new(),
-            user_id: object_id(&session.user_id)?,
+            user_id: object_id(session.user_id.as_str())?,
             created_at: to_bson_date(session.created_at),
             last_seen_at: to_bson_date(session.created_at),
             expires_at: to_bson_date(session.expires_at),
@@ -106,8 +105,8 @@ impl SessionDocument {
 
     pub fn into_session(self) -> Session {
         Session {
-            id: self.id.to_hex(),
-            user_id: self.user_id.to_hex(),
+            id: SessionId::new(self.id.to_hex()),
+            user_id: UserId::new(self.user_id.to_hex()),
             created_at: from_bson_date(self.created_at),
             last_seen_at: from_bson_date(self.last_seen_at),
             expires_at: from_bson_date(self.expires_at),
@@ -140,20 +139,20 @@ pub struct MessageDocument {
 impl MessageDocument {
     /// `None` when either user id cannot be one of ours.
     pub fn new(message: &NewMessage, seq: i64) -> Option<Self> {
-        let sender = object_id(&message.sender_id)?;
-        let recipient = object_id(&message.recipient_id)?;
+        let sender = object_id(message.sender_id.as_str())?;
+        let recipient = object_id(message.recipient_id.as_str())?;
         Some(MessageDocument {
             id: ObjectId::new(),
             seq,
             conversation: conversation_key(&sender, &recipient),
             idempotency_key: message
                 .client_message_id
-                .as_deref()
-                .map(|key| idempotency_key(&sender, key)),
+                .as_ref()
+                .map(|key| idempotency_key(&sender, key.as_str())),
             sender_id: sender,
             recipient_id: recipient,
-            content: message.content.clone(),
-            client_message_id: message.client_message_id.clone(),
+            content: message.content.as_str().to_string(),
+            client_message_id: message.client_message_id.as_ref().map(|key| key.as_str().into()),
             sent_at: to_bson_date(message.sent_at),
             delivered_at: None,
         })
@@ -161,12 +160,12 @@ impl MessageDocument {
 
     pub fn into_message(self) -> Message {
         Message {
-            id: self.id.to_hex(),
+            id: MessageId::new(self.id.to_hex()),
             seq: self.seq,
-            sender_id: self.sender_id.to_hex(),
-            recipient_id: self.recipient_id.to_hex(),
-            content: self.content,
-            client_message_id: self.client_message_id,
+            sender_id: UserId::new(self.sender_id.to_hex()),
+            recipient_id: UserId::new(self.recipient_id.to_hex()),
+            content: MessageContent::from_stored(self.content),
+            client_message_id: self.client_message_id.map(ClientMessageId::from_stored),
             sent_at: from_bson_date(self.sent_at),
             delivered_at: self.delivered_at.map(from_bson_date),
         }
@@ -184,7 +183,6 @@ pub struct CounterDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::users::{PhoneNumber, Username};
     use mongodb::bson::Bson;
 
     fn at(millis: i64) -> DateTime<Utc> {
@@ -205,7 +203,7 @@ mod tests {
         assert_eq!(stored.get_str("phone_number").unwrap(), "+12025550143");
         let read: UserDocument = bson::from_document(stored).unwrap();
         let credentials = read.into_credentials();
-        assert_eq!(credentials.user.id, document.id.to_hex());
+        assert_eq!(credentials.user.id.as_str(), document.id.to_hex());
         assert_eq!(credentials.user.created_at, at(1_700_000_000_123));
         assert_eq!(credentials.password_hash.as_str(), "$2b$04$hash");
     }
@@ -213,29 +211,35 @@ mod tests {
     #[test]
     fn sessions_round_trip() {
         let user = ObjectId::new();
-        let new =
-            NewSession { user_id: user.to_hex(), created_at: at(1_000), expires_at: at(2_000) };
+        let new = NewSession {
+            user_id: UserId::new(user.to_hex()),
+            created_at: at(1_000),
+            expires_at: at(2_000),
+        };
         let document = SessionDocument::new(&new).unwrap();
         let stored = bson::to_document(&document).unwrap();
         assert_eq!(stored.get_object_id("user_id").unwrap(), user);
         assert!(matches!(stored.get("expires_at"), Some(Bson::DateTime(_))));
         let session = bson::from_document::<SessionDocument>(stored).unwrap().into_session();
-        assert_eq!(session.user_id, user.to_hex());
+        assert_eq!(session.user_id.as_str(), user.to_hex());
         assert_eq!(
             (session.created_at, session.last_seen_at, session.expires_at),
             (at(1_000), at(1_000), at(2_000))
         );
-        assert!(SessionDocument::new(&NewSession { user_id: "not-an-id".into(), ..new }).is_none());
+        assert!(
+            SessionDocument::new(&NewSession { user_id: UserId::new("not-an-id"), ..new })
+                .is_none()
+        );
     }
 
     #[test]
     fn messages_round_trip_and_share_a_conversation_key() {
         let (alice, bob) = (ObjectId::new(), ObjectId::new());
         let new = NewMessage {
-            sender_id: alice.to_hex(),
-            recipient_id: bob.to_hex(),
-            content: "hi".into(),
-            client_message_id: Some("k1".into()),
+            sender_id: UserId::new(alice.to_hex()),
+            recipient_id: UserId::new(bob.to_hex()),
+            content: MessageContent::parse("hi".into()).unwrap(),
+            client_message_id: Some(ClientMessageId::parse("k1".into()).unwrap()),
             sent_at: at(5_000),
         };
         let document = MessageDocument::new(&new, 7).unwrap();

@@ -31,12 +31,13 @@ use self::{
     },
     errors::{is_duplicate_key, store_error},
 };
-use super::{Inserted, Store, StoreError, StoreResult};
+use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::{
     config::MongoConfig,
-    messages::{Message, NewMessage},
-    sessions::{NewSession, Session},
-    users::{NewUser, User, UserCredentials},
+    domain::{
+        Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
+        UserCredentials, UserId,
+    },
 };
 
 /// Database used when neither `MONGO_DB` nor the URI names one.
@@ -263,8 +264,8 @@ impl MongoStore {
 }
 
 /// Parses ids a client sent; ids that cannot be ours are left out (they name nothing).
-fn object_ids(ids: &[String]) -> Vec<ObjectId> {
-    ids.iter().filter_map(|id| object_id(id)).collect()
+fn object_ids(ids: &[impl AsRef<str>]) -> Vec<ObjectId> {
+    ids.iter().filter_map(|id| object_id(id.as_ref())).collect()
 }
 
 #[async_trait]
@@ -284,25 +285,25 @@ impl Store for MongoStore {
         // dropped database, until the next index check).
         let taken = doc! { "phone_number": user.phone_number.as_str() };
         if self.users.find_one(taken).await.map_err(store_error)?.is_some() {
-            return Err(StoreError::Conflict("this phone number is already registered".into()));
+            return Err(StoreError::Conflict(Constraint::PhoneNumber));
         }
         let document = UserDocument::new(user, Utc::now());
         match self.users.insert_one(&document).await {
             Ok(_) => Ok(document.into_user()),
             Err(error) if is_duplicate_key(&error) => {
-                Err(StoreError::Conflict("this phone number is already registered".into()))
+                Err(StoreError::Conflict(Constraint::PhoneNumber))
             }
             Err(error) => Err(store_error(error)),
         }
     }
 
-    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
-        let Some(id) = object_id(id) else { return Ok(None) };
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let Some(id) = object_id(id.as_str()) else { return Ok(None) };
         let found = self.users.find_one(doc! { "_id": id }).await.map_err(store_error)?;
         Ok(found.map(UserDocument::into_user))
     }
 
-    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+    async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
         let ids = object_ids(ids);
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -314,9 +315,9 @@ impl Store for MongoStore {
 
     async fn credentials_by_phone(
         &self,
-        phone_number: &str,
+        phone_number: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>> {
-        let filter = doc! { "phone_number": phone_number };
+        let filter = doc! { "phone_number": phone_number.as_str() };
         let found = self.users.find_one(filter).await.map_err(store_error)?;
         Ok(found.map(UserDocument::into_credentials))
     }
@@ -329,21 +330,21 @@ impl Store for MongoStore {
         Ok(document.into_session())
     }
 
-    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
-        let Some(id) = object_id(id) else { return Ok(None) };
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>> {
+        let Some(id) = object_id(id.as_str()) else { return Ok(None) };
         let found = self.sessions.find_one(doc! { "_id": id }).await.map_err(store_error)?;
         Ok(found.map(SessionDocument::into_session))
     }
 
-    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
-        let Some(id) = object_id(id) else { return Ok(false) };
+    async fn delete_session(&self, id: &SessionId) -> StoreResult<bool> {
+        let Some(id) = object_id(id.as_str()) else { return Ok(false) };
         let deleted = self.sessions.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
         Ok(deleted.deleted_count > 0)
     }
 
-    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>> {
         let sessions = self.user_sessions(user_id).await?;
-        let ids: Vec<ObjectId> = sessions.iter().filter_map(|s| object_id(&s.id)).collect();
+        let ids: Vec<ObjectId> = sessions.iter().filter_map(|s| object_id(s.id.as_str())).collect();
         if !ids.is_empty() {
             // By id, so a session created meanwhile is neither ended nor reported as ended.
             self.sessions
@@ -354,8 +355,8 @@ impl Store for MongoStore {
         Ok(sessions.into_iter().map(|session| session.id).collect())
     }
 
-    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
-        let Some(user_id) = object_id(user_id) else { return Ok(Vec::new()) };
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
+        let Some(user_id) = object_id(user_id.as_str()) else { return Ok(Vec::new()) };
         let cursor = self
             .sessions
             .find(doc! { "user_id": user_id })
@@ -366,8 +367,8 @@ impl Store for MongoStore {
         Ok(documents.into_iter().map(SessionDocument::into_session).collect())
     }
 
-    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
-        let Some(id) = object_id(id) else { return Ok(()) };
+    async fn touch_session(&self, id: &SessionId, at: DateTime<Utc>) -> StoreResult<()> {
+        let Some(id) = object_id(id.as_str()) else { return Ok(()) };
         let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
         self.sessions.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
         Ok(())
@@ -383,11 +384,11 @@ impl Store for MongoStore {
 
     async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
         self.ensure_indexes().await?;
-        let sender = object_id(&message.sender_id).ok_or_else(|| {
+        let sender = object_id(message.sender_id.as_str()).ok_or_else(|| {
             StoreError::Internal("message from a user id that is not ours".into())
         })?;
         if let Some(key) = &message.client_message_id
-            && let Some(existing) = self.message_by_client_id(&sender, key).await?
+            && let Some(existing) = self.message_by_client_id(&sender, key.as_str()).await?
         {
             return Ok(Inserted::Existing(existing));
         }
@@ -398,7 +399,7 @@ impl Store for MongoStore {
             Ok(_) => Ok(Inserted::Created(document.into_message())),
             // A concurrent retry with the same clientMessageId won the race: return its message.
             Err(error) if is_duplicate_key(&error) => {
-                let key = message.client_message_id.as_deref().unwrap_or_default();
+                let key = message.client_message_id.as_ref().map_or("", |key| key.as_str());
                 match self.message_by_client_id(&sender, key).await? {
                     Some(existing) => Ok(Inserted::Existing(existing)),
                     None => Err(store_error(error)),
@@ -410,17 +411,17 @@ impl Store for MongoStore {
 
     async fn undelivered_messages(
         &self,
-        recipient_id: &str,
+        recipient_id: &UserId,
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
-        let Some(recipient) = object_id(recipient_id) else { return Ok(Vec::new()) };
+        let Some(recipient) = object_id(recipient_id.as_str()) else { return Ok(Vec::new()) };
         let filter =
             doc! { "recipient_id": recipient, "delivered_at": null, "seq": { "$gt": after_seq } };
         self.find_messages(filter, doc! { "seq": 1 }, limit).await
     }
 
-    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+    async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>> {
         let ids = object_ids(ids);
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -431,11 +432,11 @@ impl Store for MongoStore {
 
     async fn mark_delivered(
         &self,
-        recipient_id: &str,
-        ids: &[String],
+        recipient_id: &UserId,
+        ids: &[MessageId],
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let (Some(recipient), ids) = (object_id(recipient_id), object_ids(ids)) else {
+        let (Some(recipient), ids) = (object_id(recipient_id.as_str()), object_ids(ids)) else {
             return Ok(());
         };
         if ids.is_empty() {
@@ -450,12 +451,12 @@ impl Store for MongoStore {
 
     async fn conversation(
         &self,
-        user_a: &str,
-        user_b: &str,
+        user_a: &UserId,
+        user_b: &UserId,
         before_seq: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
-        let (Some(a), Some(b)) = (object_id(user_a), object_id(user_b)) else {
+        let (Some(a), Some(b)) = (object_id(user_a.as_str()), object_id(user_b.as_str())) else {
             return Ok(Vec::new());
         };
         let mut filter = doc! { "conversation": conversation_key(&a, &b) };

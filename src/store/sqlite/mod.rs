@@ -32,11 +32,10 @@ use self::{
     },
     writer::Writer,
 };
-use super::{Inserted, Store, StoreError, StoreResult};
-use crate::{
-    messages::{Message, NewMessage},
-    sessions::{NewSession, Session},
-    users::{NewUser, PasswordHash, User, UserCredentials},
+use super::{Constraint, Inserted, Store, StoreError, StoreResult};
+use crate::domain::{
+    Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber, Session,
+    SessionId, User, UserCredentials, UserId,
 };
 
 /// SQLite-backed [`Store`].
@@ -191,9 +190,9 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| {
                 let stored = User {
-                    id: new_id(),
-                    phone_number: user.phone_number.as_str().to_string(),
-                    username: user.username.as_str().to_string(),
+                    id: UserId::new(new_id()),
+                    phone_number: user.phone_number,
+                    username: user.username,
                     created_at: time(millis(Utc::now())),
                 };
                 c.prepare_cached(
@@ -202,16 +201,16 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut insert| {
                     insert.execute(params![
-                        stored.id,
-                        stored.phone_number,
-                        stored.username,
+                        stored.id.as_str(),
+                        stored.phone_number.as_str(),
+                        stored.username.as_str(),
                         user.password_hash.as_str(),
                         millis(stored.created_at)
                     ])
                 })
                 .map_err(|error| {
                     if is_unique_violation(&error) {
-                        StoreError::Conflict("this phone number is already registered".into())
+                        StoreError::Conflict(Constraint::PhoneNumber)
                     } else {
                         sql(error)
                     }
@@ -221,15 +220,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
+    async fn user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
         self.read(|c| {
             c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
-                .and_then(|mut query| query.query_row([id], user_from_row).optional())
+                .and_then(|mut query| query.query_row([id.as_str()], user_from_row).optional())
                 .map_err(sql)
         })
     }
 
-    async fn users_by_ids(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+    async fn users_by_ids(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -237,15 +236,16 @@ impl Store for SqliteStore {
         self.read(|c| {
             let sql_text = format!("SELECT {USER_COLUMNS} FROM users WHERE id IN ({placeholders})");
             let mut statement = c.prepare(&sql_text).map_err(sql)?;
-            let rows =
-                statement.query_map(params_from_iter(ids.iter()), user_from_row).map_err(sql)?;
+            let rows = statement
+                .query_map(params_from_iter(ids.iter().map(UserId::as_str)), user_from_row)
+                .map_err(sql)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
         })
     }
 
     async fn credentials_by_phone(
         &self,
-        phone_number: &str,
+        phone_number: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>> {
         self.read(|c| {
             c.prepare_cached(&format!(
@@ -253,7 +253,7 @@ impl Store for SqliteStore {
             ))
             .and_then(|mut query| {
                 query
-                    .query_row([phone_number], |row| {
+                    .query_row([phone_number.as_str()], |row| {
                         Ok(UserCredentials {
                             user: user_from_row(row)?,
                             password_hash: PasswordHash::new(row.get(4)?),
@@ -270,7 +270,7 @@ impl Store for SqliteStore {
             .write(move |c| {
                 let created_at = time(millis(session.created_at));
                 let stored = Session {
-                    id: new_id(),
+                    id: SessionId::new(new_id()),
                     user_id: session.user_id,
                     created_at,
                     last_seen_at: created_at,
@@ -281,8 +281,8 @@ impl Store for SqliteStore {
                 ))
                 .and_then(|mut insert| {
                     insert.execute(params![
-                        stored.id,
-                        stored.user_id,
+                        stored.id.as_str(),
+                        stored.user_id.as_str(),
                         millis(stored.created_at),
                         millis(stored.last_seen_at),
                         millis(stored.expires_at)
@@ -294,15 +294,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+    async fn session(&self, id: &SessionId) -> StoreResult<Option<Session>> {
         self.read(|c| {
             c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"))
-                .and_then(|mut query| query.query_row([id], session_from_row).optional())
+                .and_then(|mut query| query.query_row([id.as_str()], session_from_row).optional())
                 .map_err(sql)
         })
     }
 
-    async fn delete_session(&self, id: &str) -> StoreResult<bool> {
+    async fn delete_session(&self, id: &SessionId) -> StoreResult<bool> {
         let id = id.to_string();
         self.writer
             .write(move |c| {
@@ -312,32 +312,35 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_user_sessions(&self, user_id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>> {
         let user_id = user_id.to_string();
         self.writer
             .write(move |c| {
                 let mut statement = c
                     .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
                     .map_err(sql)?;
-                let ids = statement.query_map([user_id], |row| row.get(0)).map_err(sql)?;
-                ids.collect::<rusqlite::Result<Vec<String>>>().map_err(sql)
+                let ids = statement
+                    .query_map([user_id], |row| row.get::<_, String>(0).map(SessionId::new))
+                    .map_err(sql)?;
+                ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
             })
             .await
     }
 
-    async fn user_sessions(&self, user_id: &str) -> StoreResult<Vec<Session>> {
+    async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         self.read(|c| {
             let mut statement = c
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 ORDER BY created_at"
                 ))
                 .map_err(sql)?;
-            let sessions = statement.query_map([user_id], session_from_row).map_err(sql)?;
+            let sessions =
+                statement.query_map([user_id.as_str()], session_from_row).map_err(sql)?;
             sessions.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
         })
     }
 
-    async fn touch_session(&self, id: &str, at: DateTime<Utc>) -> StoreResult<()> {
+    async fn touch_session(&self, id: &SessionId, at: DateTime<Utc>) -> StoreResult<()> {
         let id = id.to_string();
         self.writer
             .write(move |c| {
@@ -372,7 +375,10 @@ impl Store for SqliteStore {
                         ))
                         .and_then(|mut query| {
                             query
-                                .query_row(params![message.sender_id, client_id], message_from_row)
+                                .query_row(
+                                    params![message.sender_id.as_str(), client_id.as_str()],
+                                    message_from_row,
+                                )
                                 .optional()
                         })
                         .map_err(sql)?;
@@ -380,7 +386,7 @@ impl Store for SqliteStore {
                         return Ok(Inserted::Existing(existing));
                     }
                 }
-                let id = new_id();
+                let id = MessageId::new(new_id());
                 c.prepare_cached(
                     "INSERT INTO messages (id, sender_id, recipient_id, conversation, content,
                                            client_message_id, sent_at)
@@ -388,12 +394,12 @@ impl Store for SqliteStore {
                 )
                 .and_then(|mut insert| {
                     insert.execute(params![
-                        id,
-                        message.sender_id,
-                        message.recipient_id,
+                        id.as_str(),
+                        message.sender_id.as_str(),
+                        message.recipient_id.as_str(),
                         conversation_key(&message.sender_id, &message.recipient_id),
-                        message.content,
-                        message.client_message_id,
+                        message.content.as_str(),
+                        message.client_message_id.as_ref().map(|key| key.as_str()),
                         millis(message.sent_at),
                     ])
                 })
@@ -414,7 +420,7 @@ impl Store for SqliteStore {
 
     async fn undelivered_messages(
         &self,
-        recipient_id: &str,
+        recipient_id: &UserId,
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
@@ -426,12 +432,12 @@ impl Store for SqliteStore {
                      WHERE recipient_id = ?1 AND delivered_at IS NULL AND seq > ?2
                      ORDER BY seq LIMIT ?3"
                 ),
-                params![recipient_id, after_seq, limit as i64],
+                params![recipient_id.as_str(), after_seq, limit as i64],
             )
         })
     }
 
-    async fn messages_by_ids(&self, ids: &[String]) -> StoreResult<Vec<Message>> {
+    async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -440,19 +446,19 @@ impl Store for SqliteStore {
             query_messages(
                 c,
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ({placeholders})"),
-                params_from_iter(ids.iter()),
+                params_from_iter(ids.iter().map(MessageId::as_str)),
             )
         })
     }
 
     async fn mark_delivered(
         &self,
-        recipient_id: &str,
-        ids: &[String],
+        recipient_id: &UserId,
+        ids: &[MessageId],
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
         let recipient_id = recipient_id.to_string();
-        let ids = ids.to_vec();
+        let ids: Vec<String> = ids.iter().map(MessageId::to_string).collect();
         self.writer
             .write(move |c| {
                 let mut statement = c
@@ -471,8 +477,8 @@ impl Store for SqliteStore {
 
     async fn conversation(
         &self,
-        user_a: &str,
-        user_b: &str,
+        user_a: &UserId,
+        user_b: &UserId,
         before_seq: Option<i64>,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
@@ -501,8 +507,8 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         let user = store
             .create_user(NewUser {
-                phone_number: crate::users::PhoneNumber::parse("+12025550143").unwrap(),
-                username: crate::users::Username::parse("alice").unwrap(),
+                phone_number: PhoneNumber::parse("+12025550143").unwrap(),
+                username: crate::domain::Username::parse("alice").unwrap(),
                 password_hash: PasswordHash::new("hash".into()),
             })
             .await
@@ -522,12 +528,12 @@ mod tests {
                 store
                     .create_user(NewUser {
                         // Every other registration reuses a number: those must fail alone.
-                        phone_number: crate::users::PhoneNumber::parse(&format!(
+                        phone_number: PhoneNumber::parse(&format!(
                             "+1202555{:04}",
                             if n.is_multiple_of(2) { n } else { 0 }
                         ))
                         .unwrap(),
-                        username: crate::users::Username::parse("someone").unwrap(),
+                        username: crate::domain::Username::parse("someone").unwrap(),
                         password_hash: PasswordHash::new("hash".into()),
                     })
                     .await
@@ -555,15 +561,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("chat.db")).unwrap();
         let new_user = |phone: &str| NewUser {
-            phone_number: crate::users::PhoneNumber::parse(phone).unwrap(),
-            username: crate::users::Username::parse("alice").unwrap(),
+            phone_number: PhoneNumber::parse(phone).unwrap(),
+            username: crate::domain::Username::parse("alice").unwrap(),
             password_hash: PasswordHash::new("hash".into()),
         };
         let alice = store.create_user(new_user("+12025550143")).await.unwrap();
         let message = |n: usize| NewMessage {
             sender_id: alice.id.clone(),
             recipient_id: alice.id.clone(),
-            content: format!("{n}: {}", "x".repeat(3000)),
+            content: crate::domain::MessageContent::parse(format!("{n}: {}", "x".repeat(3000)))
+                .unwrap(),
             client_message_id: None,
             sent_at: Utc::now(),
         };

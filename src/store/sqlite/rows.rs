@@ -3,7 +3,10 @@
 use chrono::{DateTime, Utc};
 use rusqlite::Row;
 
-use crate::{messages::Message, sessions::Session, users::User};
+use crate::domain::{
+    ClientMessageId, Message, MessageContent, MessageId, PhoneNumber, Session, SessionId, User,
+    UserId, Username,
+};
 
 /// The schema, applied in order; `PRAGMA user_version` records how many have run.
 pub const MIGRATIONS: &[&str] = &[
@@ -60,9 +63,9 @@ pub fn time(millis: i64) -> DateTime<Utc> {
 
 pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
-        id: row.get(0)?,
-        phone_number: row.get(1)?,
-        username: row.get(2)?,
+        id: UserId::new(row.get::<_, String>(0)?),
+        phone_number: PhoneNumber::from_stored(row.get(1)?),
+        username: Username::from_stored(row.get(2)?),
         created_at: time(row.get(3)?),
     })
 }
@@ -70,11 +73,11 @@ pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
 pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         seq: row.get(0)?,
-        id: row.get(1)?,
-        sender_id: row.get(2)?,
-        recipient_id: row.get(3)?,
-        content: row.get(4)?,
-        client_message_id: row.get(5)?,
+        id: MessageId::new(row.get::<_, String>(1)?),
+        sender_id: UserId::new(row.get::<_, String>(2)?),
+        recipient_id: UserId::new(row.get::<_, String>(3)?),
+        content: MessageContent::from_stored(row.get(4)?),
+        client_message_id: row.get::<_, Option<String>>(5)?.map(ClientMessageId::from_stored),
         sent_at: time(row.get(6)?),
         delivered_at: row.get::<_, Option<i64>>(7)?.map(time),
     })
@@ -82,8 +85,8 @@ pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
 
 pub fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
-        id: row.get(0)?,
-        user_id: row.get(1)?,
+        id: SessionId::new(row.get::<_, String>(0)?),
+        user_id: UserId::new(row.get::<_, String>(1)?),
         created_at: time(row.get(2)?),
         last_seen_at: time(row.get(3)?),
         expires_at: time(row.get(4)?),
@@ -91,7 +94,8 @@ pub fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
 }
 
 /// The key both directions of a conversation share, so one index serves its history.
-pub fn conversation_key(a: &str, b: &str) -> String {
+pub fn conversation_key(a: &UserId, b: &UserId) -> String {
+    let (a, b) = (a.as_str(), b.as_str());
     if a <= b { format!("{a}|{b}") } else { format!("{b}|{a}") }
 }
 
@@ -105,7 +109,8 @@ mod tests {
 
     #[test]
     fn conversation_keys_ignore_direction() {
-        assert_eq!(conversation_key("a", "b"), conversation_key("b", "a"));
-        assert_ne!(conversation_key("a", "b"), conversation_key("a", "c"));
+        let [a, b, c] = ["a", "b", "c"].map(UserId::new);
+        assert_eq!(conversation_key(&a, &b), conversation_key(&b, &a));
+        assert_ne!(conversation_key(&a, &b), conversation_key(&a, &c));
     }
 }
