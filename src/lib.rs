@@ -4,27 +4,43 @@
 //! them over the `messageReceived` subscription, which first replays what they missed and then
 //! streams live messages without a gap or a duplicate.
 //!
-//! # Layout
-//! - [`config`]: settings from the environment.
-//! - [`users`], [`sessions`], [`messages`]: one module per domain concept, each holding its
-//!   domain types and rules, and a `graphql` submodule with its part of the schema.
-//! - [`messages::delivery`]: the replay-then-live stream behind `messageReceived`.
-//! - [`store`]: the [`store::Store`] trait, the embedded SQLite store and the MongoDB store.
-//! - [`bus`]: live fan-out of stored messages to open subscriptions.
-//! - [`schema`]: the merged GraphQL schema and its extensions; knows nothing of HTTP.
-//!   [`schema::document_shape`] measures every document before validation.
-//! - [`http`]: axum routes: GraphQL over HTTP (content negotiation in [`http::negotiation`]),
-//!   the websocket upgrade, the vendored GraphiQL, `/healthz`. [`cors`]: allowed origins.
-//! - [`websocket`]: the graphql-ws serve loop, with its close codes and session ending.
-//! - [`error`]: the error type clients see, with its `extensions.code`.
-//! - [`server`]: the accept loop (header-read timeout, connection caps); [`shutdown`]: closing
-//!   websockets with 1012 and draining within `SHUTDOWN_TIMEOUT`.
-//! - [`rate_limits`] and [`client_address`]: per-client limits; [`data_dir`]: private files and
-//!   the one-process lock; [`secret`]: values that never print.
+//! # Layers
+//! Dependencies run one way, top to bottom; nothing imports a layer above it.
+//!
+//! ```text
+//! lib.rs (wiring: build, serve)
+//!   http ──────────► websocket          axum routes, GraphiQL, /healthz; the graphql-ws loop
+//!     └──────┬──────────┘
+//!          schema                        GraphQL types and resolvers, one module per domain
+//!            │
+//!   accounts  sessions  messages  users  services: one per domain, each holding what it uses
+//!            │
+//!   store     bus     rate_limits        storage trait (SQLite, MongoDB); live fan-out; limits
+//!            │
+//!          domain                        ids, phone numbers, content, cursors: imports nothing
+//! ```
+//! Beside them, used from any layer: [`config`], [`error`] (the client-facing error and its
+//! `extensions.code`), [`client_address`], [`secret`], [`data_dir`], and the connection
+//! plumbing [`server`] (accept loop, header-read timeout, connection caps) and [`shutdown`].
+//!
+//! # Life of a message
+//! 1. `sendMessage` arrives over HTTP ([`http`], `http/graphql.rs`) or a websocket
+//!    ([`websocket`]) and is executed by the schema ([`schema`]).
+//! 2. Its resolver (`schema/messages.rs`) parses the input into a [`messages::SendRequest`]
+//!    (`TryFrom<SendMessageInput>`: content and key rules from [`domain`]).
+//! 3. [`messages::Messaging::send`] checks the sender's rate limit and the recipient, and
+//!    stores the message ([`store::Store::insert_message`], `store/sqlite` or `store/mongo`):
+//!    durable before anyone hears of it.
+//! 4. It publishes the stored message on the [`bus`]; the sender gets its answer.
+//! 5. Each of the recipient's `messageReceived` streams ([`messages::delivery`]), subscribed
+//!    to the bus before it read the backlog, emits it unless it already did.
+//! 6. The websocket loop (`websocket/mod.rs`) runs the subscription's resolver
+//!    (`schema/messages.rs`) on it and writes a `next` frame to the recipient's socket.
 //!
 //! [`build`] assembles the app from a [`config::Config`] and [`serve`] runs it on a listener
 //! until a shutdown future resolves; `main` and the integration tests both use exactly these.
 
+pub mod accounts;
 pub mod bus;
 pub mod client_address;
 pub mod config;
@@ -38,7 +54,6 @@ pub mod rate_limits;
 pub mod schema;
 pub mod secret;
 pub mod server;
-pub mod services;
 pub mod sessions;
 pub mod shutdown;
 pub mod store;
@@ -51,22 +66,24 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::{
-    bus::InProcessBus,
+    accounts::{Accounts, passwords::PasswordHasher},
+    bus::{InProcessBus, MessageBus},
     config::Config,
     error::StartupError,
+    messages::Messaging,
     rate_limits::RateLimits,
-    services::Services,
-    sessions::{passwords::PasswordHasher, tokens::TokenService},
+    sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
+    users::Directory,
 };
 
 /// A built application: its routes and the services behind them.
 pub struct App {
     /// The HTTP routes, ready for [`serve`].
     pub router: Router,
-    /// The services the routes use (tests reach into the store through this).
-    pub services: Services,
+    /// The store behind the routes (tests read it to check what a request changed).
+    pub store: Arc<dyn Store>,
     /// Tells websockets to close when [`serve`]'s shutdown future resolves.
     pub shutdown: Shutdown,
     /// How long [`serve`] waits for connections to finish after the shutdown begins
@@ -96,25 +113,29 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
 /// `config`'s store settings are ignored.
 pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, StartupError> {
     let secret = signing_secret(config)?;
-    let services = Services {
-        store,
-        bus: Arc::new(InProcessBus::new()),
-        tokens: Arc::new(TokenService::new(&secret, config.jwt_ttl)),
-        passwords: PasswordHasher::new(
-            config.bcrypt_cost,
-            config.limits.bcrypt_concurrency,
-            config.limits.bcrypt_max_queue,
-        ),
-        rate_limits: Arc::new(RateLimits::new(&config.limits)),
+    let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
+    let tokens = Arc::new(TokenService::new(&secret, config.jwt_ttl));
+    let limits = Arc::new(RateLimits::new(&config.limits));
+    let passwords = PasswordHasher::new(
+        config.bcrypt_cost,
+        config.limits.bcrypt_concurrency,
+        config.limits.bcrypt_max_queue,
+    );
+    let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
+    let services = schema::Services {
+        accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
+        sessions: sessions.clone(),
+        messaging: Messaging::new(store.clone(), bus, limits.clone()),
+        directory: Directory::new(store.clone(), limits.clone()),
     };
-    prune_rate_limits_periodically(&services.rate_limits);
-    purge_expired_sessions_periodically(&services.store);
-    let schema = schema::build(services.clone(), &config.limits);
+    prune_rate_limits_periodically(&limits);
+    purge_expired_sessions_periodically(&store);
+    let schema = schema::build(services, &config.limits);
     let shutdown = Shutdown::default();
-    let router = http::router(schema, services.clone(), shutdown.clone(), config);
+    let router = http::router(schema, sessions, store.clone(), shutdown.clone(), config);
     Ok(App {
         router,
-        services,
+        store,
         shutdown,
         shutdown_timeout: config.shutdown_timeout,
         connection_limits: config.connection_limits,
@@ -169,6 +190,7 @@ fn prune_rate_limits_periodically(rate_limits: &Arc<RateLimits>) {
 
 /// Removes sessions a day after they expired, every hour, for as long as the app exists (they
 /// are refused from expiry on; the day keeps them visible to anyone investigating a login).
+/// Holds the store weakly, so a stopped app releases it (and the data directory's lock).
 fn purge_expired_sessions_periodically(store: &Arc<dyn Store>) {
     let store = Arc::downgrade(store);
     tokio::spawn(async move {

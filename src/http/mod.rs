@@ -8,7 +8,7 @@ mod graphiql;
 mod graphql;
 pub mod negotiation;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -31,9 +31,9 @@ use crate::{
     cors::AllowedOrigins,
     schema::AppSchema,
     server::ConnectionHold,
-    services::Services,
-    sessions::{self, RequestAuth},
+    sessions::{self, RequestAuth, Sessions},
     shutdown::Shutdown,
+    store::Store,
     websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
 };
 
@@ -49,8 +49,9 @@ const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 #[derive(Clone)]
 struct AppState {
     schema: AppSchema,
-    services: Services,
-    /// What every websocket shares: schema, services, per-user counts, settings, shutdown.
+    /// Pinged by `/healthz`.
+    store: Arc<dyn Store>,
+    /// What every websocket shares: schema, sessions, per-user counts, settings, shutdown.
     websocket: websocket::Shared,
     /// Reverse proxies appending to `X-Forwarded-For` (`TRUST_PROXY`).
     trusted_proxies: usize,
@@ -65,13 +66,14 @@ struct AppState {
 /// The app's routes, ready to serve.
 pub fn router(
     schema: AppSchema,
-    services: Services,
+    sessions: Sessions,
+    store: Arc<dyn Store>,
     shutdown: Shutdown,
     config: &Config,
 ) -> Router {
     let websocket = websocket::Shared {
         schema: schema.clone(),
-        services: services.clone(),
+        sessions,
         registry: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
         settings: WebsocketSettings {
             init_timeout: config.ws_init_timeout,
@@ -93,7 +95,7 @@ pub fn router(
         .fallback(not_found)
         .with_state(AppState {
             schema,
-            services,
+            store,
             websocket,
             trusted_proxies: config.trusted_proxies,
             max_batch: config.limits.graphql_max_batch,
@@ -259,8 +261,8 @@ fn is_same_origin(headers: &HeaderMap, origin: &str) -> bool {
 
 /// `GET /healthz`: 200 when the store answers, 503 when it does not.
 async fn healthz(State(state): State<AppState>) -> Response {
-    let store = state.services.store.kind();
-    match state.services.store.ping().await {
+    let store = state.store.kind();
+    match state.store.ping().await {
         Ok(()) => Json(json!({ "status": "ok", "store": store })).into_response(),
         Err(error) => {
             tracing::warn!(%error, "health check failed");

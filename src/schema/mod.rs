@@ -1,27 +1,30 @@
-//! The GraphQL schema: the roots merged from each domain module, and how resolvers reach the
-//! shared services and the caller. Nothing here knows about HTTP or websockets.
+//! The GraphQL layer: one module per domain ([`users`], [`sessions`], [`messages`]) holding its
+//! types and resolvers, merged into one schema here. A resolver parses its input into domain
+//! values, asks for the one service it needs and the caller through [`context::ContextExt`],
+//! and turns the answer into GraphQL types. Nothing here knows about HTTP or websockets.
 
+mod context;
 pub mod document_shape;
 mod error_codes;
+mod messages;
 mod parsed_queries;
+mod sessions;
 mod timestamp;
+mod users;
 
 pub use timestamp::Timestamp;
 
-use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
+use self::{
+    messages::{MessageMutation, MessageQuery, MessageSubscription},
+    sessions::{AuthMutation, SessionQuery},
+    users::{UserLoader, UserQuery},
+};
 use crate::{
-    config::Limits,
-    domain::{PageSize, Viewer},
-    error::AppError,
-    messages::graphql::{MessageMutation, MessageQuery, MessageSubscription},
-    services::Services,
-    sessions::{
-        RequestAuth,
-        graphql::{AuthMutation, SessionQuery},
-    },
-    users::graphql::{UserLoader, UserQuery},
+    accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, sessions::Sessions,
+    users::Directory,
 };
 
 /// All queries.
@@ -53,11 +56,28 @@ pub fn page_complexity(last: Option<i32>, child_complexity: usize) -> usize {
 /// The schema type the server executes.
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
-/// Builds the schema with `services` as schema data and the query limits of `limits`.
+/// The services resolvers call, one per domain; each becomes schema data on its own, so a
+/// resolver asks for exactly the one it uses.
+pub struct Services {
+    /// Registration and login.
+    pub accounts: Accounts,
+    /// Authentication, logout, the session list.
+    pub sessions: Sessions,
+    /// Sending, acknowledging, history and the live stream.
+    pub messaging: Messaging,
+    /// Finding users.
+    pub directory: Directory,
+}
+
+/// Builds the schema over `services`, with the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
+    let Services { accounts, sessions, messaging, directory } = services;
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
-        .data(UserLoader::data_loader(services.store.clone()))
-        .data(services)
+        .data(UserLoader::data_loader(directory.clone()))
+        .data(accounts)
+        .data(sessions)
+        .data(messaging)
+        .data(directory)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))
         // Depth is enforced by the shape check, which treats introspection by its own rule.
@@ -85,16 +105,4 @@ pub fn sdl() -> String {
     Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .finish()
         .sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
-}
-
-/// The shared services, for resolvers.
-pub(crate) fn services<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Services> {
-    ctx.data::<Services>()
-}
-
-/// The authenticated caller, or an `UNAUTHENTICATED` error.
-pub(crate) async fn viewer(ctx: &Context<'_>) -> async_graphql::Result<Viewer> {
-    let services = services(ctx)?;
-    let auth = ctx.data_opt::<RequestAuth>().ok_or_else(AppError::unauthenticated)?;
-    Ok(auth.viewer(services).await?)
 }

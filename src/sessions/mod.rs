@@ -1,12 +1,10 @@
-//! Sessions: registering, logging in and out, and working out who is calling.
+//! Sessions: the server-side half of every sign-in, and working out who is calling.
 //!
 //! Every registration or login creates a server-side session, and the access token names it.
 //! A request is authenticated only while its session exists, so ending the session ends the
-//! token, whatever its expiry says.
+//! token, whatever its expiry says. [`Sessions`] is the service that starts, checks and ends
+//! them.
 
-pub mod graphql;
-pub mod passwords;
-pub mod sign_in;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -14,59 +12,146 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::OnceCell;
 
-pub use sign_in::{SignedIn, login, register};
-
-use self::tokens::TokenError;
+use self::tokens::{TokenError, TokenService};
 use crate::{
-    domain::{Session, SessionId, Viewer},
+    bus::{BusSubscription, MessageBus},
+    domain::{NewSession, Session, SessionId, User, Viewer},
     error::{AppError, AppResult},
-    services::Services,
+    store::Store,
 };
 
 /// How long an expired session is kept before it is removed from the store.
 pub const EXPIRED_SESSION_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
-/// Ends the caller's session, or with `all_sessions` every session of the caller, and closes
-/// the websockets those sessions hold open. Their tokens stop working at once.
-#[tracing::instrument(skip_all, fields(user = %viewer.user_id, all_sessions))]
-pub async fn logout(services: &Services, viewer: &Viewer, all_sessions: bool) -> AppResult<()> {
-    let ended = if all_sessions {
-        services.store.delete_user_sessions(&viewer.user_id).await?
-    } else if services.store.delete_session(&viewer.session_id).await? {
-        vec![viewer.session_id.clone()]
-    } else {
-        Vec::new()
-    };
-    services.bus.end_sessions(&ended).await;
-    Ok(())
-}
-
-/// The caller's sessions that have not ended or expired, newest first.
-pub async fn list(services: &Services, viewer: &Viewer) -> AppResult<Vec<Session>> {
-    let mut sessions = services.store.user_sessions(&viewer.user_id).await?;
-    let now = Utc::now();
-    sessions.retain(|session| session.expires_at > now);
-    sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-    Ok(sessions)
-}
-
-/// Ends one of the caller's sessions ("log out that other device"). Someone else's session id
-/// is `NOT_FOUND`, exactly like an unknown one.
-#[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
-pub async fn revoke(services: &Services, viewer: &Viewer, session_id: &SessionId) -> AppResult<()> {
-    let owned = services.store.session(session_id).await?;
-    if owned.is_none_or(|session| session.user_id != viewer.user_id) {
-        return Err(AppError::NotFound("session not found".into()));
-    }
-    if services.store.delete_session(session_id).await? {
-        services.bus.end_sessions(std::slice::from_ref(session_id)).await;
-    }
-    Ok(())
-}
-
 /// How stale `last_seen_at` may get before a request refreshes it; keeps authentication from
 /// writing to the store on every request.
 const LAST_SEEN_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Starts, checks and ends sessions.
+#[derive(Clone)]
+pub struct Sessions {
+    /// Where sessions are kept.
+    store: Arc<dyn Store>,
+    /// Tells open websockets that their session ended, and lets them listen for it.
+    bus: Arc<dyn MessageBus>,
+    /// Issues and checks the tokens that name sessions.
+    tokens: Arc<TokenService>,
+}
+
+/// A session just started, and the token that names it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The access token to present from now on.
+    pub token: String,
+    /// The session the token names.
+    pub session: Session,
+}
+
+impl Sessions {
+    /// The service over `store`, announcing endings on `bus`.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, tokens: Arc<TokenService>) -> Self {
+        Sessions { store, bus, tokens }
+    }
+
+    /// Stores a new session for `user` and issues the token that names it.
+    pub async fn start(&self, user: &User) -> AppResult<Started> {
+        let now = Utc::now();
+        let expires_at = self.tokens.expiry_from(now).map_err(AppError::internal)?;
+        let session = self
+            .store
+            .create_session(NewSession { user_id: user.id.clone(), created_at: now, expires_at })
+            .await?;
+        let token =
+            self.tokens.issue(&user.id, &session.id, expires_at).map_err(AppError::internal)?;
+        Ok(Started { token, session })
+    }
+
+    /// Turns a presented token into the caller, checking that its session is still live.
+    pub async fn authenticate(&self, token: &str) -> Result<Viewer, AuthError> {
+        let claims = self.tokens.verify(token)?;
+        self.check(&SessionId::new(claims.sid), &claims.sub).await
+    }
+
+    /// For a websocket: authenticates `token` and listens for the end of its session. The
+    /// listening starts before the store is asked whether the session is live, so a logout
+    /// racing with the connect is never missed.
+    pub async fn authenticate_and_watch(
+        &self,
+        token: &str,
+    ) -> Result<(Viewer, BusSubscription), AuthError> {
+        let claims = self.tokens.verify(token)?;
+        let session_id = SessionId::new(claims.sid);
+        let watch = self.bus.watch_session(&session_id);
+        let viewer = self.check(&session_id, &claims.sub).await?;
+        Ok((viewer, watch))
+    }
+
+    /// The caller, if session `session_id` exists, belongs to `user_id` and has not expired.
+    async fn check(&self, session_id: &SessionId, user_id: &str) -> Result<Viewer, AuthError> {
+        let session = self
+            .store
+            .session(session_id)
+            .await
+            .map_err(|error| AuthError::Store(error.into()))?
+            .ok_or(AuthError::Invalid)?;
+        let now = Utc::now();
+        if session.user_id.as_str() != user_id {
+            return Err(AuthError::Invalid);
+        }
+        if session.expires_at <= now {
+            return Err(AuthError::Expired);
+        }
+        if now - session.last_seen_at > LAST_SEEN_RESOLUTION {
+            // Best effort: a full disk or a read-only replica must not stop reads.
+            if let Err(error) = self.store.touch_session(&session.id, now).await {
+                tracing::warn!(%error, "cannot record when a session was last used");
+            }
+        }
+        Ok(Viewer {
+            user_id: session.user_id,
+            session_id: session.id,
+            expires_at: session.expires_at,
+        })
+    }
+
+    /// Ends the caller's session, or with `all_sessions` every session of the caller, and
+    /// closes the websockets those sessions hold open. Their tokens stop working at once.
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id, all_sessions))]
+    pub async fn logout(&self, viewer: &Viewer, all_sessions: bool) -> AppResult<()> {
+        let ended = if all_sessions {
+            self.store.delete_user_sessions(&viewer.user_id).await?
+        } else if self.store.delete_session(&viewer.session_id).await? {
+            vec![viewer.session_id.clone()]
+        } else {
+            Vec::new()
+        };
+        self.bus.end_sessions(&ended).await;
+        Ok(())
+    }
+
+    /// The caller's sessions that have not ended or expired, newest first.
+    pub async fn list(&self, viewer: &Viewer) -> AppResult<Vec<Session>> {
+        let mut sessions = self.store.user_sessions(&viewer.user_id).await?;
+        let now = Utc::now();
+        sessions.retain(|session| session.expires_at > now);
+        sessions.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        Ok(sessions)
+    }
+
+    /// Ends one of the caller's sessions ("log out that other device"). Someone else's session
+    /// id is `NOT_FOUND`, exactly like an unknown one.
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+    pub async fn revoke(&self, viewer: &Viewer, session_id: &SessionId) -> AppResult<()> {
+        let owned = self.store.session(session_id).await?;
+        if owned.is_none_or(|session| session.user_id != viewer.user_id) {
+            return Err(AppError::NotFound("session not found".into()));
+        }
+        if self.store.delete_session(session_id).await? {
+            self.bus.end_sessions(std::slice::from_ref(session_id)).await;
+        }
+        Ok(())
+    }
+}
 
 /// Why a presented token does not authenticate anyone.
 #[derive(Debug, thiserror::Error)]
@@ -103,31 +188,6 @@ impl From<AuthError> for AppError {
     }
 }
 
-/// Turns a presented token into the caller, checking that its session is still live.
-pub async fn authenticate(services: &Services, token: &str) -> Result<Viewer, AuthError> {
-    let claims = services.tokens.verify(token)?;
-    let session = services
-        .store
-        .session(&SessionId::new(claims.sid))
-        .await
-        .map_err(|error| AuthError::Store(error.into()))?
-        .ok_or(AuthError::Invalid)?;
-    let now = Utc::now();
-    if session.user_id.as_str() != claims.sub {
-        return Err(AuthError::Invalid);
-    }
-    if session.expires_at <= now {
-        return Err(AuthError::Expired);
-    }
-    if now - session.last_seen_at > LAST_SEEN_RESOLUTION {
-        // Best effort: a full disk or a read-only replica must not stop reads.
-        if let Err(error) = services.store.touch_session(&session.id, now).await {
-            tracing::warn!(%error, "cannot record when a session was last used");
-        }
-    }
-    Ok(Viewer { user_id: session.user_id, session_id: session.id, expires_at: session.expires_at })
-}
-
 /// Per-request authentication state: the presented token, checked at most once and only when a
 /// resolver needs the caller, so `register` and `login` work whatever token a client still sends.
 ///
@@ -151,11 +211,11 @@ impl RequestAuth {
     }
 
     /// The caller, or `UNAUTHENTICATED`.
-    pub async fn viewer(&self, services: &Services) -> AppResult<Viewer> {
+    pub async fn viewer(&self, sessions: &Sessions) -> AppResult<Viewer> {
         self.viewer
             .get_or_try_init(|| async {
                 let token = self.token.as_deref().ok_or_else(AppError::unauthenticated)?;
-                Ok::<_, AppError>(authenticate(services, token).await?)
+                Ok::<_, AppError>(sessions.authenticate(token).await?)
             })
             .await
             .cloned()

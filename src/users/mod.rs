@@ -1,4 +1,58 @@
-//! Users: the `User` type as the schema shows it and the queries that find users. What a user
-//! is, and the rules for phone numbers, usernames and passwords, live in [`crate::domain`].
+//! Users: finding people to chat with, and who may see whose phone number.
 
-pub mod graphql;
+use std::sync::Arc;
+
+use crate::{
+    domain::{PhoneNumber, User, UserId, Viewer},
+    error::{AppError, AppResult},
+    rate_limits::RateLimits,
+    store::Store,
+};
+
+/// Looks users up, within the lookup limits and privacy rules.
+#[derive(Clone)]
+pub struct Directory {
+    /// Where users are kept.
+    store: Arc<dyn Store>,
+    /// The per-caller limit on phone number lookups.
+    limits: Arc<RateLimits>,
+}
+
+impl Directory {
+    /// The service over `store`.
+    pub fn new(store: Arc<dyn Store>, limits: Arc<RateLimits>) -> Self {
+        Directory { store, limits }
+    }
+
+    /// The caller's own account (gone if it was deleted while the token lived).
+    pub async fn me(&self, viewer: &Viewer) -> AppResult<User> {
+        self.store.user_by_id(&viewer.user_id).await?.ok_or_else(AppError::unauthenticated)
+    }
+
+    /// The user with this id, if any.
+    pub async fn by_id(&self, id: &UserId) -> AppResult<Option<User>> {
+        Ok(self.store.user_by_id(id).await?)
+    }
+
+    /// The users with these ids that exist, in one store read (for batching).
+    pub async fn by_ids(&self, ids: &[UserId]) -> AppResult<Vec<User>> {
+        Ok(self.store.users_by_ids(ids).await?)
+    }
+
+    /// The user with this phone number, if any. Limited per caller (`RATE_LIMITED`), so the
+    /// directory cannot be scraped by trying numbers.
+    pub async fn by_phone(&self, viewer: &Viewer, phone: &PhoneNumber) -> AppResult<Option<User>> {
+        self.limits.check_lookup(viewer.user_id.as_str())?;
+        Ok(self.store.user_by_phone(phone).await?)
+    }
+
+    /// Whether `viewer` may see `user`'s phone number: their own, or that of someone they share
+    /// a conversation with (have sent a message to or received one from).
+    pub async fn may_see_phone_number(&self, viewer: &Viewer, user: &UserId) -> AppResult<bool> {
+        if &viewer.user_id == user {
+            return Ok(true);
+        }
+        let shared = self.store.conversation(&viewer.user_id, user, None, 1).await?;
+        Ok(!shared.is_empty())
+    }
+}

@@ -28,10 +28,9 @@ use self::protocol::{ClientMessage, Outgoing, Protocol, close};
 use crate::{
     bus::BusSubscription,
     client_address::ClientAddress,
-    domain::{SessionId, Viewer},
+    domain::Viewer,
     schema::AppSchema,
-    services::Services,
-    sessions::{self, AuthError, RequestAuth},
+    sessions::{self, AuthError, RequestAuth, Sessions},
     shutdown::Shutdown,
 };
 
@@ -131,8 +130,8 @@ type Operation = BoxStream<'static, Option<Response>>;
 pub struct Shared {
     /// The schema operations run against.
     pub schema: AppSchema,
-    /// The services, for authentication and session watching.
-    pub services: Services,
+    /// Authenticates `connection_init` and watches for the session's end.
+    pub sessions: Sessions,
     /// Open websockets per user.
     pub registry: ConnectionRegistry,
     /// Timeouts and limits.
@@ -148,14 +147,14 @@ pub async fn serve(
     shared: Shared,
     client: ClientAddress,
 ) {
-    let Shared { schema, services, registry, settings, shutdown } = shared;
+    let Shared { schema, sessions, registry, settings, shutdown } = shared;
     // Counted until the goodbye is written, so shutdown waits for it.
     let _open = shutdown.connection_opened();
     let mut connection = Connection {
         protocol,
         client,
         schema,
-        services,
+        sessions,
         registry,
         shutdown,
         slot: None,
@@ -187,7 +186,7 @@ struct Connection {
     /// socket count against the same per-client limits as over HTTP.
     client: ClientAddress,
     schema: AppSchema,
-    services: Services,
+    sessions: Sessions,
     registry: ConnectionRegistry,
     /// This connection's place among its user's connections, once authenticated.
     slot: Option<ConnectionSlot>,
@@ -351,19 +350,19 @@ impl Connection {
         }
     }
 
-    /// Checks the token in the init payload. The session watch starts before the store is asked
-    /// whether the session is live, so a logout racing with the connect is never missed.
+    /// Checks the token in the init payload and starts watching for its session's end.
     async fn authenticate(&mut self, payload: &Value) -> Result<Viewer, AuthError> {
         let token = sessions::token_from_init_payload(payload).ok_or(AuthError::Invalid)?;
-        let claims = self.services.tokens.verify(&token)?;
-        self.session_watch =
-            Some(self.services.bus.watch_session(&SessionId::new(claims.sid.clone())));
-        let authenticated = sessions::authenticate(&self.services, &token).await;
-        if let Err(error) = &authenticated {
-            tracing::debug!(%error, "websocket refused");
-            self.session_watch = None;
+        match self.sessions.authenticate_and_watch(&token).await {
+            Ok((viewer, watch)) => {
+                self.session_watch = Some(watch);
+                Ok(viewer)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "websocket refused");
+                Err(error)
+            }
         }
-        authenticated
     }
 
     fn on_subscribe(

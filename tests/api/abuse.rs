@@ -189,7 +189,7 @@ async fn data_files_are_private_to_the_server() {
     };
     assert_eq!(mode(""), Some(0o700), "the directory");
     assert_eq!(mode("jwt_secret"), Some(0o600));
-    if app.services.store.kind() == "sqlite" {
+    if app.store.kind() == "sqlite" {
         for file in ["chat.db", "chat.db-wal", "chat.db-shm"] {
             assert_eq!(mode(file), Some(0o600), "{file}");
         }

@@ -64,7 +64,7 @@ async fn invalid_registration_details_are_refused_and_nothing_is_stored() {
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{input}");
     }
     let phone = chatapp::domain::PhoneNumber::parse("+12025550143").unwrap();
-    let user = app.services.store.user_by_phone(&phone).await.unwrap();
+    let user = app.store.user_by_phone(&phone).await.unwrap();
     assert!(user.is_none(), "a refused registration stored a user");
 }
 

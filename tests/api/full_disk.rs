@@ -171,7 +171,7 @@ async fn a_full_disk_keeps_reads_working_and_sends_recover_when_space_returns() 
     let sent = &retried["data"]["sendMessage"];
     assert!(sent.is_object(), "{retried}");
     assert_eq!(bob_ws.next_message("inbox").await["id"], sent["id"]);
-    let unread = app.services.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap();
+    let unread = app.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap();
     assert_eq!(unread.len(), 2, "one message before the disk filled, one after");
     bob_ws.expect_silence(std::time::Duration::from_millis(200)).await;
 }

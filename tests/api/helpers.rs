@@ -42,7 +42,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The data directory; shared so a restarted server can open the same one.
     pub data_dir: Arc<TempDir>,
-    pub services: chatapp::services::Services,
+    /// The store behind the server, to check what a request changed.
+    pub store: Arc<dyn chatapp::store::Store>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -85,7 +86,7 @@ pub async fn spawn_app_wrapping_store(
 ) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let config = test_config(&data_dir, &[]);
-    let store = chatapp::build(&config).await.expect("app builds").services.store;
+    let store = chatapp::build(&config).await.expect("app builds").store;
     let app = chatapp::build_with_store(&config, wrap(store)).expect("app builds");
     serve_app(app, data_dir).await
 }
@@ -123,7 +124,7 @@ async fn serve_app(app: chatapp::App, data_dir: Arc<TempDir>) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().unwrap();
     let (shutdown, stop) = oneshot::channel::<()>();
-    let services = app.services.clone();
+    let store = app.store.clone();
     let server = tokio::spawn(chatapp::serve(listener, app, async {
         let _ = stop.await;
     }));
@@ -131,7 +132,7 @@ async fn serve_app(app: chatapp::App, data_dir: Arc<TempDir>) -> TestApp {
         address,
         http: reqwest::Client::new(),
         data_dir,
-        services,
+        store,
         shutdown: Some(shutdown),
         server: Some(server),
     }

@@ -57,7 +57,7 @@ fn send(recipient: &Value, content: &str, client_message_id: Option<&str>) -> Va
 
 /// Everything the catalogue could have changed, read straight from the store.
 async fn snapshot(app: &TestApp, users: &[&TestUser]) -> String {
-    let store = &app.services.store;
+    let store = &app.store;
     let mut state = Vec::new();
     for user in users {
         let id = user.user_id();

@@ -13,7 +13,7 @@ async fn healthz_reports_a_reachable_store() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     // The store in use: SQLite by default, MongoDB when the suite runs with TEST_MONGO_URI.
-    assert_eq!(body, json!({ "status": "ok", "store": app.services.store.kind() }));
+    assert_eq!(body, json!({ "status": "ok", "store": app.store.kind() }));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn a_second_process_on_one_data_directory_is_refused_clearly() {
     let app = spawn_app().await;
-    if app.services.store.kind() != "sqlite" {
+    if app.store.kind() != "sqlite" {
         return; // with MongoDB, instances share the database by design
     }
     let path = app.data_dir.path().display().to_string();
@@ -76,7 +76,7 @@ async fn a_peer_that_stops_reading_is_dropped() {
     // straight to the store (sending it over HTTP would only make the test slow).
     let content = chatapp::domain::MessageContent::parse("x".repeat(4000)).unwrap();
     let writes = (0..3000).map(|_| {
-        app.services.store.insert_message(chatapp::domain::NewMessage {
+        app.store.insert_message(chatapp::domain::NewMessage {
             sender_id: alice.user_id(),
             recipient_id: bob.user_id(),
             content: content.clone(),

@@ -45,7 +45,7 @@ async fn sign_ins_are_limited_per_client_address() {
     }
     let body = try_register(&app, "+12025550149").await;
     assert_rate_limited(&body);
-    let store = &app.services.store;
+    let store = &app.store;
     assert!(
         store
             .user_by_phone(&chatapp::domain::PhoneNumber::parse("+12025550149").unwrap())
@@ -101,7 +101,7 @@ async fn messages_are_limited_per_sender() {
         app.send_ok(&alice, &bob, &format!("message {n}")).await;
     }
     assert_rate_limited(&app.send(&alice, &bob, "one too many", None).await);
-    let stored = app.services.store.undelivered_messages(&bob.user_id(), 0, 100).await.unwrap();
+    let stored = app.store.undelivered_messages(&bob.user_id(), 0, 100).await.unwrap();
     assert_eq!(stored.len(), 3, "the refused message was not stored");
     // Bob has his own budget.
     app.send_ok(&bob, &alice, "hello alice").await;
@@ -224,9 +224,7 @@ async fn oversized_bodies_are_refused_with_a_coded_error() {
         .unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(error_code(&response.json().await.unwrap()), "LIMIT_EXCEEDED");
-    assert!(
-        app.services.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap().is_empty()
-    );
+    assert!(app.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

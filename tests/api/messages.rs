@@ -68,7 +68,7 @@ async fn bad_sends_are_refused_and_store_nothing() {
     assert_eq!(error_code(&app.send(&alice, &bob, "nul\u{0}", None).await), "BAD_USER_INPUT");
     let anonymous = TestUser { token: "garbage".into(), ..alice.clone() };
     assert_eq!(error_code(&app.send(&anonymous, &bob, "hi", None).await), "UNAUTHENTICATED");
-    let backlog = app.services.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap();
+    let backlog = app.store.undelivered_messages(&bob.user_id(), 0, 10).await.unwrap();
     assert!(backlog.is_empty(), "a refused send stored a message");
 }
 
@@ -82,10 +82,9 @@ async fn only_the_recipient_can_acknowledge_and_twice_is_harmless() {
     assert_eq!(error_code(&app.mark_delivered(&alice, &[id]).await), "FORBIDDEN");
     assert_eq!(error_code(&app.mark_delivered(&bob, &[id, "missing"]).await), "NOT_FOUND");
     assert!(
-        app.services.store.messages_by_ids(&[chatapp::domain::MessageId::new(id)]).await.unwrap()
-            [0]
-        .delivered_at
-        .is_none()
+        app.store.messages_by_ids(&[chatapp::domain::MessageId::new(id)]).await.unwrap()[0]
+            .delivered_at
+            .is_none()
     );
 
     let first = app.mark_delivered(&bob, &[id]).await;

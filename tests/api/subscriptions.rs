@@ -83,9 +83,7 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
     };
     // Subscribe once the burst is under way, so some messages are in the backlog and some
     // arrive while the backlog is being read.
-    while app.services.store.undelivered_messages(&bob.user_id(), 0, COUNT).await.unwrap().len()
-        < 20
-    {
+    while app.store.undelivered_messages(&bob.user_id(), 0, COUNT).await.unwrap().len() < 20 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut bob_ws = app.ws(&bob).await;

@@ -7,14 +7,17 @@ use async_graphql::{
 };
 use futures::{Stream, StreamExt};
 
-use super::{SendRequest, delivery};
+use super::{
+    Timestamp,
+    context::ContextExt,
+    users::{UserNode, load_user as load_user_by_id},
+};
 use crate::{
     domain::{
         ClientMessageId, Cursor, InvalidInput, Message, MessageContent, MessageId, PageSize, UserId,
     },
     error::AppError,
-    schema::{Timestamp, services, viewer},
-    users::{self, graphql::UserNode},
+    messages::{Messaging, SendRequest},
 };
 
 /// A chat message between two users.
@@ -67,7 +70,7 @@ impl Message {
 }
 
 async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
-    let user = users::graphql::load_user(ctx, id).await?;
+    let user = load_user_by_id(ctx, id).await?;
     let user =
         user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")))?;
     Ok(UserNode::other(user))
@@ -116,12 +119,12 @@ impl MessageQuery {
         last: Option<i32>,
         before: Option<String>,
     ) -> async_graphql::Result<Connection<String, Message>> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
+        let viewer = ctx.viewer().await?;
         let page_size = PageSize::parse(last)?;
         let cursor = before.as_deref().map(Cursor::parse).transpose()?;
         let with_user_id = UserId::new(with_user_id.0);
-        let page = super::history(services, &viewer, &with_user_id, page_size, cursor).await?;
+        let messaging = ctx.service::<Messaging>()?;
+        let page = messaging.history(&viewer, &with_user_id, page_size, cursor).await?;
         let mut connection = Connection::new(page.has_older, cursor.is_some());
         connection.edges.extend(
             page.messages
@@ -146,10 +149,9 @@ impl MessageMutation {
         ctx: &Context<'_>,
         input: SendMessageInput,
     ) -> async_graphql::Result<Message> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
+        let viewer = ctx.viewer().await?;
         let request = SendRequest::try_from(input)?;
-        Ok(super::send(services, &viewer, request).await?)
+        Ok(ctx.service::<Messaging>()?.send(&viewer, request).await?)
     }
 
     /// Acknowledges messages the caller has received, so they are not replayed again. Only the
@@ -162,10 +164,9 @@ impl MessageMutation {
         ctx: &Context<'_>,
         message_ids: Vec<ID>,
     ) -> async_graphql::Result<Vec<Message>> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
+        let viewer = ctx.viewer().await?;
         let ids = message_ids.into_iter().map(|id| MessageId::new(id.0)).collect();
-        Ok(super::mark_delivered(services, &viewer, ids).await?)
+        Ok(ctx.service::<Messaging>()?.mark_delivered(&viewer, ids).await?)
     }
 }
 
@@ -182,13 +183,8 @@ impl MessageSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        let stream = delivery::replay_then_live(
-            services.store.clone(),
-            services.bus.as_ref(),
-            viewer.user_id,
-        );
+        let viewer = ctx.viewer().await?;
+        let stream = ctx.service::<Messaging>()?.subscribe(&viewer);
         Ok(stream.map(|item| item.map_err(Into::into)))
     }
 }

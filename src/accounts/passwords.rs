@@ -119,15 +119,15 @@ impl PasswordHasher {
     }
 
     /// Whether `password` matches `hash`. Malformed input simply does not match.
-    pub async fn verify(&self, password: &str, hash: &PasswordHash) -> Result<bool, AppError> {
-        let password = password.to_string();
+    pub async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool, AppError> {
+        let password = password.expose().to_string();
         let hash = hash.as_str().to_string();
         let matched = self.run(move || bcrypt::non_truncating_verify(password, &hash)).await?;
         Ok(matched.unwrap_or(false))
     }
 
     /// Spends the same effort as [`verify`](Self::verify) and always fails.
-    pub async fn verify_decoy(&self, password: &str) -> Result<bool, AppError> {
+    pub async fn verify_decoy(&self, password: &Password) -> Result<bool, AppError> {
         let cost = self.cost;
         let decoy = self
             .decoy
@@ -182,11 +182,11 @@ mod tests {
     async fn hashes_verify_and_mismatches_do_not() {
         let hasher = PasswordHasher::new(4, 1, 8);
         let hash = hasher.hash(&Password::parse("correct horse").unwrap()).await.unwrap();
-        assert!(hasher.verify("correct horse", &hash).await.unwrap());
-        assert!(!hasher.verify("wrong horse!", &hash).await.unwrap());
+        assert!(hasher.verify(&Password::presented("correct horse"), &hash).await.unwrap());
+        assert!(!hasher.verify(&Password::presented("wrong horse!"), &hash).await.unwrap());
         let garbage = PasswordHash::new("not a hash".into());
-        assert!(!hasher.verify("correct horse", &garbage).await.unwrap());
-        assert!(!hasher.verify_decoy("correct horse").await.unwrap());
+        assert!(!hasher.verify(&Password::presented("correct horse"), &garbage).await.unwrap());
+        assert!(!hasher.verify_decoy(&Password::presented("correct horse")).await.unwrap());
     }
 
     #[tokio::test]
@@ -205,7 +205,8 @@ mod tests {
         while hasher.pending.load(Ordering::Acquire) < 2 {
             tokio::task::yield_now().await;
         }
-        let refused = hasher.verify_decoy("correct-horse-battery").await.unwrap_err();
+        let refused =
+            hasher.verify_decoy(&Password::presented("correct-horse-battery")).await.unwrap_err();
         assert!(
             matches!(refused, AppError::Overloaded { retry_after_seconds } if retry_after_seconds >= 1)
         );
@@ -223,7 +224,7 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), given_back)
             .await
             .expect("places are given back");
-        assert!(!hasher.verify_decoy("correct-horse-battery").await.unwrap());
+        assert!(!hasher.verify_decoy(&Password::presented("correct-horse-battery")).await.unwrap());
     }
 
     #[cfg(target_os = "linux")]

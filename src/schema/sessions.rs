@@ -2,12 +2,11 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::SignedIn;
+use super::{Timestamp, context::ContextExt, users::UserNode};
 use crate::{
-    client_address::{ClientAddress, ClientNetwork},
-    domain::SessionId,
-    schema::{Timestamp, services, viewer},
-    users::graphql::UserNode,
+    accounts::{Accounts, Registration, SignedIn},
+    domain::{InvalidInput, Password, PhoneNumber, SessionId, Username},
+    sessions::Sessions,
 };
 
 /// Details for a new account.
@@ -20,6 +19,18 @@ pub struct RegisterInput {
     pub username: String,
     /// At least 8 characters and at most 71 bytes.
     pub password: String,
+}
+
+impl TryFrom<RegisterInput> for Registration {
+    type Error = InvalidInput;
+
+    fn try_from(input: RegisterInput) -> Result<Self, InvalidInput> {
+        Ok(Registration {
+            phone_number: PhoneNumber::parse(&input.phone_number)?,
+            username: Username::parse(&input.username)?,
+            password: Password::parse(&input.password)?,
+        })
+    }
 }
 
 /// Credentials of an existing account.
@@ -66,12 +77,6 @@ pub struct LogoutPayload {
     pub message: String,
 }
 
-/// Where the caller connects from, for the per-client sign-in limits (HTTP and websocket
-/// requests carry it; anything else shares the bucket of unknown addresses).
-fn client_network(ctx: &Context<'_>) -> ClientNetwork {
-    ctx.data_opt::<ClientAddress>().copied().unwrap_or_default().network()
-}
-
 /// Account and session mutations.
 #[derive(Default)]
 pub struct AuthMutation;
@@ -85,15 +90,9 @@ impl AuthMutation {
         ctx: &Context<'_>,
         input: RegisterInput,
     ) -> async_graphql::Result<AuthPayload> {
-        let services = services(ctx)?;
-        let signed_in = super::register(
-            services,
-            client_network(ctx),
-            &input.phone_number,
-            &input.username,
-            &input.password,
-        )
-        .await?;
+        let registration = Registration::try_from(input)?;
+        let accounts = ctx.service::<Accounts>()?;
+        let signed_in = accounts.register(ctx.client_network(), registration).await?;
         Ok(AuthPayload::new(signed_in, "User registered successfully"))
     }
 
@@ -104,10 +103,10 @@ impl AuthMutation {
         ctx: &Context<'_>,
         input: LoginInput,
     ) -> async_graphql::Result<AuthPayload> {
-        let services = services(ctx)?;
-        let signed_in =
-            super::login(services, client_network(ctx), &input.phone_number, &input.password)
-                .await?;
+        let phone_number = PhoneNumber::parse(&input.phone_number)?;
+        let password = Password::presented(&input.password);
+        let accounts = ctx.service::<Accounts>()?;
+        let signed_in = accounts.login(ctx.client_network(), phone_number, password).await?;
         Ok(AuthPayload::new(signed_in, "Login successful"))
     }
 
@@ -119,9 +118,8 @@ impl AuthMutation {
         ctx: &Context<'_>,
         #[graphql(default = false)] all_sessions: bool,
     ) -> async_graphql::Result<LogoutPayload> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        super::logout(services, &viewer, all_sessions).await?;
+        let viewer = ctx.viewer().await?;
+        ctx.service::<Sessions>()?.logout(&viewer, all_sessions).await?;
         let message =
             if all_sessions { "Logged out of all sessions" } else { "Logged out successfully" };
         Ok(LogoutPayload { message: message.into() })
@@ -134,9 +132,8 @@ impl AuthMutation {
         ctx: &Context<'_>,
         id: ID,
     ) -> async_graphql::Result<LogoutPayload> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        super::revoke(services, &viewer, &SessionId::new(id.0)).await?;
+        let viewer = ctx.viewer().await?;
+        ctx.service::<Sessions>()?.revoke(&viewer, &SessionId::new(id.0)).await?;
         Ok(LogoutPayload { message: "Session revoked".into() })
     }
 }
@@ -166,9 +163,8 @@ impl SessionQuery {
     /// The caller's live sessions, newest first.
     #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SessionInfo>> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        let sessions = super::list(services, &viewer).await?;
+        let viewer = ctx.viewer().await?;
+        let sessions = ctx.service::<Sessions>()?.list(&viewer).await?;
         Ok(sessions
             .into_iter()
             .map(|session| SessionInfo {

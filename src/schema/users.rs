@@ -1,17 +1,17 @@
 //! The GraphQL face of users: the `User` type and the queries that find users.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use async_graphql::{
     Context, ID, Object,
     dataloader::{DataLoader, Loader},
 };
 
+use super::context::ContextExt;
 use crate::{
     domain::{PhoneNumber, User, UserId},
     error::AppError,
-    schema::{services, viewer},
-    store::Store,
+    users::Directory,
 };
 
 /// A user as the GraphQL schema shows them (the `User` type): the user, and whether the caller
@@ -56,20 +56,17 @@ impl UserNode {
         if self.is_caller {
             return Ok(phone_number);
         }
-        let Ok(viewer) = viewer(ctx).await else { return Ok(None) };
-        if viewer.user_id == self.user.id {
-            return Ok(phone_number);
-        }
-        let shared =
-            services(ctx)?.store.conversation(&viewer.user_id, &self.user.id, None, 1).await?;
-        Ok(if shared.is_empty() { None } else { phone_number })
+        let Ok(viewer) = ctx.viewer().await else { return Ok(None) };
+        let directory = ctx.service::<Directory>()?;
+        let allowed = directory.may_see_phone_number(&viewer, &self.user.id).await?;
+        Ok(if allowed { phone_number } else { None })
     }
 }
 
 /// Loads users by id in batches: the senders and recipients of a page of messages (or of
 /// every page in a request) cost one store query, not one per message.
 pub struct UserLoader {
-    store: Arc<dyn Store>,
+    directory: Directory,
 }
 
 /// How long a load waits for more ids to batch with. Short, because a live message's
@@ -79,8 +76,8 @@ const BATCH_DELAY: Duration = Duration::from_micros(200);
 impl UserLoader {
     /// A request-independent loader (it batches but does not cache, so it never serves stale
     /// users), for schema data.
-    pub fn data_loader(store: Arc<dyn Store>) -> DataLoader<UserLoader> {
-        DataLoader::new(UserLoader { store }, tokio::spawn).delay(BATCH_DELAY)
+    pub fn data_loader(directory: Directory) -> DataLoader<UserLoader> {
+        DataLoader::new(UserLoader { directory }, tokio::spawn).delay(BATCH_DELAY)
     }
 }
 
@@ -89,7 +86,7 @@ impl Loader<UserId> for UserLoader {
     type Error = AppError;
 
     async fn load(&self, ids: &[UserId]) -> Result<HashMap<UserId, User>, Self::Error> {
-        let users = self.store.users_by_ids(ids).await?;
+        let users = self.directory.by_ids(ids).await?;
         Ok(users.into_iter().map(|user| (user.id.clone(), user)).collect())
     }
 }
@@ -109,18 +106,16 @@ impl UserQuery {
     /// The signed-in user. Requires a token.
     #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        let user = services.store.user_by_id(&viewer.user_id).await?;
-        user.map(UserNode::caller).ok_or_else(|| crate::error::AppError::unauthenticated().into())
+        let viewer = ctx.viewer().await?;
+        Ok(UserNode::caller(ctx.service::<Directory>()?.me(&viewer).await?))
     }
 
     /// A user by id, or null if there is none. Requires a token.
     #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<UserNode>> {
-        let services = services(ctx)?;
-        viewer(ctx).await?;
-        Ok(services.store.user_by_id(&UserId::new(id.0)).await?.map(UserNode::other))
+        ctx.viewer().await?;
+        let user = ctx.service::<Directory>()?.by_id(&UserId::new(id.0)).await?;
+        Ok(user.map(UserNode::other))
     }
 
     /// Finds a user by phone number (any common formatting), to start a conversation. Null if
@@ -132,10 +127,9 @@ impl UserQuery {
         ctx: &Context<'_>,
         phone_number: String,
     ) -> async_graphql::Result<Option<UserNode>> {
-        let services = services(ctx)?;
-        let viewer = viewer(ctx).await?;
-        services.rate_limits.check_lookup(viewer.user_id.as_str())?;
+        let viewer = ctx.viewer().await?;
         let phone_number = PhoneNumber::parse(&phone_number)?;
-        Ok(services.store.user_by_phone(&phone_number).await?.map(UserNode::other))
+        let user = ctx.service::<Directory>()?.by_phone(&viewer, &phone_number).await?;
+        Ok(user.map(UserNode::other))
     }
 }

@@ -1,0 +1,124 @@
+//! Accounts: registering and logging in, each of which starts a session.
+
+pub mod passwords;
+
+use std::sync::Arc;
+
+use self::passwords::PasswordHasher;
+use crate::{
+    client_address::ClientNetwork,
+    domain::{NewUser, Password, PhoneNumber, Session, User, Username},
+    error::{AppError, AppResult},
+    rate_limits::RateLimits,
+    sessions::Sessions,
+    store::{Constraint, Store, StoreError},
+};
+
+/// Creates accounts and checks credentials.
+#[derive(Clone)]
+pub struct Accounts {
+    /// Where users are kept.
+    store: Arc<dyn Store>,
+    /// bcrypt, off the async threads.
+    passwords: PasswordHasher,
+    /// Sign-in limits per client and per phone number, and the failed-login backoff.
+    limits: Arc<RateLimits>,
+    /// Starts the session a successful sign-in hands back.
+    sessions: Sessions,
+}
+
+/// What a client sent to register, parsed.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The number the account is for.
+    pub phone_number: PhoneNumber,
+    /// The display name.
+    pub username: Username,
+    /// The new password, already checked against the rules.
+    pub password: Password,
+}
+
+/// What a successful registration or login hands back.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The access token to present from now on.
+    pub token: String,
+    /// The signed-in user.
+    pub user: User,
+    /// The session the token names.
+    pub session: Session,
+}
+
+/// The same answer for an unknown phone number and a wrong password, so accounts cannot be
+/// discovered through the login form.
+fn bad_credentials() -> AppError {
+    AppError::Unauthenticated("invalid phone number or password".into())
+}
+
+impl Accounts {
+    /// The service over `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        passwords: PasswordHasher,
+        limits: Arc<RateLimits>,
+        sessions: Sessions,
+    ) -> Self {
+        Accounts { store, passwords, limits, sessions }
+    }
+
+    /// Creates an account and signs it in.
+    #[tracing::instrument(skip_all)]
+    pub async fn register(
+        &self,
+        client: ClientNetwork,
+        registration: Registration,
+    ) -> AppResult<SignedIn> {
+        let Registration { phone_number, username, password } = registration;
+        self.limits.check_auth(client, phone_number.as_str())?;
+        // Checked before hashing, so a taken number costs no bcrypt time; the store's unique
+        // rule still decides a race.
+        if self.store.user_by_phone(&phone_number).await?.is_some() {
+            return Err(StoreError::Conflict(Constraint::PhoneNumber).into());
+        }
+        let password_hash = self.passwords.hash(&password).await?;
+        let user =
+            self.store.create_user(NewUser { phone_number, username, password_hash }).await?;
+        tracing::info!(user = %user.id, "user registered");
+        self.sign_in(user).await
+    }
+
+    /// Checks a phone number and password and signs the user in.
+    #[tracing::instrument(skip_all)]
+    pub async fn login(
+        &self,
+        client: ClientNetwork,
+        phone_number: PhoneNumber,
+        password: Password,
+    ) -> AppResult<SignedIn> {
+        let limits = &self.limits;
+        limits.check_auth(client, phone_number.as_str())?;
+        limits.check_login_backoff(client, phone_number.as_str())?;
+        let credentials = self.store.credentials_by_phone(&phone_number).await?;
+        let matched = match &credentials {
+            Some(credentials) => {
+                self.passwords.verify(&password, &credentials.password_hash).await?
+            }
+            None => self.passwords.verify_decoy(&password).await?,
+        };
+        match credentials {
+            Some(credentials) if matched => {
+                limits.record_login_success(phone_number.as_str());
+                self.sign_in(credentials.user).await
+            }
+            _ => {
+                limits.record_login_failure(client, phone_number.as_str());
+                Err(bad_credentials())
+            }
+        }
+    }
+
+    async fn sign_in(&self, user: User) -> AppResult<SignedIn> {
+        let started = self.sessions.start(&user).await?;
+        Ok(SignedIn { token: started.token, user, session: started.session })
+    }
+}
