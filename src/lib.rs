@@ -57,6 +57,8 @@ pub mod server;
 pub mod sessions;
 pub mod shutdown;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod users;
 pub mod websocket;
 

@@ -122,3 +122,59 @@ impl Accounts {
         Ok(SignedIn { token: started.token, user, session: started.session })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        client_address::ClientNetwork,
+        sessions::tokens::TokenService,
+        testing::{World, limits},
+    };
+
+    fn accounts(world: &World) -> Accounts {
+        let tokens =
+            TokenService::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
+        let sessions = Sessions::new(world.store.clone(), world.bus.clone(), Arc::new(tokens));
+        Accounts::new(world.store.clone(), PasswordHasher::new(4, 1, 8), limits(|_| {}), sessions)
+    }
+
+    fn registration(phone: &str, password: &str) -> Registration {
+        Registration {
+            phone_number: PhoneNumber::parse(phone).unwrap(),
+            username: Username::parse("alice").unwrap(),
+            password: Password::parse(password).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_account_per_number_and_login_answers_alike_for_unknown_and_wrong() {
+        let world = World::new();
+        let accounts = accounts(&world);
+        let client = ClientNetwork::Unknown;
+        let signed_up =
+            accounts.register(client, registration("+12025550143", "correct-horse-battery")).await;
+        let signed_up = signed_up.unwrap();
+        let again =
+            accounts.register(client, registration("+1 202 555 0143", "another-horse-1")).await;
+        assert_eq!(again.unwrap_err().code(), "CONFLICT");
+
+        let number = PhoneNumber::parse("+12025550143").unwrap();
+        let login =
+            accounts.login(client, number.clone(), Password::presented("correct-horse-battery"));
+        let logged_in = login.await.unwrap();
+        assert_eq!(logged_in.user, signed_up.user);
+        assert_ne!(logged_in.session.id, signed_up.session.id, "a session per sign-in");
+
+        let wrong =
+            accounts.login(client, number, Password::presented("wrong-horse-battery")).await;
+        let unknown = PhoneNumber::parse("+12025550199").unwrap();
+        let nobody =
+            accounts.login(client, unknown, Password::presented("correct-horse-battery")).await;
+        let (wrong, nobody) = (wrong.unwrap_err(), nobody.unwrap_err());
+        assert_eq!((wrong.code(), wrong.to_string()), (nobody.code(), nobody.to_string()));
+        assert_eq!(wrong.code(), "UNAUTHENTICATED");
+    }
+}

@@ -164,3 +164,129 @@ impl Messaging {
         delivery::replay_then_live(self.store.clone(), self.bus.as_ref(), viewer.user_id.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt, StreamExt};
+
+    use super::*;
+    use crate::{bus::BusEvent, testing::World};
+
+    fn messaging(world: &World) -> Messaging {
+        let limits = crate::testing::limits(|l| l.messages_per_second_per_user = 1000);
+        Messaging::new(world.store.clone(), world.bus.clone(), limits)
+    }
+
+    fn request(to: &UserId, content: &str, key: Option<&str>) -> SendRequest {
+        SendRequest {
+            recipient_id: to.clone(),
+            content: MessageContent::parse(content.into()).unwrap(),
+            client_message_id: key.map(|key| ClientMessageId::parse(key.into()).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sent_message_is_stored_then_published_once_even_when_retried() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let sender = world.viewer(&alice).await;
+        let mut inbox = world.bus.subscribe(&bob.id);
+        let messaging = messaging(&world);
+
+        let sent = messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
+        let stored = world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap();
+        assert_eq!(stored, vec![sent.clone()]);
+        match inbox.next().await {
+            Some(BusEvent::Message(published)) => assert_eq!(*published, sent),
+            other => panic!("expected the message on the bus, got {other:?}"),
+        }
+
+        let retried = messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
+        assert_eq!(retried, sent, "the retry returns the original");
+        assert!(inbox.next().now_or_never().is_none(), "and publishes nothing");
+        assert_eq!(world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn messages_go_to_someone_else_who_exists() {
+        let world = World::new();
+        let alice = world.user("+12025550143").await;
+        let sender = world.viewer(&alice).await;
+        let messaging = messaging(&world);
+        let to_self = messaging.send(&sender, request(&alice.id, "hi", None)).await.unwrap_err();
+        assert_eq!(to_self.code(), "BAD_USER_INPUT");
+        let nobody = UserId::new("nobody");
+        let missing = messaging.send(&sender, request(&nobody, "hi", None)).await.unwrap_err();
+        assert_eq!(missing.code(), "NOT_FOUND");
+        assert!(world.store.undelivered_messages(&alice.id, 0, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_the_recipient_acknowledges_and_all_or_nothing() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
+        let messaging = messaging(&world);
+        let first = messaging.send(&as_alice, request(&bob.id, "one", None)).await.unwrap();
+        let second = messaging.send(&as_alice, request(&bob.id, "two", None)).await.unwrap();
+
+        let by_sender = messaging.mark_delivered(&as_alice, vec![first.id.clone()]).await;
+        assert_eq!(by_sender.unwrap_err().code(), "FORBIDDEN");
+        let with_unknown =
+            messaging.mark_delivered(&as_bob, vec![first.id.clone(), MessageId::new("nope")]).await;
+        assert_eq!(with_unknown.unwrap_err().code(), "NOT_FOUND");
+        assert_eq!(world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap().len(), 2);
+
+        let asked = vec![second.id.clone(), first.id.clone(), second.id.clone()];
+        let acknowledged = messaging.mark_delivered(&as_bob, asked).await.unwrap();
+        let ids: Vec<_> = acknowledged.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(ids, vec![second.id, first.id], "in the order asked, once each");
+        assert!(acknowledged.iter().all(|m| m.delivered_at.is_some()));
+        assert!(world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap().is_empty());
+
+        let too_many = (0..=MAX_ACK_BATCH).map(|n| MessageId::new(n.to_string())).collect();
+        assert_eq!(
+            messaging.mark_delivered(&as_bob, too_many).await.unwrap_err().code(),
+            "BAD_USER_INPUT"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_pages_back_from_the_newest() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let as_alice = world.viewer(&alice).await;
+        let messaging = messaging(&world);
+        for n in 0..5 {
+            messaging.send(&as_alice, request(&bob.id, &format!("m{n}"), None)).await.unwrap();
+        }
+        let content = |page: &HistoryPage| -> Vec<String> {
+            page.messages.iter().map(|m| m.content.as_str().to_string()).collect()
+        };
+        let size = PageSize::parse(Some(2)).unwrap();
+        let newest = messaging.history(&as_alice, &bob.id, size, None).await.unwrap();
+        assert_eq!((content(&newest), newest.has_older), (vec!["m3".into(), "m4".into()], true));
+        let cursor = Cursor::at(newest.messages[0].seq);
+        let older = messaging.history(&as_alice, &bob.id, size, Some(cursor)).await.unwrap();
+        assert_eq!(content(&older), ["m1", "m2"]);
+        let cursor = Cursor::at(older.messages[0].seq);
+        let oldest = messaging.history(&as_alice, &bob.id, size, Some(cursor)).await.unwrap();
+        assert_eq!((content(&oldest), oldest.has_older), (vec!["m0".into()], false));
+        let nobody = UserId::new("nobody");
+        let missing = messaging.history(&as_alice, &nobody, size, None).await.unwrap_err();
+        assert_eq!(missing.code(), "NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn a_subscription_replays_the_backlog_then_goes_live() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
+        let messaging = messaging(&world);
+        let missed = messaging.send(&as_alice, request(&bob.id, "while away", None)).await.unwrap();
+        let mut stream = Box::pin(messaging.subscribe(&as_bob));
+        assert_eq!(stream.next().await.unwrap().unwrap(), missed);
+        let live = messaging.send(&as_alice, request(&bob.id, "now", None)).await.unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap(), live);
+    }
+}

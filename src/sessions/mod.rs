@@ -253,8 +253,104 @@ pub fn token_from_init_payload(payload: &serde_json::Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use futures::{FutureExt, StreamExt};
     use serde_json::json;
+
+    use super::*;
+    use crate::{bus::BusEvent, testing::World};
+
+    fn sessions(world: &World) -> Sessions {
+        let tokens =
+            TokenService::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
+        Sessions::new(world.store.clone(), world.bus.clone(), Arc::new(tokens))
+    }
+
+    #[tokio::test]
+    async fn a_started_session_authenticates_until_it_is_ended() {
+        let world = World::new();
+        let alice = world.user("+12025550143").await;
+        let sessions = sessions(&world);
+        let started = sessions.start(&alice).await.unwrap();
+        let (viewer, mut watch) = sessions.authenticate_and_watch(&started.token).await.unwrap();
+        assert_eq!((&viewer.user_id, &viewer.session_id), (&alice.id, &started.session.id));
+
+        sessions.logout(&viewer, false).await.unwrap();
+        assert!(matches!(watch.next().await, Some(BusEvent::SessionEnded)));
+        let after = sessions.authenticate(&started.token).await.unwrap_err();
+        assert!(matches!(after, AuthError::Invalid), "an ended session is final: {after:?}");
+    }
+
+    #[tokio::test]
+    async fn logging_out_everywhere_ends_every_session_and_only_the_callers() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let sessions = sessions(&world);
+        let phone = sessions.start(&alice).await.unwrap();
+        let laptop = sessions.start(&alice).await.unwrap();
+        let bobs = sessions.start(&bob).await.unwrap();
+        let (viewer, _) = sessions.authenticate_and_watch(&phone.token).await.unwrap();
+        let (_, mut laptop_watch) = sessions.authenticate_and_watch(&laptop.token).await.unwrap();
+
+        sessions.logout(&viewer, true).await.unwrap();
+        assert!(matches!(laptop_watch.next().await, Some(BusEvent::SessionEnded)));
+        assert!(sessions.authenticate(&laptop.token).await.is_err());
+        assert!(sessions.authenticate(&bobs.token).await.is_ok(), "bob is still signed in");
+    }
+
+    #[tokio::test]
+    async fn only_your_own_sessions_can_be_listed_and_revoked() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let sessions = sessions(&world);
+        let first = sessions.start(&alice).await.unwrap();
+        let second = sessions.start(&alice).await.unwrap();
+        let bobs = sessions.start(&bob).await.unwrap();
+        let as_alice = sessions.authenticate(&first.token).await.unwrap();
+        let listed: Vec<_> =
+            sessions.list(&as_alice).await.unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&first.session.id) && listed.contains(&second.session.id));
+
+        let someone_elses = sessions.revoke(&as_alice, &bobs.session.id).await.unwrap_err();
+        assert_eq!(someone_elses.code(), "NOT_FOUND");
+        assert!(sessions.authenticate(&bobs.token).await.is_ok());
+        let mut watch = world.bus.watch_session(&second.session.id);
+        sessions.revoke(&as_alice, &second.session.id).await.unwrap();
+        assert!(matches!(watch.next().await, Some(BusEvent::SessionEnded)));
+        assert!(sessions.authenticate(&second.token).await.is_err());
+        assert!(watch.next().now_or_never().is_none(), "ended once");
+    }
+
+    #[tokio::test]
+    async fn an_expired_session_asks_for_a_new_token_and_a_foreign_one_is_refused() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let sessions = sessions(&world);
+        let expired = world
+            .store
+            .create_session(NewSession {
+                user_id: alice.id.clone(),
+                created_at: Utc::now() - chrono::TimeDelta::hours(1),
+                expires_at: Utc::now() - chrono::TimeDelta::seconds(1),
+            })
+            .await
+            .unwrap();
+        let token = sessions
+            .tokens
+            .issue(&alice.id, &expired.id, Utc::now() + chrono::TimeDelta::minutes(1))
+            .unwrap();
+        assert!(matches!(sessions.authenticate(&token).await, Err(AuthError::Expired)));
+
+        // A genuine token naming bob's session but claiming alice.
+        let bobs = sessions.start(&bob).await.unwrap();
+        let forged = sessions
+            .tokens
+            .issue(&alice.id, &bobs.session.id, Utc::now() + chrono::TimeDelta::minutes(1))
+            .unwrap();
+        assert!(matches!(sessions.authenticate(&forged).await, Err(AuthError::Invalid)));
+    }
 
     #[test]
     fn bearer_tokens_are_read_in_any_case() {

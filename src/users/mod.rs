@@ -56,3 +56,57 @@ impl Directory {
         Ok(!shared.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::{
+        domain::{MessageContent, NewMessage},
+        testing::{World, limits},
+    };
+
+    #[tokio::test]
+    async fn phone_numbers_show_to_their_owner_and_conversation_partners_only() {
+        let world = World::new();
+        let [alice, bob, carol] = [
+            world.user("+12025550143").await,
+            world.user("+12025550144").await,
+            world.user("+12025550145").await,
+        ];
+        let directory = Directory::new(world.store.clone(), limits(|_| {}));
+        let as_bob = world.viewer(&bob).await;
+        assert!(directory.may_see_phone_number(&as_bob, &bob.id).await.unwrap());
+        assert!(!directory.may_see_phone_number(&as_bob, &alice.id).await.unwrap());
+        world
+            .store
+            .insert_message(NewMessage {
+                sender_id: alice.id.clone(),
+                recipient_id: bob.id.clone(),
+                content: MessageContent::parse("hi".into()).unwrap(),
+                client_message_id: None,
+                sent_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        assert!(directory.may_see_phone_number(&as_bob, &alice.id).await.unwrap());
+        assert!(!directory.may_see_phone_number(&as_bob, &carol.id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn phone_number_lookups_are_limited_per_caller() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let directory =
+            Directory::new(world.store.clone(), limits(|l| l.lookups_per_minute_per_user = 2));
+        let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
+        for _ in 0..2 {
+            let found = directory.by_phone(&as_alice, &bob.phone_number).await.unwrap();
+            assert_eq!(found.map(|user| user.id), Some(bob.id.clone()));
+        }
+        let refused = directory.by_phone(&as_alice, &bob.phone_number).await.unwrap_err();
+        assert_eq!(refused.code(), "RATE_LIMITED");
+        assert!(directory.by_phone(&as_bob, &alice.phone_number).await.is_ok(), "per caller");
+    }
+}
