@@ -15,11 +15,9 @@ use tokio_tungstenite::{
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-const SEND: &str = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id } }";
-const REGISTER: &str =
-    "mutation($input: RegisterInput!) { register(input: $input) { token profileId } }";
-const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";
-const SUBSCRIBE: &str = "subscription { messageReceived { id content } }";
+/// The operations the integration tests send too, run by `operationName`. Sends and live
+/// messages select the sender and recipient, as a chat screen does.
+const OPERATIONS: &str = include_str!("../../tests/operations.graphql");
 pub const PASSWORD: &str = "benchmark-password";
 
 /// A registered user.
@@ -83,7 +81,11 @@ impl Target {
                 // Only success matters here, so the answer is not parsed unless it is an error
                 // (parsing costs the load generator CPU the server under test would not get).
                 let input = json!({ "recipientId": route.recipient, "content": content });
-                let body = json!({ "query": SEND, "variables": { "input": input } });
+                let body = json!({
+                    "query": OPERATIONS,
+                    "operationName": "SendMessage",
+                    "variables": { "input": input },
+                });
                 let response = http
                     .post(format!("{base_url}/graphql"))
                     .bearer_auth(&route.token)
@@ -134,14 +136,14 @@ impl Target {
     /// Posts a GraphQL operation; a response with errors is an error.
     pub async fn graphql(
         &self,
-        query: &str,
+        operation: &str,
         variables: Value,
         token: Option<&str>,
     ) -> anyhow::Result<Value> {
         let Target::Chat { http, base_url } = self else { bail!("GraphQL needs the chat target") };
-        let mut request = http
-            .post(format!("{base_url}/graphql"))
-            .json(&json!({ "query": query, "variables": variables }));
+        let body =
+            json!({ "query": OPERATIONS, "operationName": operation, "variables": variables });
+        let mut request = http.post(format!("{base_url}/graphql")).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -157,7 +159,7 @@ impl Target {
         let phone_number = unique_phone_number();
         let input =
             json!({ "phoneNumber": phone_number, "username": "bench", "password": PASSWORD });
-        let data = self.graphql(REGISTER, json!({ "input": input }), None).await?;
+        let data = self.graphql("Register", json!({ "input": input }), None).await?;
         let payload = &data["register"];
         Ok(User {
             id: payload["profileId"].as_str().context("no profileId")?.to_string(),
@@ -169,7 +171,7 @@ impl Target {
     /// Logs `user` in (a new session each time).
     pub async fn login(&self, user: &User) -> anyhow::Result<()> {
         let input = json!({ "phoneNumber": user.phone_number, "password": PASSWORD });
-        self.graphql(LOGIN, json!({ "input": input }), None).await.map(drop)
+        self.graphql("Login", json!({ "input": input }), None).await.map(drop)
     }
 
     /// Opens a graphql-transport-ws connection for `token` and starts `messageReceived`.
@@ -186,8 +188,7 @@ impl Target {
             Some(Ok(Message::Text(text))) if text.as_str().contains("connection_ack") => {}
             other => bail!("no connection_ack: {other:?}"),
         }
-        let subscribe =
-            json!({ "id": "1", "type": "subscribe", "payload": { "query": SUBSCRIBE } });
+        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": OPERATIONS, "operationName": "MessageReceived" } });
         ws.send(Message::text(subscribe.to_string())).await?;
         Ok(ws)
     }

@@ -243,7 +243,7 @@ fn dependency_order(document: &ExecutableDocument) -> Result<Vec<&str>, ShapeErr
 }
 
 /// The names of the fragments spread anywhere in `set`, nested selections included.
-fn collect_spreads<'a>(set: &'a SelectionSet, names: &mut Vec<&'a str>) {
+pub(super) fn collect_spreads<'a>(set: &'a SelectionSet, names: &mut Vec<&'a str>) {
     for item in &set.items {
         match &item.node {
             Selection::Field(field) => collect_spreads(&field.node.selection_set.node, names),

@@ -3,7 +3,7 @@
 //! few operations a client sends again and again are parsed once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -12,7 +12,7 @@ use async_graphql::{
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
     },
-    parser::types::ExecutableDocument,
+    parser::types::{DocumentOperations, ExecutableDocument},
 };
 
 use super::{
@@ -100,8 +100,16 @@ impl Extension for ParseStep {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         let cached = self.cache().documents.get(&request.query).cloned();
+        let operation = request.operation_name.clone();
+        let named = |document| {
+            only_the_named_operation(document, operation.as_deref()).ok_or_else(|| {
+                let name = operation.as_deref().unwrap_or_default();
+                let error = ServerError::new(format!("Unknown operation named \"{name}\""), None);
+                with_code(error, "GRAPHQL_VALIDATION_FAILED")
+            })
+        };
         match cached {
-            Some(document) => request.set_parsed_query(document),
+            Some(document) => request.set_parsed_query(named(document)?),
             // A syntax error is left for async-graphql to report in its usual form.
             None => {
                 if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
@@ -113,7 +121,7 @@ impl Extension for ParseStep {
                         *self.unvalidated.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((request.query.clone(), document.clone()));
                     }
-                    request.set_parsed_query(document);
+                    request.set_parsed_query(named(document)?);
                 }
             }
         }
@@ -132,6 +140,49 @@ impl Extension for ParseStep {
         }
         Ok(result)
     }
+}
+
+/// Keeps only the operation the request names, and the fragments it reaches.
+///
+/// async-graphql validates every operation of a document against the one request's variables
+/// (its pull request #1669 is open), so a document holding several operations with different
+/// variables, as a GraphiQL tab or a shared operations file does, failed with "Variable ... is
+/// not defined". Only the named operation runs, so only it is validated. `None` when the
+/// document has several operations and none of that name (async-graphql would report the
+/// other operations' validation errors instead of the unknown name).
+fn only_the_named_operation(
+    mut document: ExecutableDocument,
+    name: Option<&str>,
+) -> Option<ExecutableDocument> {
+    let (Some(name), DocumentOperations::Multiple(operations)) = (name, &mut document.operations)
+    else {
+        return Some(document);
+    };
+    if !operations.contains_key(name) {
+        return None;
+    }
+    if operations.len() < 2 {
+        return Some(document);
+    }
+    operations.retain(|operation, _| operation.as_str() == name);
+    let mut reached = HashSet::new();
+    let mut pending = Vec::new();
+    for operation in operations.values() {
+        document_shape::collect_spreads(&operation.node.selection_set.node, &mut pending);
+    }
+    let mut pending: Vec<String> = pending.into_iter().map(String::from).collect();
+    while let Some(fragment) = pending.pop() {
+        if !reached.insert(fragment.clone()) {
+            continue;
+        }
+        if let Some(definition) = document.fragments.get(fragment.as_str()) {
+            let mut spreads = Vec::new();
+            document_shape::collect_spreads(&definition.node.selection_set.node, &mut spreads);
+            pending.extend(spreads.into_iter().map(String::from));
+        }
+    }
+    document.fragments.retain(|fragment, _| reached.contains(fragment.as_str()));
+    Some(document)
 }
 
 #[cfg(test)]

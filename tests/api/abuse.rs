@@ -154,11 +154,7 @@ async fn phone_seen_by(app: &TestApp, viewer: &TestUser, of: &TestUser) -> Value
 /// Look-ups by phone number are limited per caller, aliases included.
 #[tokio::test]
 async fn phone_number_lookups_are_limited() {
-    let app = crate::helpers::spawn_app_with(
-        std::sync::Arc::new(tempfile::tempdir().unwrap()),
-        &[("RATE_LIMIT_LOOKUPS_PER_USER", "5")],
-    )
-    .await;
+    let app = crate::helpers::spawn_app_configured(&[("RATE_LIMIT_LOOKUPS_PER_USER", "5")]).await;
     let alice = app.register("+12025550141", "alice").await;
     let lookups: String = (0..8)
         .map(|n| format!("u{n}: userByPhoneNumber(phoneNumber: \"+1202555016{n}\") {{ id }} "))

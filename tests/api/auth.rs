@@ -1,17 +1,11 @@
 //! Registering, logging in and out, and who `me` is.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{error_code, spawn_app};
 
 const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { token profileId username message user { id username phoneNumber } } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token profileId username message user { id } } }";
-
-fn error_code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-}
 
 #[tokio::test]
 async fn register_returns_a_working_token_and_the_user() {

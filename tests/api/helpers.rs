@@ -1,6 +1,7 @@
 //! A real server on 127.0.0.1:0 per test, with an HTTP client and a graphql-transport-ws client.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{Arc, Once},
     time::Duration,
@@ -19,8 +20,33 @@ use tokio_tungstenite::{
 /// How long a test waits for anything the server should send.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The password every test user registers with.
+pub const PASSWORD: &str = "correct-horse-battery";
+
+/// The `extensions.code` of a response's first error; fails the test when there is none.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+/// Polls `condition` until it holds, failing the test after [`PATIENCE`]: tests wait for what
+/// they need, never for a fixed time.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The selection every test reads from a message.
-pub const MESSAGE_FIELDS: &str = "id senderId recipientId content sentAt deliveredAt clientMessageId sender { id username } recipient { id }";
+/// The operations tests send (shared with the load tool), run by `operationName`.
+pub const OPERATIONS: &str = include_str!("../operations.graphql");
 
 static TRACING: Once = Once::new();
 
@@ -66,6 +92,11 @@ impl TestUser {
 /// Starts a server with a fresh data directory.
 pub async fn spawn_app() -> TestApp {
     spawn_app_in(Arc::new(tempfile::tempdir().expect("temp dir"))).await
+}
+
+/// Starts a server with a fresh data directory and extra settings.
+pub async fn spawn_app_configured(settings: &[(&str, &str)]) -> TestApp {
+    spawn_app_with(Arc::new(tempfile::tempdir().expect("temp dir")), settings).await
 }
 
 /// Starts a server on an existing data directory (to test restarts).
@@ -171,10 +202,17 @@ impl TestApp {
 
     /// POSTs a GraphQL operation and returns the whole response body.
     pub async fn graphql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
-        let mut request = self
-            .http
-            .post(self.url("/graphql"))
-            .json(&json!({ "query": query, "variables": variables }));
+        self.post_graphql(json!({ "query": query, "variables": variables }), token).await
+    }
+
+    /// POSTs one of the shared [`OPERATIONS`] by name and returns the whole response body.
+    pub async fn operation(&self, name: &str, variables: Value, token: Option<&str>) -> Value {
+        let body = json!({ "query": OPERATIONS, "operationName": name, "variables": variables });
+        self.post_graphql(body, token).await
+    }
+
+    async fn post_graphql(&self, body: Value, token: Option<&str>) -> Value {
+        let mut request = self.http.post(self.url("/graphql")).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -185,13 +223,9 @@ impl TestApp {
 
     /// Registers a user, asserting success.
     pub async fn register(&self, phone_number: &str, username: &str) -> TestUser {
-        let body = self
-            .graphql(
-                "mutation($input: RegisterInput!) { register(input: $input) { token profileId user { id } } }",
-                json!({ "input": { "phoneNumber": phone_number, "username": username, "password": "correct-horse-battery" } }),
-                None,
-            )
-            .await;
+        let input =
+            json!({ "phoneNumber": phone_number, "username": username, "password": PASSWORD });
+        let body = self.operation("Register", json!({ "input": input }), None).await;
         let payload = &body["data"]["register"];
         assert!(payload.is_object(), "register failed: {body}");
         TestUser {
@@ -201,15 +235,32 @@ impl TestApp {
         }
     }
 
+    /// Alice and Bob, registered.
+    pub async fn two_users(&self) -> (TestUser, TestUser) {
+        (self.register("+12025550143", "alice").await, self.register("+12025550144", "bob").await)
+    }
+
+    /// Subscribes each client (all of `user`) to `messageReceived` under its id and returns once
+    /// every subscription is listening: a marker message from `from`, sent first, has been
+    /// replayed to each, and is then acknowledged so it does not come back.
+    pub async fn subscribe_listening(
+        &self,
+        clients: &mut [(&mut WsClient, &str)],
+        from: &TestUser,
+        user: &TestUser,
+    ) {
+        let marker = self.send_ok(from, user, "marker: subscription is listening").await;
+        for (client, id) in clients.iter_mut() {
+            client.subscribe_messages(id).await;
+            assert_eq!(client.next_message(id).await["id"], marker["id"]);
+        }
+        self.mark_delivered(user, &[marker["id"].as_str().unwrap()]).await;
+    }
+
     /// Logs `user` in again, returning the new session's token.
     pub async fn login(&self, user: &TestUser) -> String {
-        let body = self
-            .graphql(
-                "mutation($input: LoginInput!) { login(input: $input) { token } }",
-                json!({ "input": { "phoneNumber": user.phone_number, "password": "correct-horse-battery" } }),
-                None,
-            )
-            .await;
+        let input = json!({ "phoneNumber": user.phone_number, "password": PASSWORD });
+        let body = self.operation("Login", json!({ "input": input }), None).await;
         body["data"]["login"]["token"]
             .as_str()
             .unwrap_or_else(|| panic!("login failed: {body}"))
@@ -224,12 +275,8 @@ impl TestApp {
         content: &str,
         client_message_id: Option<&str>,
     ) -> Value {
-        self.graphql(
-            &format!("mutation($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"),
-            json!({ "input": { "recipientId": to.id, "content": content, "clientMessageId": client_message_id } }),
-            Some(&from.token),
-        )
-        .await
+        let input = json!({ "recipientId": to.id, "content": content, "clientMessageId": client_message_id });
+        self.operation("SendMessage", json!({ "input": input }), Some(&from.token)).await
     }
 
     /// Sends a message, asserting success, and returns it.
@@ -242,12 +289,7 @@ impl TestApp {
 
     /// Acknowledges messages, returning the response body.
     pub async fn mark_delivered(&self, user: &TestUser, ids: &[&str]) -> Value {
-        self.graphql(
-            "mutation($ids: [ID!]!) { markDelivered(messageIds: $ids) { id deliveredAt } }",
-            json!({ "ids": ids }),
-            Some(&user.token),
-        )
-        .await
+        self.operation("MarkDelivered", json!({ "ids": ids }), Some(&user.token)).await
     }
 
     /// Opens a graphql-transport-ws connection authenticated with `{ "token": ... }`.
@@ -333,7 +375,7 @@ impl WsClient {
         self.send_json(json!({
             "id": id,
             "type": "subscribe",
-            "payload": { "query": format!("subscription {{ messageReceived {{ {MESSAGE_FIELDS} }} }}") },
+            "payload": { "query": OPERATIONS, "operationName": "MessageReceived" },
         }))
         .await;
     }

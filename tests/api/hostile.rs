@@ -2,13 +2,11 @@
 //! must fail with its documented `extensions.code`, never with a 500 or an internal error, and
 //! the store must be exactly as it was before the whole catalogue ran.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 use chatapp::domain::PhoneNumber;
 
-use crate::helpers::{TestApp, TestUser, spawn_app_with};
+use crate::helpers::{TestApp, TestUser, spawn_app_configured};
 
 /// Whose token an entry sends.
 #[derive(Clone, Copy)]
@@ -591,11 +589,7 @@ fn catalogue(
 #[tokio::test]
 async fn every_bad_input_is_refused_with_its_code_and_changes_nothing() {
     // Failed logins in the catalogue must not trip the backoff; it has its own test.
-    let app = spawn_app_with(
-        Arc::new(tempfile::tempdir().unwrap()),
-        &[("LOGIN_FAILURES_BEFORE_BACKOFF", "1000")],
-    )
-    .await;
+    let app = spawn_app_configured(&[("LOGIN_FAILURES_BEFORE_BACKOFF", "1000")]).await;
     let alice = app.register("+12025550141", "alice").await;
     let bob = app.register("+12025550142", "bob").await;
     let bobs_message =

@@ -2,9 +2,7 @@
 
 use serde_json::{Value, json};
 
-use std::sync::Arc;
-
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{error_code, spawn_app, spawn_app_configured};
 
 #[tokio::test]
 async fn healthz_reports_a_reachable_store() {
@@ -43,8 +41,7 @@ async fn a_browser_gets_graphiql_served_from_the_binary() {
 
 #[tokio::test]
 async fn graphiql_can_be_switched_off() {
-    let app =
-        spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &[("GRAPHIQL", "false")]).await;
+    let app = spawn_app_configured(&[("GRAPHIQL", "false")]).await;
     let response =
         app.http.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap();
     // No page, and HTML is not something the API answers in.
@@ -268,4 +265,35 @@ async fn the_served_schema_matches_the_sdl() {
     ] {
         assert!(fields.contains(&expected), "Message lacks {expected}");
     }
+}
+
+/// A document with several operations (a GraphiQL tab, a shared operations file) runs the one
+/// `operationName` picks, whatever variables the others declare. Before: "Variable ids is not
+/// defined", because every operation was validated against the chosen one's variables.
+#[tokio::test]
+async fn the_named_operation_of_a_multi_operation_document_runs() {
+    let app = spawn_app().await;
+    let (alice, bob) = app.two_users().await;
+    let document = "
+        fragment Who on User { id username }
+        fragment Unused on User { id }
+        query Me { me { ...Who } }
+        query Other($id: ID!) { user(id: $id) { ...Who } }
+        mutation Ack($ids: [ID!]!) { markDelivered(messageIds: $ids) { id } }";
+    let run = |name: &'static str, variables: Value| {
+        let body = json!({ "query": document, "operationName": name, "variables": variables });
+        let request = app.http.post(app.url("/graphql")).bearer_auth(&alice.token).json(&body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let me = run("Me", json!({})).await;
+    assert_eq!(me["data"]["me"]["username"], "alice", "{me}");
+    let other = run("Other", json!({ "id": bob.id })).await;
+    assert_eq!(other["data"]["user"]["username"], "bob", "{other}");
+    let unknown = run("Nope", json!({})).await;
+    assert!(unknown["errors"][0]["message"].as_str().unwrap().contains("Nope"), "{unknown}");
+    // A single operation is still held to every rule, unused fragments included.
+    let single = json!({ "query": "fragment Unused on User { id } query Me { me { id } }" });
+    let request = app.http.post(app.url("/graphql")).bearer_auth(&alice.token).json(&single);
+    let body: Value = request.send().await.unwrap().json().await.unwrap();
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED", "{body}");
 }

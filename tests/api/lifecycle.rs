@@ -1,6 +1,6 @@
 //! A server process's life: one process per data directory, and what a second one is told.
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_configured};
 
 /// Before: a second process on the same data directory started silently and split live
 /// delivery with the first (or, started together, failed with Debug-formatted SQLite errors).
@@ -59,17 +59,14 @@ async fn shutdown_says_goodbye_to_websockets_and_ends_in_time() {
 /// stayed for as long as the peer liked.
 #[tokio::test]
 async fn a_peer_that_stops_reading_is_dropped() {
-    use std::{
-        sync::Arc,
-        time::{Duration, Instant},
-    };
+    use std::time::{Duration, Instant};
 
     use serde_json::json;
 
-    use crate::helpers::{Incoming, WsClient, spawn_app_with};
+    use crate::helpers::{Incoming, WsClient};
 
     let settings = [("WS_PING_INTERVAL", "1s"), ("WS_MAX_CONNECTIONS_PER_USER", "1")];
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let app = spawn_app_configured(&settings).await;
     let alice = app.register("+12025550141", "alice").await;
     let bob = app.register("+12025550142", "bob").await;
     // A backlog of about 12 MB, more than the socket buffers between the two hold, written
@@ -124,14 +121,12 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: std::time:
 /// (2,000 of them for 45 s+), and 1,100 against a 1,024-descriptor limit locked `/healthz` out.
 #[tokio::test]
 async fn silent_and_slow_connections_are_closed_and_capped() {
-    use std::{sync::Arc, time::Duration};
+    use std::time::Duration;
 
     use tokio::{io::AsyncWriteExt, net::TcpStream};
 
-    use crate::helpers::spawn_app_with;
-
     let settings = [("HTTP_HEADER_READ_TIMEOUT", "500ms"), ("MAX_CONNECTIONS", "50")];
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let app = spawn_app_configured(&settings).await;
     // A silent connection, and one dripping its headers, are both closed.
     let mut silent = TcpStream::connect(app.address).await.unwrap();
     let mut slow = TcpStream::connect(app.address).await.unwrap();
@@ -153,27 +148,21 @@ async fn silent_and_slow_connections_are_closed_and_capped() {
 
 /// Waits until `/healthz` answers 200 (the server notices closed connections asynchronously).
 async fn healthy_again(app: &crate::helpers::TestApp) {
-    use std::time::{Duration, Instant};
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match app.http.get(app.url("/healthz")).send().await {
-            Ok(response) if response.status() == 200 => return,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            other => panic!("the server did not answer again: {other:?}"),
-        }
-    }
+    crate::helpers::wait_until("/healthz answers again", || async {
+        let response = app.http.get(app.url("/healthz")).send().await;
+        response.is_ok_and(|response| response.status() == 200)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn connections_can_be_capped_per_address() {
-    use std::{sync::Arc, time::Duration};
+    use std::time::Duration;
 
     use tokio::net::TcpStream;
 
-    use crate::helpers::spawn_app_with;
-
     let settings = [("MAX_CONNECTIONS_PER_ADDRESS", "3")];
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let app = spawn_app_configured(&settings).await;
     let held: Vec<_> =
         futures::future::join_all((0..3).map(|_| TcpStream::connect(app.address))).await;
     let mut fourth = TcpStream::connect(app.address).await.unwrap();
@@ -185,13 +174,11 @@ async fn connections_can_be_capped_per_address() {
 /// An upgraded websocket keeps its place under MAX_CONNECTIONS for as long as it is open.
 #[tokio::test]
 async fn websockets_count_against_the_connection_cap() {
-    use std::{sync::Arc, time::Duration};
-
-    use crate::helpers::spawn_app_with;
+    use std::time::Duration;
 
     // Three: the test's HTTP client keeps its connection alive, and two websockets.
     let settings = [("MAX_CONNECTIONS", "3")];
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let app = spawn_app_configured(&settings).await;
     let alice = app.register("+12025550141", "alice").await;
     let first = app.ws(&alice).await;
     let second = app.ws(&alice).await;

@@ -5,14 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Incoming, TestApp, WsClient, spawn_app_with};
+use crate::helpers::{Incoming, TestApp, WsClient, error_code, spawn_app_configured};
 
 async fn app_with(settings: &[(&str, &str)]) -> TestApp {
-    spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), settings).await
-}
-
-fn error_code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no error: {body}"))
+    spawn_app_configured(settings).await
 }
 
 /// Asserts a `RATE_LIMITED` error that says how many seconds to wait.

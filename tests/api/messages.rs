@@ -1,23 +1,13 @@
 //! Sending, acknowledging and reading history over HTTP.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::helpers::{TestApp, TestUser, spawn_app};
-
-fn error_code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-}
-
-async fn two_users(app: &TestApp) -> (TestUser, TestUser) {
-    (app.register("+12025550143", "alice").await, app.register("+12025550144", "bob").await)
-}
+use crate::helpers::{TestUser, error_code, spawn_app};
 
 #[tokio::test]
 async fn a_sent_message_has_sender_recipient_and_no_delivery_yet() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let message = app.send_ok(&alice, &bob, "hello bob").await;
     assert_eq!(message["content"], "hello bob");
     assert_eq!(message["senderId"], alice.id.as_str());
@@ -31,7 +21,7 @@ async fn a_sent_message_has_sender_recipient_and_no_delivery_yet() {
 #[tokio::test]
 async fn a_retry_with_the_same_client_message_id_returns_the_original() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let first =
         app.send(&alice, &bob, "only once", Some("client-1")).await["data"]["sendMessage"].clone();
     let retry =
@@ -55,7 +45,7 @@ async fn a_retry_with_the_same_client_message_id_returns_the_original() {
 #[tokio::test]
 async fn bad_sends_are_refused_and_store_nothing() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let ghost =
         TestUser { id: "no-such-user".into(), token: String::new(), phone_number: String::new() };
     assert_eq!(error_code(&app.send(&alice, &ghost, "hi", None).await), "NOT_FOUND");
@@ -75,7 +65,7 @@ async fn bad_sends_are_refused_and_store_nothing() {
 #[tokio::test]
 async fn only_the_recipient_can_acknowledge_and_twice_is_harmless() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let message = app.send_ok(&alice, &bob, "ack me").await;
     let id = message["id"].as_str().unwrap();
 
@@ -101,7 +91,7 @@ async fn only_the_recipient_can_acknowledge_and_twice_is_harmless() {
 #[tokio::test]
 async fn history_pages_walk_every_message_newest_page_first() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let carol = app.register("+12025550145", "carol").await;
     for i in 0..23 {
         let (from, to) = if i % 2 == 0 { (&alice, &bob) } else { (&bob, &alice) };
@@ -150,7 +140,7 @@ async fn history_pages_walk_every_message_newest_page_first() {
 #[tokio::test]
 async fn history_rejects_bad_paging_arguments() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     for (last, before) in
         [(json!(0), json!(null)), (json!(101), json!(null)), (json!(5), json!("not-a-cursor"))]
     {

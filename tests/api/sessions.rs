@@ -1,20 +1,16 @@
 //! Sessions end for real: logout, revocation and expiry close websockets; forged tokens are
 //! refused everywhere.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chatapp::sessions::tokens::TokenService;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{Incoming, TestApp, TestUser, WsClient, spawn_app, spawn_app_with};
-
-fn error_code(body: &Value) -> &str {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {body}"))
-}
+use crate::helpers::{
+    Incoming, TestApp, TestUser, WsClient, error_code, spawn_app, spawn_app_configured,
+};
 
 async fn me(app: &TestApp, token: &str) -> Value {
     app.graphql("{ me { id } }", json!({}), Some(token)).await
@@ -42,10 +38,8 @@ async fn logout_closes_the_sessions_sockets_and_spares_the_other_session() {
     let mut first = app.ws(&bob).await;
     let mut second = app.ws(&bob).await;
     let mut elsewhere = app.ws(&other_session).await;
-    for (client, id) in [(&mut first, "a"), (&mut second, "b"), (&mut elsewhere, "c")] {
-        client.subscribe_messages(id).await;
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut clients = [(&mut first, "a"), (&mut second, "b"), (&mut elsewhere, "c")];
+    app.subscribe_listening(&mut clients, &alice, &bob).await;
 
     let body = app.graphql("mutation { logout { message } }", json!({}), Some(&bob.token)).await;
     assert!(body["errors"].is_null(), "{body}");
@@ -130,7 +124,7 @@ async fn sessions_are_listed_and_another_device_can_be_revoked() {
 
 #[tokio::test]
 async fn a_socket_closes_4403_when_its_token_expires() {
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &[("JWT_TTL", "2s")]).await;
+    let app = spawn_app_configured(&[("JWT_TTL", "2s")]).await;
     let bob = app.register("+12025550144", "bob").await;
     let mut client = app.ws(&bob).await;
     client.subscribe_messages("1").await;

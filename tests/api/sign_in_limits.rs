@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Incoming, TestApp, WsClient, spawn_app_with};
+use crate::helpers::{Incoming, TestApp, WsClient, spawn_app_configured};
 
 async fn app_with(settings: &[(&str, &str)]) -> TestApp {
-    spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), settings).await
+    spawn_app_configured(settings).await
 }
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { token } }";

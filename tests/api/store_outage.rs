@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app_configured, spawn_app_with};
 
 /// A MongoDB address where nothing answers.
 const NOWHERE: &str = "mongodb://127.0.0.1:9/?directConnection=true";
@@ -63,7 +63,7 @@ async fn a_store_outage_at_connection_init_is_retryable() {
     use chatapp::sessions::tokens::TokenService;
     let secret = "a-signing-secret-that-is-long-enough-for-hs256";
     let settings = [("MONGO_URI", NOWHERE), ("MONGO_TIMEOUT", "300ms"), ("JWT_SECRET", secret)];
-    let app = spawn_app_with(Arc::new(tempfile::tempdir().unwrap()), &settings).await;
+    let app = spawn_app_configured(&settings).await;
     let tokens = TokenService::new(secret.as_bytes(), Duration::from_secs(3600));
     let expires_at = chrono::Utc::now() + chrono::TimeDelta::hours(1);
     let id = "0123456789abcdef01234567";

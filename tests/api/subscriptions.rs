@@ -4,16 +4,12 @@ use std::{collections::HashSet, time::Duration};
 
 use serde_json::json;
 
-use crate::helpers::{Incoming, TestApp, TestUser, WsClient, spawn_app, spawn_app_in};
-
-async fn two_users(app: &TestApp) -> (TestUser, TestUser) {
-    (app.register("+12025550143", "alice").await, app.register("+12025550144", "bob").await)
-}
+use crate::helpers::{Incoming, WsClient, spawn_app, spawn_app_in, wait_until};
 
 #[tokio::test]
 async fn missed_messages_are_replayed_in_order_then_live_ones_follow() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(app.send_ok(&alice, &bob, &format!("offline {i}")).await["id"].clone());
@@ -37,7 +33,7 @@ async fn missed_messages_are_replayed_in_order_then_live_ones_follow() {
 #[tokio::test]
 async fn acknowledged_messages_are_not_replayed_but_the_rest_are() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let first = app.send_ok(&alice, &bob, "first").await;
     let second = app.send_ok(&alice, &bob, "second").await;
     let third = app.send_ok(&alice, &bob, "third").await;
@@ -62,7 +58,7 @@ async fn acknowledged_messages_are_not_replayed_but_the_rest_are() {
 async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
     const COUNT: usize = 200;
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
 
     let sender = {
         let (http, url, token, bob_id) =
@@ -83,9 +79,11 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
     };
     // Subscribe once the burst is under way, so some messages are in the backlog and some
     // arrive while the backlog is being read.
-    while app.store.undelivered_messages(&bob.user_id(), 0, COUNT).await.unwrap().len() < 20 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let (store, bob_id) = (&app.store, &bob.user_id());
+    wait_until("20 messages are in the backlog", || async move {
+        store.undelivered_messages(bob_id, 0, COUNT).await.unwrap().len() >= 20
+    })
+    .await;
     let mut bob_ws = app.ws(&bob).await;
     bob_ws.subscribe_messages("burst").await;
 
@@ -103,13 +101,10 @@ async fn the_handover_loses_and_repeats_nothing_under_concurrent_sends() {
 #[tokio::test]
 async fn every_connection_of_the_recipient_gets_live_messages() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let mut phone = app.ws(&bob).await;
     let mut laptop = app.ws(&bob).await;
-    phone.subscribe_messages("p").await;
-    laptop.subscribe_messages("l").await;
-    // Let both subscriptions start before sending.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.subscribe_listening(&mut [(&mut phone, "p"), (&mut laptop, "l")], &alice, &bob).await;
     let message = app.send_ok(&alice, &bob, "to all devices").await;
     assert_eq!(phone.next_message("p").await["id"], message["id"]);
     assert_eq!(laptop.next_message("l").await["id"], message["id"]);
@@ -118,7 +113,7 @@ async fn every_connection_of_the_recipient_gets_live_messages() {
 #[tokio::test]
 async fn a_restart_keeps_the_backlog_and_the_tokens() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     let kept = app.send_ok(&alice, &bob, "survives a restart").await;
     let data_dir = app.data_dir.clone();
     app.stop().await;
@@ -136,13 +131,12 @@ async fn a_restart_keeps_the_backlog_and_the_tokens() {
 #[tokio::test]
 async fn the_authorization_key_works_in_any_case() {
     let app = spawn_app().await;
-    let (alice, bob) = two_users(&app).await;
+    let (alice, bob) = app.two_users().await;
     for key in ["Authorization", "authorization"] {
         let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
         let reply = client.init(json!({ key: format!("Bearer {}", bob.token) })).await;
         assert_eq!(reply, Incoming::Json(json!({ "type": "connection_ack" })), "key {key}");
-        client.subscribe_messages("1").await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.subscribe_listening(&mut [(&mut client, "1")], &alice, &bob).await;
         let message = app.send_ok(&alice, &bob, key).await;
         assert_eq!(client.next_message("1").await["id"], message["id"]);
         // Acknowledge it, so the next connection does not get it replayed.
@@ -154,7 +148,7 @@ async fn the_authorization_key_works_in_any_case() {
 #[tokio::test]
 async fn a_websocket_without_a_valid_token_is_refused() {
     let app = spawn_app().await;
-    let (_alice, bob) = two_users(&app).await;
+    let (_alice, bob) = app.two_users().await;
     let mut logged_out = bob.clone();
     logged_out.token = app.register("+12025550145", "carol").await.token;
     app.graphql("mutation { logout { message } }", json!({}), Some(&logged_out.token)).await;
