@@ -1,4 +1,6 @@
-//! The one error type every layer returns to a client.
+//! Errors: [`AppError`], what a client is told (every service returns it), and
+//! [`StartupError`], what stops the server from starting (told to the operator). Storage
+//! failures arrive as facts ([`StoreError`]) and are worded for clients here.
 //!
 //! Each variant names the `extensions.code` a GraphQL client sees, so a frontend can branch on the
 //! code instead of parsing messages. Internal failures are logged in full where they are turned

@@ -17,7 +17,7 @@
 //! back from the store: a pass forgets the messages it no longer finds there (they were
 //! acknowledged). So nothing is ever sent twice however large the backlog, and the memory is
 //! about 16 bytes per emitted, unacknowledged message. A connection that only receives live
-//! messages makes a pass now and then for the same reason (see [`Emitted::wants_compaction`]).
+//! messages makes a pass now and then for the same reason (see `Emitted::wants_compaction`).
 
 use std::{
     collections::{BTreeSet, VecDeque},

@@ -1,6 +1,6 @@
-//! The GraphQL layer: one module per domain ([`users`], [`sessions`], [`messages`]) holding its
+//! The GraphQL layer: one module per domain (`users`, `sessions`, `messages`) holding its
 //! types and resolvers, merged into one schema here. A resolver parses its input into domain
-//! values, asks for the one service it needs and the caller through [`context::ContextExt`],
+//! values, asks for the one service it needs and the caller through `context::ContextExt`,
 //! and turns the answer into GraphQL types. Nothing here knows about HTTP or websockets.
 
 mod context;
