@@ -185,6 +185,7 @@ mod tests {
             client_message_id: None,
             sent_at: Utc::now(),
             delivered_at: None,
+            read_at: None,
         })
     }
 

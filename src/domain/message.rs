@@ -24,6 +24,42 @@ pub struct Message {
     pub sent_at: DateTime<Utc>,
     /// When the recipient acknowledged it; `None` while it is still to be replayed.
     pub delivered_at: Option<DateTime<Utc>>,
+    /// When the recipient read it (`markRead`); reading implies delivery.
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+impl Message {
+    /// How far the message has got: sent, delivered (acknowledged) or read.
+    pub fn status(&self) -> MessageStatus {
+        match (self.read_at, self.delivered_at) {
+            (Some(_), _) => MessageStatus::Read,
+            (None, Some(_)) => MessageStatus::Delivered,
+            (None, None) => MessageStatus::Sent,
+        }
+    }
+}
+
+/// The ticks of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Stored; the recipient has not acknowledged it yet.
+    Sent,
+    /// The recipient's client acknowledged it.
+    Delivered,
+    /// The recipient read it.
+    Read,
+}
+
+/// One line of a user's chat list: the other person, the newest message between them, and how
+/// many messages to the owner in it are not read yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// The other participant.
+    pub with: UserId,
+    /// The newest message, in either direction.
+    pub last_message: Message,
+    /// Messages from `with` to the owner not yet read.
+    pub unread_count: u64,
 }
 
 /// A message about to be stored.

@@ -14,7 +14,9 @@ mod session;
 mod user;
 
 pub use ids::{MessageId, SessionId, UserId};
-pub use message::{ClientMessageId, Message, MessageContent, NewMessage};
+pub use message::{
+    ClientMessageId, Conversation, Message, MessageContent, MessageStatus, NewMessage,
+};
 pub use paging::{Cursor, PageSize};
 pub use password::{Password, PasswordHash};
 pub use session::{NewSession, Session, Viewer};

@@ -14,12 +14,12 @@ impl PageSize {
     /// Page size when the client does not say.
     pub const DEFAULT: usize = 50;
 
-    /// The size a client asked for (`last`), or the default.
-    pub fn parse(requested: Option<i32>) -> Result<Self, InvalidInput> {
+    /// The size a client asked for in `argument` (`last`, `first`), or the default.
+    pub fn parse(requested: Option<i32>, argument: &str) -> Result<Self, InvalidInput> {
         match requested {
             None => Ok(PageSize(Self::DEFAULT)),
             Some(n) if n >= 1 && n as usize <= Self::MAX => Ok(PageSize(n as usize)),
-            Some(_) => Err(InvalidInput(format!("last must be between 1 and {}", Self::MAX))),
+            Some(_) => Err(InvalidInput(format!("{argument} must be between 1 and {}", Self::MAX))),
         }
     }
 
@@ -81,10 +81,10 @@ mod tests {
 
     #[test]
     fn page_sizes() {
-        assert_eq!(PageSize::parse(None).unwrap().get(), PageSize::DEFAULT);
-        assert_eq!(PageSize::parse(Some(100)).unwrap().get(), 100);
-        assert!(PageSize::parse(Some(0)).is_err());
-        assert!(PageSize::parse(Some(101)).is_err());
-        assert!(PageSize::parse(Some(-1)).is_err());
+        assert_eq!(PageSize::parse(None, "last").unwrap().get(), PageSize::DEFAULT);
+        assert_eq!(PageSize::parse(Some(100), "last").unwrap().get(), 100);
+        assert!(PageSize::parse(Some(0), "last").is_err());
+        assert!(PageSize::parse(Some(101), "first").unwrap_err().0.starts_with("first"));
+        assert!(PageSize::parse(Some(-1), "last").is_err());
     }
 }

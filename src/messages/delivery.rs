@@ -301,6 +301,7 @@ mod tests {
                 client_message_id: None,
                 sent_at: Utc::now(),
                 delivered_at: None,
+                read_at: None,
             };
             self.messages.lock().unwrap().insert(seq, message.clone());
             message

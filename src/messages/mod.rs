@@ -15,8 +15,8 @@ use futures::Stream;
 use crate::{
     bus::MessageBus,
     domain::{
-        ClientMessageId, Cursor, Message, MessageContent, MessageId, NewMessage, PageSize, UserId,
-        Viewer,
+        ClientMessageId, Conversation, Cursor, Message, MessageContent, MessageId, NewMessage,
+        PageSize, UserId, Viewer,
     },
     error::{AppError, AppResult},
     rate_limits::RateLimits,
@@ -55,6 +55,15 @@ pub struct HistoryPage {
     pub messages: Vec<Message>,
     /// Whether older messages exist before this page.
     pub has_older: bool,
+}
+
+/// One page of the chat list, newest activity first.
+#[derive(Debug, Clone)]
+pub struct ChatListPage {
+    /// The conversations on this page.
+    pub conversations: Vec<Conversation>,
+    /// Whether more (older) conversations follow.
+    pub has_more: bool,
 }
 
 impl Messaging {
@@ -156,6 +165,47 @@ impl Messaging {
         messages.truncate(limit);
         messages.reverse();
         Ok(HistoryPage { messages, has_older })
+    }
+
+    /// The caller's chat list, newest activity first, after `after` (the cursor of the last
+    /// conversation of the previous page). Cursors point at activity, so they stay valid while
+    /// new messages arrive (a conversation with new activity moves to the top).
+    pub async fn chat_list(
+        &self,
+        viewer: &Viewer,
+        page_size: PageSize,
+        after: Option<Cursor>,
+    ) -> AppResult<ChatListPage> {
+        let limit = page_size.get();
+        let after_seq = after.map(Cursor::seq);
+        let mut conversations =
+            self.store.conversations(&viewer.user_id, after_seq, limit + 1).await?;
+        let has_more = conversations.len() > limit;
+        conversations.truncate(limit);
+        Ok(ChatListPage { conversations, has_more })
+    }
+
+    /// Marks read everything `with` sent the caller up to message `up_to` (which may be a
+    /// message in either direction of that conversation). Idempotent and monotonic: marking an
+    /// older message changes nothing. Returns the conversation with its new unread count.
+    #[tracing::instrument(skip_all, fields(reader = %viewer.user_id))]
+    pub async fn mark_read(
+        &self,
+        viewer: &Viewer,
+        with: &UserId,
+        up_to: &MessageId,
+    ) -> AppResult<Conversation> {
+        let not_found = || AppError::NotFound("message not found in this conversation".into());
+        let found = self.store.messages_by_ids(std::slice::from_ref(up_to)).await?;
+        let message = found.into_iter().next().ok_or_else(not_found)?;
+        let participants = [&message.sender_id, &message.recipient_id];
+        if !participants.contains(&&viewer.user_id) || !participants.contains(&with) {
+            return Err(not_found());
+        }
+        if with != &viewer.user_id {
+            self.store.mark_read(&viewer.user_id, with, message.seq, Utc::now()).await?;
+        }
+        self.store.conversation_with(&viewer.user_id, with).await?.ok_or_else(not_found)
     }
 
     /// Every message for `viewer`: the unacknowledged backlog, then live ones (see
@@ -263,7 +313,7 @@ mod tests {
         let content = |page: &HistoryPage| -> Vec<String> {
             page.messages.iter().map(|m| m.content.as_str().to_string()).collect()
         };
-        let size = PageSize::parse(Some(2)).unwrap();
+        let size = PageSize::parse(Some(2), "last").unwrap();
         let newest = messaging.history(&as_alice, &bob.id, size, None).await.unwrap();
         assert_eq!((content(&newest), newest.has_older), (vec!["m3".into(), "m4".into()], true));
         let cursor = Cursor::at(newest.messages[0].seq);

@@ -2,7 +2,7 @@
 //! `messageReceived` subscription.
 
 use async_graphql::{
-    Context, ID, InputObject, Object, Subscription,
+    Context, Enum, ID, InputObject, Object, Subscription,
     connection::{Connection, Edge},
 };
 use futures::{Stream, StreamExt};
@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     domain::{
-        ClientMessageId, Cursor, InvalidInput, Message, MessageContent, MessageId, PageSize, UserId,
+        self, ClientMessageId, Cursor, InvalidInput, Message, MessageContent, MessageId, PageSize,
+        UserId,
     },
     error::AppError,
     messages::{Messaging, SendRequest},
@@ -63,13 +64,46 @@ impl Message {
         self.delivered_at.map(Timestamp)
     }
 
+    /// When the recipient read it with `markRead`; null until then.
+    async fn read_at(&self) -> Option<Timestamp> {
+        self.read_at.map(Timestamp)
+    }
+
+    /// The ticks: `SENT` once stored, `DELIVERED` once the recipient's client acknowledged it,
+    /// `READ` once the recipient read it.
+    #[graphql(name = "status")]
+    async fn ticks(&self) -> MessageStatus {
+        self.status().into()
+    }
+
     /// The sender's idempotency key, if one was given.
     async fn client_message_id(&self) -> Option<&str> {
         self.client_message_id.as_ref().map(ClientMessageId::as_str)
     }
 }
 
-async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
+/// How far a message has got.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    /// Stored; not yet acknowledged by the recipient's client.
+    Sent,
+    /// The recipient's client acknowledged it (`markDelivered`).
+    Delivered,
+    /// The recipient read it (`markRead`).
+    Read,
+}
+
+impl From<domain::MessageStatus> for MessageStatus {
+    fn from(status: domain::MessageStatus) -> Self {
+        match status {
+            domain::MessageStatus::Sent => MessageStatus::Sent,
+            domain::MessageStatus::Delivered => MessageStatus::Delivered,
+            domain::MessageStatus::Read => MessageStatus::Read,
+        }
+    }
+}
+
+pub(super) async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
     let user = load_user_by_id(ctx, id).await?;
     let user =
         user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")))?;
@@ -120,7 +154,7 @@ impl MessageQuery {
         before: Option<String>,
     ) -> async_graphql::Result<Connection<String, Message>> {
         let viewer = ctx.viewer().await?;
-        let page_size = PageSize::parse(last)?;
+        let page_size = PageSize::parse(last, "last")?;
         let cursor = before.as_deref().map(Cursor::parse).transpose()?;
         let with_user_id = UserId::new(with_user_id.0);
         let messaging = ctx.service::<Messaging>()?;

@@ -4,6 +4,7 @@
 //! and turns the answer into GraphQL types. Nothing here knows about HTTP or websockets.
 
 mod context;
+mod conversations;
 pub mod document_shape;
 mod error_codes;
 mod messages;
@@ -16,12 +17,13 @@ pub use timestamp::Timestamp;
 
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
-use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use self::{
+    conversations::{ConversationMutation, ConversationQuery},
     messages::{MessageMutation, MessageQuery, MessageSubscription},
     sessions::{AuthMutation, SessionQuery},
     users::{UserLoader, UserQuery},
 };
+use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use crate::{
     accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, sessions::Sessions,
     users::Directory,
@@ -29,11 +31,11 @@ use crate::{
 
 /// All queries.
 #[derive(MergedObject, Default)]
-pub struct Query(UserQuery, MessageQuery, SessionQuery);
+pub struct Query(UserQuery, MessageQuery, ConversationQuery, SessionQuery);
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(AuthMutation, MessageMutation);
+pub struct Mutation(AuthMutation, MessageMutation, ConversationMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]

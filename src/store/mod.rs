@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
-    UserCredentials, UserId,
+    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
+    SessionId, User, UserCredentials, UserId,
 };
 
 /// A uniqueness rule the store enforces.
@@ -97,7 +97,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     /// Stores a message, or returns the sender's earlier one with the same
-    /// `client_message_id`.
+    /// `client_message_id`. Both participants' chat lists show it as their conversation's
+    /// newest message from then on.
     async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted>;
     /// Messages to `recipient_id` not yet acknowledged, with `seq > after_seq`, oldest first,
     /// at most `limit`.
@@ -116,6 +117,31 @@ pub trait Store: Send + Sync + 'static {
         ids: &[MessageId],
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
+    /// Marks read every message from `other` to `reader` with `seq <= up_to_seq` that is not
+    /// read yet (delivering it too, if it was not); returns how many it marked. Never moves a
+    /// message back: what is read stays read, with its first `read_at`.
+    async fn mark_read(
+        &self,
+        reader: &UserId,
+        other: &UserId,
+        up_to_seq: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+    /// `owner`'s chat list, newest activity first: the conversations whose newest message has
+    /// `seq < before_seq` when given, at most `limit`. Costs O(limit) reads plus the unread
+    /// messages counted, never a scan of the owner's messages.
+    async fn conversations(
+        &self,
+        owner: &UserId,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Conversation>>;
+    /// `owner`'s chat-list line for the conversation with `other`, if they have one.
+    async fn conversation_with(
+        &self,
+        owner: &UserId,
+        other: &UserId,
+    ) -> StoreResult<Option<Conversation>>;
     /// Messages between two users, newest first, with `seq < before_seq` when given, at most
     /// `limit`.
     async fn conversation(

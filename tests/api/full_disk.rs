@@ -14,8 +14,8 @@ use std::sync::{
 use async_trait::async_trait;
 use chatapp::{
     domain::{
-        Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
-        UserCredentials, UserId,
+        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
+        SessionId, User, UserCredentials, UserId,
     },
     store::{Inserted, Store, StoreError, StoreResult},
 };
@@ -115,6 +115,31 @@ impl Store for DiskFull {
     ) -> StoreResult<()> {
         self.check()?;
         self.inner.mark_delivered(recipient_id, ids, at).await
+    }
+    async fn mark_read(
+        &self,
+        reader: &UserId,
+        other: &UserId,
+        up_to_seq: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.mark_read(reader, other, up_to_seq, at).await
+    }
+    async fn conversations(
+        &self,
+        owner: &UserId,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Conversation>> {
+        self.inner.conversations(owner, before_seq, limit).await
+    }
+    async fn conversation_with(
+        &self,
+        owner: &UserId,
+        other: &UserId,
+    ) -> StoreResult<Option<Conversation>> {
+        self.inner.conversation_with(owner, other).await
     }
     async fn conversation(
         &self,

@@ -211,6 +211,7 @@ fn schema_descriptions_quote_the_real_limits() {
     let sdl = chatapp::schema::sdl();
     for phrase in [
         format!("`last` is 1 to {}", PageSize::MAX),
+        format!("`first` is 1 to {} (default {})", PageSize::MAX, PageSize::DEFAULT),
         format!("(default {})", PageSize::DEFAULT),
         format!("At most {MAX_ACK_BATCH} ids per call"),
         format!("at most {} characters", MessageContent::MAX_CHARS),

@@ -143,6 +143,9 @@ contract_tests!(
     ids_that_cannot_be_the_stores_name_nothing,
     the_store_answers_pings,
     expired_sessions_can_be_purged,
+    the_chat_list_shows_the_newest_message_first_with_unread_counts,
+    the_chat_list_pages_by_activity,
+    reading_is_monotonic_and_implies_delivery,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -443,4 +446,87 @@ async fn expired_sessions_can_be_purged(store: Arc<dyn Store>) {
     assert!(store.session(&old.id).await.unwrap().is_none());
     assert!(store.session(&recent.id).await.unwrap().is_some(), "kept for the retention day");
     assert!(store.session(&live.id).await.unwrap().is_some());
+}
+
+async fn the_chat_list_shows_the_newest_message_first_with_unread_counts(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let carol = user(&*store, "+12025550145").await;
+    send(&*store, &bob, &alice, "b1").await;
+    send(&*store, &bob, &alice, "b2").await;
+    send(&*store, &carol, &alice, "c1").await;
+    let reply = send(&*store, &alice, &bob, "reply").await;
+
+    let list = store.conversations(&alice.id, None, 10).await.unwrap();
+    let lines: Vec<_> = list.iter().map(|c| (c.with.clone(), c.unread_count)).collect();
+    assert_eq!(lines, vec![(bob.id.clone(), 2), (carol.id.clone(), 1)]);
+    assert_eq!(list[0].last_message, reply, "the newest message in either direction");
+    let bobs = store.conversations(&bob.id, None, 10).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!((bobs[0].with.clone(), bobs[0].unread_count), (alice.id.clone(), 1));
+    assert_eq!(
+        store.conversation_with(&alice.id, &carol.id).await.unwrap().map(|c| c.unread_count),
+        Some(1)
+    );
+    assert!(store.conversation_with(&bob.id, &carol.id).await.unwrap().is_none());
+    assert!(store.conversations(&UserId::new("nobody"), None, 10).await.unwrap().is_empty());
+}
+
+async fn the_chat_list_pages_by_activity(store: Arc<dyn Store>) {
+    let owner = user(&*store, "+12025550100").await;
+    let mut others = Vec::new();
+    for n in 0..5 {
+        let other = user(&*store, &format!("+1202555011{n}")).await;
+        send(&*store, &other, &owner, "hello").await;
+        others.push(other);
+    }
+    let first = store.conversations(&owner.id, None, 2).await.unwrap();
+    let ids = |page: &[chatapp::domain::Conversation]| -> Vec<UserId> {
+        page.iter().map(|c| c.with.clone()).collect()
+    };
+    assert_eq!(ids(&first), vec![others[4].id.clone(), others[3].id.clone()]);
+    // New activity in an older conversation moves it to the top without disturbing the cursor.
+    send(&*store, &owner, &others[0], "back to you").await;
+    let cursor = first[1].last_message.seq;
+    let second = store.conversations(&owner.id, Some(cursor), 2).await.unwrap();
+    assert_eq!(ids(&second), vec![others[2].id.clone(), others[1].id.clone()]);
+    let rest = store.conversations(&owner.id, Some(second[1].last_message.seq), 2).await.unwrap();
+    assert!(rest.is_empty(), "others[0] moved to the top: {:?}", ids(&rest));
+    let top = store.conversations(&owner.id, None, 1).await.unwrap();
+    assert_eq!(ids(&top), vec![others[0].id.clone()]);
+}
+
+async fn reading_is_monotonic_and_implies_delivery(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let sent: Vec<_> = futures::future::join_all((0..3).map(|n| {
+        let store = store.clone();
+        let (alice, bob) = (alice.clone(), bob.clone());
+        async move { send(&*store, &alice, &bob, &format!("m{n}")).await }
+    }))
+    .await;
+    let mut sent = sent;
+    sent.sort_by_key(|m| m.seq);
+    let mine = send(&*store, &bob, &alice, "not alice's to read").await;
+
+    let first = Utc::now();
+    assert_eq!(store.mark_read(&bob.id, &alice.id, sent[1].seq, first).await.unwrap(), 2);
+    let read = store.messages_by_ids(&[sent[0].id.clone(), sent[2].id.clone()]).await.unwrap();
+    let by_id = |id: &MessageId| read.iter().find(|m| &m.id == id).unwrap().clone();
+    let early = by_id(&sent[0].id);
+    assert!(early.read_at.is_some() && early.delivered_at.is_some(), "read implies delivered");
+    assert!(by_id(&sent[2].id).read_at.is_none());
+    assert_eq!(store.conversation_with(&bob.id, &alice.id).await.unwrap().unwrap().unread_count, 1);
+
+    // Marking an older message again changes nothing, and keeps the first read time.
+    let later = first + Duration::hours(1);
+    assert_eq!(store.mark_read(&bob.id, &alice.id, sent[0].seq, later).await.unwrap(), 0);
+    let again = store.messages_by_ids(std::slice::from_ref(&sent[0].id)).await.unwrap();
+    assert_eq!(again[0].read_at, early.read_at);
+    // Only messages to the reader are marked: bob's own message stays unread for alice.
+    assert_eq!(store.mark_read(&bob.id, &alice.id, mine.seq, later).await.unwrap(), 1);
+    let bobs_own = store.messages_by_ids(std::slice::from_ref(&mine.id)).await.unwrap();
+    assert!(bobs_own[0].read_at.is_none());
+    assert_eq!(store.conversation_with(&alice.id, &bob.id).await.unwrap().unwrap().unread_count, 1);
+    assert_eq!(store.conversation_with(&bob.id, &alice.id).await.unwrap().unwrap().unread_count, 0);
 }

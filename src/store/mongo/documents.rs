@@ -134,6 +134,10 @@ pub struct MessageDocument {
     pub sent_at: bson::DateTime,
     /// Stored as `null` until acknowledged, so the backlog query is an index equality match.
     pub delivered_at: Option<bson::DateTime>,
+    /// `null` until read; absent in messages stored before read receipts (read as unread
+    /// unless delivered, like the embedded store's migration).
+    #[serde(default)]
+    pub read_at: Option<bson::DateTime>,
 }
 
 impl MessageDocument {
@@ -155,6 +159,7 @@ impl MessageDocument {
             client_message_id: message.client_message_id.as_ref().map(|key| key.as_str().into()),
             sent_at: to_bson_date(message.sent_at),
             delivered_at: None,
+            read_at: None,
         })
     }
 
@@ -168,8 +173,26 @@ impl MessageDocument {
             client_message_id: self.client_message_id.map(ClientMessageId::from_stored),
             sent_at: from_bson_date(self.sent_at),
             delivered_at: self.delivered_at.map(from_bson_date),
+            read_at: self.read_at.map(from_bson_date),
         }
     }
+}
+
+/// `conversations` collection: one document per chat-list line, `_id` `<owner>:<other>`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConversationDocument {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// With `last_seq`: index `conversations_by_activity`.
+    pub owner: ObjectId,
+    pub other: ObjectId,
+    /// `seq` of the newest message between the two; only ever raised (`$max`).
+    pub last_seq: i64,
+}
+
+/// The `_id` of `owner`'s chat-list line for the conversation with `other`.
+pub fn conversation_document_id(owner: &ObjectId, other: &ObjectId) -> String {
+    format!("{}:{}", owner.to_hex(), other.to_hex())
 }
 
 /// `counters` collection: `{ _id: "messages", seq }` hands out message sequence numbers.

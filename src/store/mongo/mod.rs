@@ -1,6 +1,7 @@
 //! The MongoDB store, on the official driver: the production store when `MONGO_URI` is set.
 //!
-//! Collections: `users`, `sessions`, `messages`, and `counters` (message sequence numbers).
+//! Collections: `users`, `sessions`, `messages`, `conversations` (chat-list lines: the newest
+//! `seq` per owner and partner) and `counters` (message sequence numbers).
 //! Indexes are created on first use, idempotently, and again after a failure, so a server
 //! started while MongoDB is down begins working when it comes back; the unique ones are looked
 //! for again every [`INDEX_RECHECK`] before writes that rely on them, because a database dropped
@@ -26,8 +27,8 @@ use tokio::sync::Mutex;
 
 use self::{
     documents::{
-        CounterDocument, MessageDocument, SessionDocument, UserDocument, conversation_key,
-        idempotency_key, object_id, to_bson_date,
+        ConversationDocument, CounterDocument, MessageDocument, SessionDocument, UserDocument,
+        conversation_document_id, conversation_key, idempotency_key, object_id, to_bson_date,
     },
     errors::{is_duplicate_key, store_error},
 };
@@ -35,8 +36,8 @@ use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::{
     config::MongoConfig,
     domain::{
-        Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session, SessionId, User,
-        UserCredentials, UserId,
+        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
+        SessionId, User, UserCredentials, UserId,
     },
 };
 
@@ -61,6 +62,7 @@ pub struct MongoStore {
     sessions: Collection<SessionDocument>,
     messages: Collection<MessageDocument>,
     counters: Collection<CounterDocument>,
+    conversations: Collection<ConversationDocument>,
     /// When every index was last seen in place (`None` until they have been created).
     indexes_seen: Mutex<Option<Instant>>,
     /// How long that sighting is trusted ([`INDEX_RECHECK`]).
@@ -100,6 +102,7 @@ impl MongoStore {
             sessions: database.collection("sessions"),
             messages: database.collection("messages"),
             counters: database.collection("counters"),
+            conversations: database.collection("conversations"),
             database,
             indexes_seen: Mutex::new(None),
             index_recheck: INDEX_RECHECK,
@@ -199,7 +202,19 @@ impl MongoStore {
                 ),
                 index(doc! { "conversation": 1, "seq": -1 }, "history_by_conversation"),
                 unique(doc! { "idempotency_key": 1 }, "client_message_id_unique", true),
+                index(doc! { "seq": 1 }, "messages_by_seq"),
+                index(
+                    doc! { "recipient_id": 1, "read_at": 1, "conversation": 1 },
+                    "unread_by_recipient",
+                ),
             ])
+            .await
+            .map_err(store_error)?;
+        self.conversations
+            .create_indexes([index(
+                doc! { "owner": 1, "last_seq": -1 },
+                "conversations_by_activity",
+            )])
             .await
             .map_err(store_error)?;
         // Housekeeping only (expired sessions are refused either way), so a server that cannot
@@ -257,9 +272,100 @@ impl MongoStore {
         sender: &ObjectId,
         client_message_id: &str,
     ) -> StoreResult<Option<Message>> {
-        let filter = doc! { "idempotency_key": idempotency_key(sender, client_message_id) };
-        let found = self.messages.find_one(filter).await.map_err(store_error)?;
+        let found = self.message_by_client_id_document(sender, client_message_id).await?;
         Ok(found.map(MessageDocument::into_message))
+    }
+
+    async fn message_by_client_id_document(
+        &self,
+        sender: &ObjectId,
+        client_message_id: &str,
+    ) -> StoreResult<Option<MessageDocument>> {
+        let filter = doc! { "idempotency_key": idempotency_key(sender, client_message_id) };
+        self.messages.find_one(filter).await.map_err(store_error)
+    }
+
+    /// `owner`'s chat-list lines matching `filter`, newest activity first, at most `limit`,
+    /// each with its newest message (one `$in` read) and unread count (one aggregation over
+    /// the `unread_by_recipient` index).
+    async fn find_conversations(
+        &self,
+        owner: ObjectId,
+        filter: Document,
+        limit: usize,
+    ) -> StoreResult<Vec<Conversation>> {
+        let lines: Vec<ConversationDocument> = self
+            .conversations
+            .find(filter)
+            .sort(doc! { "last_seq": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<i64> = lines.iter().map(|line| line.last_seq).collect();
+        let keys: Vec<String> =
+            lines.iter().map(|line| conversation_key(&owner, &line.other)).collect();
+        let newest =
+            self.find_messages(doc! { "seq": { "$in": &seqs } }, doc! { "seq": 1 }, seqs.len());
+        let counting = [
+            doc! { "$match": {
+                "recipient_id": owner, "read_at": null, "conversation": { "$in": &keys },
+            } },
+            doc! { "$group": { "_id": "$conversation", "unread": { "$sum": 1 } } },
+        ];
+        let counts = async {
+            let cursor = self.messages.aggregate(counting).await.map_err(store_error)?;
+            cursor.try_collect::<Vec<Document>>().await.map_err(store_error)
+        };
+        let (newest, counts) = futures::try_join!(newest, counts)?;
+        let unread = |key: &str| {
+            counts
+                .iter()
+                .find(|count| count.get_str("_id").is_ok_and(|id| id == key))
+                .and_then(|count| count.get("unread"))
+                .and_then(|n| n.as_i64().or_else(|| n.as_i32().map(i64::from)))
+                .map_or(0, |n| n.max(0) as u64)
+        };
+        Ok(lines
+            .iter()
+            .zip(&keys)
+            .filter_map(|(line, key)| {
+                let last_message = newest.iter().find(|m| m.seq == line.last_seq)?.clone();
+                Some(Conversation {
+                    with: UserId::new(line.other.to_hex()),
+                    last_message,
+                    unread_count: unread(key),
+                })
+            })
+            .collect())
+    }
+
+    /// Shows `message` as the newest of its conversation in both participants' chat lists.
+    /// Idempotent (`$max`), so repeating it after a failure is harmless. Not atomic with the
+    /// message insert (that would need a transaction, which a standalone server lacks): a
+    /// crash between the two leaves the lists one message behind until the next message, or
+    /// the sender's retry with its clientMessageId, raises them.
+    async fn raise_conversations(&self, message: &MessageDocument) -> StoreResult<()> {
+        let pairs =
+            [(message.sender_id, message.recipient_id), (message.recipient_id, message.sender_id)];
+        for (owner, other) in pairs {
+            let id = conversation_document_id(&owner, &other);
+            let update = doc! {
+                "$max": { "last_seq": message.seq },
+                "$setOnInsert": { "owner": owner, "other": other },
+            };
+            self.conversations
+                .update_one(doc! { "_id": id }, update)
+                .upsert(true)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
     }
 }
 
@@ -388,15 +494,21 @@ impl Store for MongoStore {
             StoreError::Internal("message from a user id that is not ours".into())
         })?;
         if let Some(key) = &message.client_message_id
-            && let Some(existing) = self.message_by_client_id(&sender, key.as_str()).await?
+            && let Some(existing) =
+                self.message_by_client_id_document(&sender, key.as_str()).await?
         {
-            return Ok(Inserted::Existing(existing));
+            // A retry after a failure between the two writes repairs the chat lists.
+            self.raise_conversations(&existing).await?;
+            return Ok(Inserted::Existing(existing.into_message()));
         }
         let seq = self.next_seq().await?;
         let document = MessageDocument::new(&message, seq)
             .ok_or_else(|| StoreError::Internal("message to a user id that is not ours".into()))?;
         match self.messages.insert_one(&document).await {
-            Ok(_) => Ok(Inserted::Created(document.into_message())),
+            Ok(_) => {
+                self.raise_conversations(&document).await?;
+                Ok(Inserted::Created(document.into_message()))
+            }
             // A concurrent retry with the same clientMessageId won the race: return its message.
             Err(error) if is_duplicate_key(&error) => {
                 let key = message.client_message_id.as_ref().map_or("", |key| key.as_str());
@@ -447,6 +559,59 @@ impl Store for MongoStore {
         let update = doc! { "$set": { "delivered_at": to_bson_date(at) } };
         self.messages.update_many(filter, update).await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn mark_read(
+        &self,
+        reader: &UserId,
+        other: &UserId,
+        up_to_seq: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let (Some(reader), Some(other)) = (object_id(reader.as_str()), object_id(other.as_str()))
+        else {
+            return Ok(0);
+        };
+        let unread = doc! {
+            "conversation": conversation_key(&reader, &other),
+            "recipient_id": reader,
+            "seq": { "$lte": up_to_seq },
+            "read_at": null,
+        };
+        let at = to_bson_date(at);
+        // Reading implies delivery: first the undelivered ones get both times...
+        let mut undelivered = unread.clone();
+        undelivered.insert("delivered_at", mongodb::bson::Bson::Null);
+        let both = doc! { "$set": { "delivered_at": at, "read_at": at } };
+        let first = self.messages.update_many(undelivered, both).await.map_err(store_error)?;
+        // ...then the delivered ones their read time.
+        let read = doc! { "$set": { "read_at": at } };
+        let rest = self.messages.update_many(unread, read).await.map_err(store_error)?;
+        Ok(first.modified_count + rest.modified_count)
+    }
+
+    async fn conversations(
+        &self,
+        owner: &UserId,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Conversation>> {
+        let Some(owner) = object_id(owner.as_str()) else { return Ok(Vec::new()) };
+        let filter = doc! { "owner": owner, "last_seq": { "$lt": before_seq.unwrap_or(i64::MAX) } };
+        self.find_conversations(owner, filter, limit).await
+    }
+
+    async fn conversation_with(
+        &self,
+        owner: &UserId,
+        other: &UserId,
+    ) -> StoreResult<Option<Conversation>> {
+        let (Some(owner), Some(other)) = (object_id(owner.as_str()), object_id(other.as_str()))
+        else {
+            return Ok(None);
+        };
+        let filter = doc! { "_id": conversation_document_id(&owner, &other) };
+        Ok(self.find_conversations(owner, filter, 1).await?.into_iter().next())
     }
 
     async fn conversation(

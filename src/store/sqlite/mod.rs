@@ -27,15 +27,15 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_ite
 
 use self::{
     rows::{
-        MESSAGE_COLUMNS, MIGRATIONS, SESSION_COLUMNS, USER_COLUMNS, conversation_key,
-        message_from_row, millis, new_id, session_from_row, time, user_from_row,
+        JOINED_MESSAGE_COLUMNS, MESSAGE_COLUMNS, MIGRATIONS, SESSION_COLUMNS, USER_COLUMNS,
+        conversation_key, message_from_row, millis, new_id, session_from_row, time, user_from_row,
     },
     writer::Writer,
 };
 use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::domain::{
-    Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber, Session,
-    SessionId, User, UserCredentials, UserId,
+    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber,
+    Session, SessionId, User, UserCredentials, UserId,
 };
 
 /// SQLite-backed [`Store`].
@@ -164,6 +164,35 @@ fn sql(error: rusqlite::Error) -> StoreError {
 
 fn is_unique_violation(error: &rusqlite::Error) -> bool {
     error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+}
+
+/// Chat-list lines matching `condition` (on `conversations c`), each with its newest message
+/// and its unread count (counted on the `messages_unread` index).
+fn query_conversations(
+    connection: &Connection,
+    condition: &str,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<Conversation>> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "SELECT {JOINED_MESSAGE_COLUMNS}, c.other_id,
+                    (SELECT COUNT(*) FROM messages u
+                      WHERE u.recipient_id = c.owner_id AND u.conversation = m.conversation
+                        AND u.read_at IS NULL)
+             FROM conversations c JOIN messages m ON m.seq = c.last_seq
+             WHERE {condition}"
+        ))
+        .map_err(sql)?;
+    let rows = statement
+        .query_map(params, |row| {
+            Ok(Conversation {
+                last_message: message_from_row(row)?,
+                with: UserId::new(row.get::<_, String>(9)?),
+                unread_count: row.get::<_, i64>(10)?.max(0) as u64,
+            })
+        })
+        .map_err(sql)?;
+    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
 }
 
 fn query_messages(
@@ -404,15 +433,32 @@ impl Store for SqliteStore {
                     ])
                 })
                 .map_err(sql)?;
+                let seq = c.last_insert_rowid();
+                // Both chat lists, in the same transaction as the message.
+                c.prepare_cached(
+                    "INSERT INTO conversations (owner_id, other_id, last_seq)
+                     VALUES (?1, ?2, ?3), (?2, ?1, ?3)
+                     ON CONFLICT (owner_id, other_id)
+                     DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+                )
+                .and_then(|mut upsert| {
+                    upsert.execute(params![
+                        message.sender_id.as_str(),
+                        message.recipient_id.as_str(),
+                        seq
+                    ])
+                })
+                .map_err(sql)?;
                 Ok(Inserted::Created(Message {
                     id,
-                    seq: c.last_insert_rowid(),
+                    seq,
                     sender_id: message.sender_id,
                     recipient_id: message.recipient_id,
                     content: message.content,
                     client_message_id: message.client_message_id,
                     sent_at: time(millis(message.sent_at)),
                     delivered_at: None,
+                    read_at: None,
                 }))
             })
             .await
@@ -473,6 +519,59 @@ impl Store for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn mark_read(
+        &self,
+        reader: &UserId,
+        other: &UserId,
+        up_to_seq: i64,
+        at: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let key = conversation_key(reader, other);
+        let reader = reader.to_string();
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE messages SET read_at = ?1, delivered_at = COALESCE(delivered_at, ?1)
+                     WHERE conversation = ?2 AND recipient_id = ?3 AND seq <= ?4
+                       AND read_at IS NULL",
+                )
+                .and_then(|mut update| update.execute(params![millis(at), key, reader, up_to_seq]))
+                .map(|changed| changed as u64)
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn conversations(
+        &self,
+        owner: &UserId,
+        before_seq: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Conversation>> {
+        self.read(|c| {
+            query_conversations(
+                c,
+                "c.owner_id = ?1 AND c.last_seq < ?2 ORDER BY c.last_seq DESC LIMIT ?3",
+                params![owner.as_str(), before_seq.unwrap_or(i64::MAX), limit as i64],
+            )
+        })
+    }
+
+    async fn conversation_with(
+        &self,
+        owner: &UserId,
+        other: &UserId,
+    ) -> StoreResult<Option<Conversation>> {
+        let found = self.read(|c| {
+            query_conversations(
+                c,
+                "c.owner_id = ?1 AND c.other_id = ?2",
+                params![owner.as_str(), other.as_str()],
+            )
+        })?;
+        Ok(found.into_iter().next())
     }
 
     async fn conversation(
@@ -602,5 +701,46 @@ mod tests {
 
     fn set_max_pages(connection: &Connection, pages: i64) -> StoreResult<()> {
         connection.pragma_update(None, "max_page_count", pages).map_err(sql)
+    }
+
+    /// A database from before the chat list gets one from its messages, and messages already
+    /// acknowledged count as read.
+    #[tokio::test]
+    async fn upgrading_builds_the_chat_list_from_existing_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..2] {
+                old.execute_batch(migration).unwrap();
+            }
+            old.execute_batch(
+                "PRAGMA user_version = 2;
+                 INSERT INTO users VALUES ('a', '+12025550143', 'alice', 'h', 0),
+                                          ('b', '+12025550144', 'bob', 'h', 0),
+                                          ('c', '+12025550145', 'carol', 'h', 0);
+                 INSERT INTO messages (id, sender_id, recipient_id, conversation, content,
+                                       sent_at, delivered_at)
+                 VALUES ('m1', 'a', 'b', 'a|b', 'acknowledged', 1, 2),
+                        ('m2', 'a', 'b', 'a|b', 'pending', 3, NULL),
+                        ('m3', 'c', 'a', 'a|c', 'to alice', 4, NULL);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let lines = |owner: &str| {
+            let store = &store;
+            let owner = UserId::new(owner);
+            async move {
+                let list = store.conversations(&owner, None, 10).await.unwrap();
+                list.into_iter()
+                    .map(|c| (c.with.to_string(), c.last_message.id.to_string(), c.unread_count))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let pair = |with: &str, last: &str, unread| (with.to_string(), last.to_string(), unread);
+        assert_eq!(lines("a").await, vec![pair("c", "m3", 1), pair("b", "m2", 0)]);
+        assert_eq!(lines("b").await, vec![pair("a", "m2", 1)]);
+        assert_eq!(lines("c").await, vec![pair("a", "m3", 0)]);
     }
 }

@@ -45,12 +45,35 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX sessions_by_expiry ON sessions(expires_at);
 "#,
+    // Chat list and read receipts. Messages acknowledged before read receipts existed count as
+    // read, so an upgrade does not light up every old conversation as unread.
+    r#"
+    ALTER TABLE messages ADD COLUMN read_at INTEGER;
+    UPDATE messages SET read_at = delivered_at WHERE delivered_at IS NOT NULL;
+    CREATE INDEX messages_unread ON messages(recipient_id, conversation) WHERE read_at IS NULL;
+    CREATE TABLE conversations (
+        owner_id TEXT NOT NULL,
+        other_id TEXT NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (owner_id, other_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_by_activity ON conversations(owner_id, last_seq);
+    INSERT INTO conversations (owner_id, other_id, last_seq)
+        SELECT owner, other, MAX(seq) FROM (
+            SELECT sender_id AS owner, recipient_id AS other, seq FROM messages
+            UNION ALL
+            SELECT recipient_id, sender_id, seq FROM messages
+        ) GROUP BY owner, other;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
 pub const USER_COLUMNS: &str = "id, phone_number, username, created_at";
 pub const MESSAGE_COLUMNS: &str =
-    "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at";
+    "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at, read_at";
+/// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
+pub const JOINED_MESSAGE_COLUMNS: &str = "m.seq, m.id, m.sender_id, m.recipient_id, m.content, \
+     m.client_message_id, m.sent_at, m.delivered_at, m.read_at";
 
 /// Times are stored as Unix milliseconds.
 pub fn millis(time: DateTime<Utc>) -> i64 {
@@ -80,6 +103,7 @@ pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         client_message_id: row.get::<_, Option<String>>(5)?.map(ClientMessageId::from_stored),
         sent_at: time(row.get(6)?),
         delivered_at: row.get::<_, Option<i64>>(7)?.map(time),
+        read_at: row.get::<_, Option<i64>>(8)?.map(time),
     })
 }
 
