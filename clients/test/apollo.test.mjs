@@ -127,3 +127,46 @@ test('Apollo Client: live messages, replay after reconnect, markDelivered, histo
   alice.client.stop();
   bob.client.stop();
 });
+
+test('Apollo Client: the chat list, and markRead updating it from the cache', async () => {
+  const alice = await signUp('alice');
+  const bob = await signUp('bob');
+  const carol = await signUp('carol');
+  await sendFrom(bob, alice, 'hi alice');
+  const newest = await sendFrom(bob, alice, 'are you there?');
+  await sendFrom(carol, alice, 'lunch?');
+
+  const list = alice.client.watchQuery({ query: gql(ops.CHAT_LIST), variables: { first: 20 } });
+  const seen = [];
+  const subscription = list.subscribe((result) => {
+    if (result.dataState === 'complete') seen.push(result.data.conversations.edges.map((e) => e.node));
+  });
+  await waitUntil(() => seen.length === 1, { what: 'the chat list' });
+  assert.deepEqual(
+    seen[0].map((c) => [c.with.username, c.lastMessage.content, c.unreadCount]),
+    [['carol', 'lunch?', 1], ['bob', 'are you there?', 2]],
+  );
+
+  // The mutation returns the Conversation by id, so the watched list updates with no refetch.
+  const { data } = await alice.client.mutate({
+    mutation: gql(ops.MARK_READ),
+    variables: { withUserId: bob.id, upTo: newest.id },
+  });
+  assert.equal(data.markRead.unreadCount, 0);
+  assert.equal(data.markRead.lastMessage.status, 'READ');
+  await waitUntil(() => seen.length === 2, { what: 'the cached list to update' });
+  assert.deepEqual(seen[1].map((c) => [c.with.username, c.unreadCount]), [['carol', 1], ['bob', 0]]);
+
+  // Bob, the sender, sees the ticks by querying his history.
+  const history = await bob.client.query({
+    query: gql(ops.CONVERSATION),
+    variables: { withUserId: alice.id, last: 10 },
+    fetchPolicy: 'network-only',
+  });
+  assert.deepEqual(
+    history.data.conversation.edges.map((e) => [e.node.content, e.node.status]),
+    [['hi alice', 'READ'], ['are you there?', 'READ']],
+  );
+  subscription.unsubscribe();
+  for (const user of [alice, bob, carol]) user.client.stop();
+});

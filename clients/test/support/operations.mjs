@@ -12,3 +12,5 @@ export const MARK_DELIVERED = byName.MarkDelivered;
 export const LOGOUT = byName.Logout;
 export const MESSAGE_RECEIVED = byName.MessageReceived;
 export const CONVERSATION = byName.Conversation;
+export const CHAT_LIST = byName.ChatList;
+export const MARK_READ = byName.MarkRead;
