@@ -1,6 +1,7 @@
 //! `loadtest`: how fast chatapp delivers, how much an idle subscription costs, how fast a
 //! backlog replays, what a login storm does to delivery, each next to a bare websocket
-//! baseline. See BENCHMARKS.md for the figures and how to read them.
+//! baseline, and how the chat list reads with thousands of conversations. See BENCHMARKS.md
+//! for the figures and how to read them.
 
 mod baseline;
 mod client;
@@ -16,7 +17,7 @@ use serde::Serialize;
 use crate::{
     client::Target,
     delivery::{DeliveryFigures, Pairs},
-    scenarios::{IdleFigures, ReplayFigures, StormFigures},
+    scenarios::{ChatListFigures, IdleFigures, ReplayFigures, StormFigures},
     server::Server,
 };
 
@@ -31,6 +32,10 @@ struct Args {
     /// `cargo build --release --workspace`).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// A second chatapp binary (an older build, say) to run the delivery scenario against
+    /// too, right after the first, so one run compares the two; its rows say `compare`.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
     /// Drive an already running server instead (e.g. http://127.0.0.1:5000). It must allow
     /// the load: raise RATE_LIMIT_* and WS_MAX_CONNECTIONS_PER_USER.
     #[arg(long)]
@@ -38,9 +43,16 @@ struct Args {
     /// Process id of the --server-url server, for the idle-connection memory figures.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Scenarios to run, comma separated: delivery, baseline, idle, replay, storm.
-    #[arg(long, value_delimiter = ',', default_value = "delivery,baseline,idle,replay,storm")]
+    /// Scenarios to run, comma separated: delivery, baseline, idle, replay, storm, chatlist.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "delivery,baseline,idle,replay,storm,chatlist"
+    )]
     scenarios: Vec<String>,
+    /// Conversations of the one user whose chat list is read in the chatlist scenario.
+    #[arg(long, default_value_t = 10_000)]
+    conversations: usize,
     /// Sender/recipient pairs for delivery.
     #[arg(long, default_value_t = 50)]
     pairs: usize,
@@ -92,6 +104,7 @@ struct Report {
     idle: Option<IdleFigures>,
     replay: Option<ReplayFigures>,
     storm: Option<StormFigures>,
+    chat_list: Option<ChatListFigures>,
 }
 
 #[tokio::main]
@@ -104,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
         (args.pairs, args.rate, args.in_flight, args.seconds) = (4, 100.0, 2, 1.0);
         (args.idle, args.replay, args.storm_workers, args.storm_rate) = (20, 200, 2, 50.0);
         args.storm_bcrypt_cost = 4;
+        args.conversations = 30;
     }
     let wants = |name: &str| args.scenarios.iter().any(|s| s == name);
     let duration = Duration::from_secs_f64(args.seconds);
@@ -115,6 +129,17 @@ async fn main() -> anyhow::Result<()> {
         let target = Target::chat(&server.base_url);
         report.delivery.extend(fixed_rate_and_saturation(&args, &target).await?);
         server.stop().await;
+        if let Some(binary) = &args.compare_bin {
+            eprintln!("delivery on {}: {} pairs", binary.display(), args.pairs);
+            let server = Server::spawn(binary, &[("BCRYPT_COST", "4".to_string())]).await?;
+            let target = Target::chat(&server.base_url);
+            let mut figures = fixed_rate_and_saturation(&args, &target).await?;
+            for figure in &mut figures {
+                figure.target = "compare".to_string();
+            }
+            report.delivery.extend(figures);
+            server.stop().await;
+        }
     }
     if wants("baseline") {
         eprintln!("baseline: {} pairs", args.pairs);
@@ -149,6 +174,13 @@ async fn main() -> anyhow::Result<()> {
             duration,
         );
         report.storm = Some(storm.await?);
+        server.stop().await;
+    }
+
+    if wants("chatlist") {
+        eprintln!("chat list: one user with {} conversations", args.conversations);
+        let server = chat_server(&args, 4).await?;
+        report.chat_list = Some(scenarios::chat_list(&server, args.conversations).await?);
         server.stop().await;
     }
 
@@ -248,6 +280,19 @@ fn print_table(report: &Report) {
             replay.queued_per_second,
             replay.replay_seconds,
             replay.replayed_per_second
+        );
+    }
+    if let Some(list) = &report.chat_list {
+        println!(
+            "chat list: {} conversations built in {:.1} s; first page of 20: p50 {:.2} ms, p99 {:.2} ms; page after {} conversations: p50 {:.2} ms, p99 {:.2} ms; a user with 1 conversation: p50 {:.2} ms",
+            list.conversations,
+            list.build_seconds,
+            list.first_page.p50_ms,
+            list.first_page.p99_ms,
+            list.deep_offset,
+            list.deep_page.p50_ms,
+            list.deep_page.p99_ms,
+            list.small_list.p50_ms,
         );
     }
     if let Some(storm) = &report.storm {

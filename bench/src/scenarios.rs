@@ -1,4 +1,4 @@
-//! The scenarios besides plain delivery: idle connections, replay, login storm.
+//! The scenarios besides plain delivery: idle connections, replay, login storm, chat list.
 
 use std::{
     sync::{
@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, bail};
 use futures::{StreamExt, stream};
 use serde::Serialize;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::{
@@ -205,4 +206,105 @@ pub async fn login_storm(
         quiet,
         storm,
     })
+}
+
+/// Latency of one kind of request, over repeated sequential requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub requests: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatListFigures {
+    pub conversations: usize,
+    pub build_seconds: f64,
+    /// `conversations(first: 20)`.
+    pub first_page: Latency,
+    /// How many conversations precede the deep page.
+    pub deep_offset: usize,
+    /// `conversations(first: 20, after: <cursor deep in the list>)`.
+    pub deep_page: Latency,
+    /// The first page of a user with a single conversation, for comparison.
+    pub small_list: Latency,
+}
+
+/// Gives one user `count` conversations (one message from each of `count` users), then times
+/// reading their chat list: the first page, a page deep in the list, and a one-conversation
+/// list. If reading is O(page), the three are about the same.
+pub async fn chat_list(server: &Server, count: usize) -> anyhow::Result<ChatListFigures> {
+    let target = Target::chat(&server.base_url);
+    let owner = target.register().await?;
+    eprintln!("  registering {count} users");
+    let friends = register_many(&target, count, 64).await?;
+    let started = Instant::now();
+    let sent: Vec<anyhow::Result<Value>> = stream::iter(&friends)
+        .map(|friend| {
+            let input = json!({ "recipientId": owner.id, "content": "hello" });
+            target.graphql("SendMessage", json!({ "input": input }), Some(&friend.token))
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    sent.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let build_seconds = started.elapsed().as_secs_f64();
+
+    // Walk to a page about nine tenths of the way down.
+    let deep_offset = count.saturating_sub(20) * 9 / 10;
+    let mut after: Option<String> = None;
+    let mut walked = 0;
+    while walked < deep_offset {
+        let first = (deep_offset - walked).min(100);
+        let page = read_chat_list(&target, &owner.token, first, after.as_deref()).await?;
+        after = page["pageInfo"]["endCursor"].as_str().map(String::from);
+        walked += first;
+    }
+    let requests = 200;
+    let first_page =
+        time_requests(requests, || read_chat_list(&target, &owner.token, 20, None)).await?;
+    let deep_page =
+        time_requests(requests, || read_chat_list(&target, &owner.token, 20, after.as_deref()))
+            .await?;
+    let small_list =
+        time_requests(requests, || read_chat_list(&target, &friends[0].token, 20, None)).await?;
+    Ok(ChatListFigures {
+        conversations: count,
+        build_seconds,
+        first_page,
+        deep_offset,
+        deep_page,
+        small_list,
+    })
+}
+
+async fn read_chat_list(
+    target: &Target,
+    token: &str,
+    first: usize,
+    after: Option<&str>,
+) -> anyhow::Result<Value> {
+    let variables = json!({ "first": first, "after": after });
+    let data = target.graphql("ChatList", variables, Some(token)).await?;
+    let edges = data["conversations"]["edges"].as_array().map_or(0, Vec::len);
+    if edges == 0 {
+        bail!("an empty chat-list page");
+    }
+    Ok(data["conversations"].clone())
+}
+
+async fn time_requests<F, Fut>(requests: usize, mut request: F) -> anyhow::Result<Latency>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Value>>,
+{
+    let mut times = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let started = Instant::now();
+        request().await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(Latency { requests, p50_ms: at(0.5), p99_ms: at(0.99) })
 }
