@@ -37,6 +37,10 @@ const CONVERSATION: &str = "query($with: ID!, $last: Int, $before: String) {
     conversation(withUserId: $with, last: $last, before: $before) { edges { cursor } } }";
 const BY_PHONE: &str = "query($phone: String!) { userByPhoneNumber(phoneNumber: $phone) { id } }";
 const REVOKE: &str = "mutation($id: ID!) { revokeSession(id: $id) { message } }";
+const MARK_READ: &str =
+    "mutation($with: ID!, $upTo: ID!) { markRead(withUserId: $with, upTo: $upTo) { id } }";
+const CHAT_LIST: &str = "query($first: Int, $after: String) {
+    conversations(first: $first, after: $after) { edges { cursor } } }";
 
 /// A phone number no test account uses: register probes with it must never create anyone.
 const FRESH_PHONE: &str = "+12025550150";
@@ -529,6 +533,65 @@ fn catalogue(
             json!({ "with": bob.id, "before": "💣💣" }),
             Alice,
             "BAD_USER_INPUT",
+        ),
+        // chat list and read receipts
+        probe("conversations: no token", CHAT_LIST, json!({}), Nobody, "UNAUTHENTICATED"),
+        probe("conversations: first 0", CHAT_LIST, json!({ "first": 0 }), Alice, "BAD_USER_INPUT"),
+        probe(
+            "conversations: first too big",
+            CHAT_LIST,
+            json!({ "first": 101 }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "conversations: first beyond Int",
+            CHAT_LIST,
+            json!({ "first": 4_294_967_296u64 }),
+            Alice,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        probe(
+            "conversations: garbage cursor",
+            CHAT_LIST,
+            json!({ "after": "💣💣" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "markRead: no token",
+            MARK_READ,
+            json!({ "with": alice.id, "upTo": bobs_message }),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "markRead: with yourself",
+            MARK_READ,
+            json!({ "with": alice.id, "upTo": bobs_message }),
+            Alice,
+            "NOT_FOUND",
+        ),
+        probe(
+            "markRead: with someone not in it",
+            MARK_READ,
+            json!({ "with": "nobody", "upTo": bobs_message }),
+            Alice,
+            "NOT_FOUND",
+        ),
+        probe(
+            "markRead: malformed message id",
+            MARK_READ,
+            json!({ "with": alice.id, "upTo": "\u{0}'; DROP TABLE messages; --" }),
+            Bob,
+            "NOT_FOUND",
+        ),
+        probe(
+            "markRead: upTo as an object",
+            MARK_READ,
+            json!({ "with": bob.id, "upTo": { "$gt": "" } }),
+            Bob,
+            "GRAPHQL_VALIDATION_FAILED",
         ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),
         // sessions

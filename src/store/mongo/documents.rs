@@ -134,8 +134,8 @@ pub struct MessageDocument {
     pub sent_at: bson::DateTime,
     /// Stored as `null` until acknowledged, so the backlog query is an index equality match.
     pub delivered_at: Option<bson::DateTime>,
-    /// `null` until read; absent in messages stored before read receipts (read as unread
-    /// unless delivered, like the embedded store's migration).
+    /// `null` until read; absent in messages stored before read receipts, which count as
+    /// unread until the upgrade step in README.md sets it from `delivered_at`.
     #[serde(default)]
     pub read_at: Option<bson::DateTime>,
 }
