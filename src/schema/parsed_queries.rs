@@ -100,31 +100,31 @@ impl Extension for ParseStep {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         let cached = self.cache().documents.get(&request.query).cloned();
-        let operation = request.operation_name.clone();
-        let named = |document| {
-            only_the_named_operation(document, operation.as_deref()).ok_or_else(|| {
-                let name = operation.as_deref().unwrap_or_default();
-                let error = ServerError::new(format!("Unknown operation named \"{name}\""), None);
-                with_code(error, "GRAPHQL_VALIDATION_FAILED")
-            })
-        };
-        match cached {
-            Some(document) => request.set_parsed_query(named(document)?),
-            // A syntax error is left for async-graphql to report in its usual form.
-            None => {
-                if let Ok(document) = async_graphql::parser::parse_query(&request.query) {
-                    document_shape::check(&document, &self.limits).map_err(|refusal| {
-                        let error = ServerError::new(refusal.to_string(), None);
-                        with_code(error, "GRAPHQL_VALIDATION_FAILED")
-                    })?;
+        let document = match cached {
+            Some(document) => document,
+            None => match async_graphql::parser::parse_query(&request.query) {
+                Ok(document) => {
                     if request.query.len() <= MAX_CACHED_QUERY_BYTES {
                         *self.unvalidated.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some((request.query.clone(), document.clone()));
                     }
-                    request.set_parsed_query(named(document)?);
+                    document
                 }
-            }
-        }
+                // A syntax error is left for async-graphql to report in its usual form.
+                Err(_) => return next.run(ctx, request).await,
+            },
+        };
+        // Measured after the other operations are dropped: only what runs is validated, and
+        // a cached document may be asked for another of its operations next time.
+        let name = request.operation_name.as_deref();
+        let document = only_the_named_operation(document, name).ok_or_else(|| {
+            let message = format!("Unknown operation named \"{}\"", name.unwrap_or_default());
+            with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
+        })?;
+        document_shape::check(&document, &self.limits).map_err(|refusal| {
+            with_code(ServerError::new(refusal.to_string(), None), "GRAPHQL_VALIDATION_FAILED")
+        })?;
+        request.set_parsed_query(document);
         next.run(ctx, request).await
     }
 
