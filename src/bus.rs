@@ -1,7 +1,8 @@
 //! Live events: the bus that wakes open connections when something they care about happens.
 //!
-//! Two kinds of topic: a user's inbox (a message addressed to them was stored) and a session
-//! (it was ended, so its websockets must close). The bus carries no durability promise. A message
+//! Three kinds of topic: a user's inbox (a message addressed to them was stored), a user's
+//! events (their own messages were sent from a device, delivered or read) and a session (it
+//! was ended, so its websockets must close). The bus carries no durability promise. A message
 //! is in the store before it is published, so an inbox subscriber that falls behind is told so
 //! ([`BusEvent::Lagged`]) and catches up from the store. [`InProcessBus`] serves a single server
 //! process; a multi-instance bus implements the same trait.
@@ -18,7 +19,7 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use crate::domain::{Message, SessionId, UserId};
+use crate::domain::{ChatEvent, Message, SessionId, UserId};
 
 /// What a subscriber hears from the bus.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub enum BusEvent {
     Message(Arc<Message>),
     /// The subscribed session was ended (logout or revocation).
     SessionEnded,
+    /// Something happened to the subscribed user's own messages.
+    Chat(Arc<ChatEvent>),
     /// Events were dropped because the subscriber was too slow; it must re-read the store.
     Lagged,
 }
@@ -40,12 +43,19 @@ pub trait MessageBus: Send + Sync + 'static {
     /// Announces a stored message to its recipient's inbox subscribers.
     async fn publish(&self, message: Arc<Message>);
 
+    /// Announces an event to `user_id`'s event subscribers (all their connections).
+    async fn publish_event(&self, user_id: &UserId, event: Arc<ChatEvent>);
+
     /// Announces that these sessions were ended.
     async fn end_sessions(&self, session_ids: &[SessionId]);
 
     /// Starts listening to `user_id`'s inbox. Listening has begun when this returns, so a caller
     /// may read the store afterwards without missing anything published in between.
     fn subscribe(&self, user_id: &UserId) -> BusSubscription;
+
+    /// Starts listening to `user_id`'s events. A subscriber that falls behind hears
+    /// [`BusEvent::Lagged`]; events are not stored, so it should refetch what it shows.
+    fn subscribe_events(&self, user_id: &UserId) -> BusSubscription;
 
     /// Starts listening for the end of session `session_id`.
     fn watch_session(&self, session_id: &SessionId) -> BusSubscription;
@@ -55,6 +65,9 @@ pub trait MessageBus: Send + Sync + 'static {
 /// allocates every slot up front, per user with an open subscription; a subscriber that lags
 /// catches up from the store, so nothing is lost.
 const INBOX_CAPACITY: usize = 16;
+/// Events one user's event channel holds before a slow subscriber lags. Larger than an inbox:
+/// acknowledging a page of messages announces each of them.
+const EVENTS_CAPACITY: usize = 64;
 /// A session channel only ever carries one event.
 const SESSION_CAPACITY: usize = 1;
 
@@ -106,6 +119,10 @@ fn inbox_key(user_id: &UserId) -> String {
     format!("inbox:{user_id}")
 }
 
+fn events_key(user_id: &UserId) -> String {
+    format!("events:{user_id}")
+}
+
 fn session_key(session_id: &SessionId) -> String {
     format!("session:{session_id}")
 }
@@ -117,6 +134,10 @@ impl MessageBus for InProcessBus {
         self.send(&key, BusEvent::Message(message));
     }
 
+    async fn publish_event(&self, user_id: &UserId, event: Arc<ChatEvent>) {
+        self.send(&events_key(user_id), BusEvent::Chat(event));
+    }
+
     async fn end_sessions(&self, session_ids: &[SessionId]) {
         for session_id in session_ids {
             self.send(&session_key(session_id), BusEvent::SessionEnded);
@@ -125,6 +146,10 @@ impl MessageBus for InProcessBus {
 
     fn subscribe(&self, user_id: &UserId) -> BusSubscription {
         self.listen(inbox_key(user_id), INBOX_CAPACITY)
+    }
+
+    fn subscribe_events(&self, user_id: &UserId) -> BusSubscription {
+        self.listen(events_key(user_id), EVENTS_CAPACITY)
     }
 
     fn watch_session(&self, session_id: &SessionId) -> BusSubscription {

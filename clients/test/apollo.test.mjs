@@ -170,3 +170,58 @@ test('Apollo Client: the chat list, and markRead updating it from the cache', as
   subscription.unsubscribe();
   for (const user of [alice, bob, carol]) user.client.stop();
 });
+
+test('Apollo Client: ticks update live in the sender\'s cache, and another device sees what was sent', async () => {
+  const alice = await signUp('alice');
+  const bob = await signUp('bob');
+  // Alice's laptop: a second client, signed in as her.
+  const laptop = createApolloClient({ httpUrl: server.url, wsUrl: server.wsUrl, getToken: () => alice.token });
+  const listenToEvents = (client) => {
+    const events = [];
+    const subscription = client
+      .subscribe({ query: gql(ops.CHAT_EVENTS) })
+      .subscribe({ next: (result) => result.data && events.push(result.data.chatEvents) });
+    return { events, stop: () => subscription.unsubscribe() };
+  };
+  const phoneEvents = listenToEvents(alice.client);
+  const laptopEvents = listenToEvents(laptop);
+  // Subscriptions start asynchronously and events are live only: probe until both hear one.
+  const heardSent = (listener, id) => listener.events.some((e) => e.__typename === 'MessageSent' && e.message.id === id);
+  await waitUntil(
+    async () => {
+      const probe = await sendFrom(alice, bob, 'probe');
+      const deadline = Date.now() + 500;
+      while (Date.now() < deadline) {
+        if (heardSent(phoneEvents, probe.id) && heardSent(laptopEvents, probe.id)) return true;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      return false;
+    },
+    { what: 'both devices to listen' },
+  );
+
+  // Sent from the phone, shown on the laptop.
+  const sent = await sendFrom(alice, bob, 'see you at 8');
+  await waitUntil(() => heardSent(laptopEvents, sent.id), { what: 'the laptop to see the sent message' });
+  assert.equal(laptopEvents.events.find((e) => e.message?.id === sent.id).message.content, 'see you at 8');
+
+  // Alice's phone shows the conversation; the ticks change in its cache as events arrive.
+  const history = alice.client.watchQuery({ query: gql(ops.CONVERSATION), variables: { withUserId: bob.id, last: 50 } });
+  const statuses = [];
+  const watching = history.subscribe((result) => {
+    if (result.dataState !== 'complete') return;
+    const node = result.data.conversation.edges.find((e) => e.node.id === sent.id)?.node;
+    if (node && statuses.at(-1) !== node.status) statuses.push(node.status);
+  });
+  await waitUntil(() => statuses.length === 1, { what: 'the history' });
+  await bob.client.mutate({ mutation: gql(ops.MARK_DELIVERED), variables: { ids: [sent.id] } });
+  await waitUntil(() => statuses.at(-1) === 'DELIVERED', { what: 'the DELIVERED tick' });
+  await bob.client.mutate({ mutation: gql(ops.MARK_READ), variables: { withUserId: alice.id, upTo: sent.id } });
+  await waitUntil(() => statuses.at(-1) === 'READ', { what: 'the READ tick' });
+  assert.deepEqual(statuses, ['SENT', 'DELIVERED', 'READ'], 'updated from the events, no refetch');
+
+  watching.unsubscribe();
+  phoneEvents.stop();
+  laptopEvents.stop();
+  for (const client of [alice.client, bob.client, laptop]) client.stop();
+});

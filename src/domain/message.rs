@@ -50,6 +50,16 @@ pub enum MessageStatus {
     Read,
 }
 
+/// Something that happened to a user's own messages, pushed live to all their connections
+/// (never stored: what it reports is state on the message, visible by querying).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEvent {
+    /// The user sent this message (from any of their devices).
+    MessageSent(Message),
+    /// A message the user sent was delivered or read; this is it now.
+    MessageStatusChanged(Message),
+}
+
 /// One line of a user's chat list: the other person, the newest message between them, and how
 /// many messages to the owner in it are not read yet.
 #[derive(Debug, Clone, PartialEq, Eq)]

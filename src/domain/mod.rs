@@ -15,7 +15,7 @@ mod user;
 
 pub use ids::{MessageId, SessionId, UserId};
 pub use message::{
-    ClientMessageId, Conversation, Message, MessageContent, MessageStatus, NewMessage,
+    ChatEvent, ClientMessageId, Conversation, Message, MessageContent, MessageStatus, NewMessage,
 };
 pub use paging::{Cursor, PageSize};
 pub use password::{Password, PasswordHash};

@@ -176,7 +176,7 @@ impl<B: Backlog> Delivery<B> {
                             self.start_pass();
                         }
                         // Inbox topics carry only messages; anything else is ignored.
-                        Some(BusEvent::SessionEnded) => {}
+                        Some(BusEvent::SessionEnded | BusEvent::Chat(_)) => {}
                         None => self.phase = Phase::Done,
                     }
                 }

@@ -13,10 +13,10 @@ use chrono::Utc;
 use futures::Stream;
 
 use crate::{
-    bus::MessageBus,
+    bus::{BusEvent, MessageBus},
     domain::{
-        ClientMessageId, Conversation, Cursor, Message, MessageContent, MessageId, NewMessage,
-        PageSize, UserId, Viewer,
+        ChatEvent, ClientMessageId, Conversation, Cursor, Message, MessageContent, MessageId,
+        NewMessage, PageSize, UserId, Viewer,
     },
     error::{AppError, AppResult},
     rate_limits::RateLimits,
@@ -99,6 +99,9 @@ impl Messaging {
             Inserted::Created(message) => {
                 let message = Arc::new(message);
                 self.bus.publish(message.clone()).await;
+                // The sender's other devices show what was sent from this one.
+                let sent = Arc::new(ChatEvent::MessageSent(Message::clone(&message)));
+                self.bus.publish_event(&viewer.user_id, sent).await;
                 Ok(Arc::unwrap_or_clone(message))
             }
             Inserted::Existing(message) => Ok(message),
@@ -135,6 +138,10 @@ impl Messaging {
         }
         self.store.mark_delivered(&viewer.user_id, &unique, Utc::now()).await?;
         let updated = self.store.messages_by_ids(&unique).await?;
+        let newly_delivered = updated.iter().filter(|message| {
+            found.iter().any(|before| before.id == message.id && before.delivered_at.is_none())
+        });
+        self.announce_status(newly_delivered.cloned().collect()).await;
         let mut ordered = Vec::with_capacity(unique.len());
         for id in &unique {
             if let Some(message) = updated.iter().find(|message| &message.id == id) {
@@ -203,9 +210,38 @@ impl Messaging {
             return Err(not_found());
         }
         if with != &viewer.user_id {
-            self.store.mark_read(&viewer.user_id, with, message.seq, Utc::now()).await?;
+            let marked =
+                self.store.mark_read(&viewer.user_id, with, message.seq, Utc::now()).await?;
+            if !marked.is_empty() {
+                self.announce_status(self.store.messages_by_ids(&marked).await?).await;
+            }
         }
         self.store.conversation_with(&viewer.user_id, with).await?.ok_or_else(not_found)
+    }
+
+    /// Tells each message's sender, live, that it was delivered or read. Best effort: the
+    /// status is state on the message, so a sender who misses this sees it by querying.
+    async fn announce_status(&self, mut messages: Vec<Message>) {
+        messages.sort_by_key(|message| message.seq);
+        for message in messages {
+            let sender = message.sender_id.clone();
+            let changed = Arc::new(ChatEvent::MessageStatusChanged(message));
+            self.bus.publish_event(&sender, changed).await;
+        }
+    }
+
+    /// Events about the viewer's own messages, live, for as long as the stream is held:
+    /// messages they sent from any device, and status changes of messages they sent. `None`
+    /// marks where events were dropped because the connection fell behind.
+    pub fn events(&self, viewer: &Viewer) -> impl Stream<Item = Option<Arc<ChatEvent>>> + use<> {
+        use futures::StreamExt;
+        self.bus.subscribe_events(&viewer.user_id).filter_map(|event| async move {
+            match event {
+                BusEvent::Chat(event) => Some(Some(event)),
+                BusEvent::Lagged => Some(None),
+                BusEvent::Message(_) | BusEvent::SessionEnded => None,
+            }
+        })
     }
 
     /// Every message for `viewer`: the unacknowledged backlog, then live ones (see
@@ -220,11 +256,18 @@ mod tests {
     use futures::{FutureExt, StreamExt};
 
     use super::*;
-    use crate::{bus::BusEvent, testing::World};
+    use crate::{bus::BusEvent, domain::MessageStatus, testing::World};
 
     fn messaging(world: &World) -> Messaging {
         let limits = crate::testing::limits(|l| l.messages_per_second_per_user = 1000);
         Messaging::new(world.store.clone(), world.bus.clone(), limits)
+    }
+
+    /// The event waiting on `events`, if any.
+    fn next(
+        events: &mut (impl Stream<Item = Option<Arc<ChatEvent>>> + Unpin),
+    ) -> Option<ChatEvent> {
+        events.next().now_or_never().flatten().flatten().map(|event| (*event).clone())
     }
 
     fn request(to: &UserId, content: &str, key: Option<&str>) -> SendRequest {
@@ -325,6 +368,39 @@ mod tests {
         let nobody = UserId::new("nobody");
         let missing = messaging.history(&as_alice, &nobody, size, None).await.unwrap_err();
         assert_eq!(missing.code(), "NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn senders_hear_their_messages_sent_delivered_and_read() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
+        let messaging = messaging(&world);
+        let mut alices = Box::pin(messaging.events(&as_alice));
+        let mut bobs = Box::pin(messaging.events(&as_bob));
+
+        let sent = messaging.send(&as_alice, request(&bob.id, "hi", None)).await.unwrap();
+        assert_eq!(next(&mut alices), Some(ChatEvent::MessageSent(sent.clone())));
+        assert_eq!(next(&mut bobs), None, "events are about one's own messages");
+
+        messaging.mark_delivered(&as_bob, vec![sent.id.clone()]).await.unwrap();
+        let Some(ChatEvent::MessageStatusChanged(delivered)) = next(&mut alices) else {
+            panic!("no delivery event")
+        };
+        assert_eq!(
+            (delivered.id.clone(), delivered.status()),
+            (sent.id.clone(), MessageStatus::Delivered)
+        );
+        messaging.mark_delivered(&as_bob, vec![sent.id.clone()]).await.unwrap();
+        assert_eq!(next(&mut alices), None, "acknowledging twice announces once");
+
+        messaging.mark_read(&as_bob, &alice.id, &sent.id).await.unwrap();
+        let Some(ChatEvent::MessageStatusChanged(read)) = next(&mut alices) else {
+            panic!("no read event")
+        };
+        assert_eq!(read.status(), MessageStatus::Read);
+        messaging.mark_read(&as_bob, &alice.id, &sent.id).await.unwrap();
+        assert_eq!(next(&mut alices), None, "reading twice announces once");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ mod context;
 mod conversations;
 pub mod document_shape;
 mod error_codes;
+mod events;
 mod messages;
 mod parsed_queries;
 mod sessions;
@@ -19,6 +20,7 @@ use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use self::{
     conversations::{ConversationMutation, ConversationQuery},
+    events::EventSubscription,
     messages::{MessageMutation, MessageQuery, MessageSubscription},
     sessions::{AuthMutation, SessionQuery},
     users::{UserLoader, UserQuery},
@@ -39,7 +41,7 @@ pub struct Mutation(AuthMutation, MessageMutation, ConversationMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(MessageSubscription);
+pub struct Subscription(MessageSubscription, EventSubscription);
 
 /// Complexity of a field that reads the store, on top of its selection: such a field costs far
 /// more than one that only formats data already loaded, so alias floods of store reads reach

@@ -118,7 +118,7 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> StoreResult<()>;
     /// Marks read every message from `other` to `reader` with `seq <= up_to_seq` that is not
-    /// read yet (delivering it too, if it was not); returns how many it marked. Never moves a
+    /// read yet (delivering it too, if it was not); returns the ids it marked. Never moves a
     /// message back: what is read stays read, with its first `read_at`.
     async fn mark_read(
         &self,
@@ -126,7 +126,7 @@ pub trait Store: Send + Sync + 'static {
         other: &UserId,
         up_to_seq: i64,
         at: DateTime<Utc>,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Vec<MessageId>>;
     /// `owner`'s chat list, newest activity first: the conversations whose newest message has
     /// `seq < before_seq` when given, at most `limit`. Costs O(limit) reads plus the unread
     /// messages counted, never a scan of the owner's messages.

@@ -122,7 +122,7 @@ impl Store for DiskFull {
         other: &UserId,
         up_to_seq: i64,
         at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<MessageId>> {
         self.check()?;
         self.inner.mark_read(reader, other, up_to_seq, at).await
     }

@@ -372,23 +372,39 @@ impl WsClient {
 
     /// Starts `messageReceived` under `id`.
     pub async fn subscribe_messages(&mut self, id: &str) {
-        self.send_json(json!({
-            "id": id,
-            "type": "subscribe",
-            "payload": { "query": OPERATIONS, "operationName": "MessageReceived" },
-        }))
-        .await;
+        self.subscribe_operation(id, "MessageReceived").await;
     }
 
     /// The next `messageReceived` payload on subscription `id`.
     pub async fn next_message(&mut self, id: &str) -> Value {
+        self.next_data(id, "messageReceived").await
+    }
+
+    /// The next result of subscription `id`, its `field` of `data`.
+    async fn next_data(&mut self, id: &str, field: &str) -> Value {
         match self.recv().await {
             Incoming::Json(value) if value["type"] == "next" && value["id"] == id => {
                 assert!(value["payload"]["errors"].is_null(), "subscription error: {value}");
-                value["payload"]["data"]["messageReceived"].clone()
+                value["payload"]["data"][field].clone()
             }
-            other => panic!("expected a message on {id}, got {other:?}"),
+            other => panic!("expected {field} on {id}, got {other:?}"),
         }
+    }
+
+    /// Starts `chatEvents` under `id`.
+    pub async fn subscribe_events(&mut self, id: &str) {
+        self.subscribe_operation(id, "ChatEvents").await;
+    }
+
+    /// Starts the shared subscription `operation` under `id`.
+    async fn subscribe_operation(&mut self, id: &str, operation: &str) {
+        let payload = json!({ "query": OPERATIONS, "operationName": operation });
+        self.send_json(json!({ "id": id, "type": "subscribe", "payload": payload })).await;
+    }
+
+    /// The next `chatEvents` payload on subscription `id`.
+    pub async fn next_event(&mut self, id: &str) -> Value {
+        self.next_data(id, "chatEvents").await
     }
 
     /// Reads for `wait`, answering pings as a live client does; panics on anything else.

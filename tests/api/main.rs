@@ -3,6 +3,7 @@
 
 mod abuse;
 mod auth;
+mod chat_events;
 mod chat_list;
 mod full_disk;
 mod helpers;

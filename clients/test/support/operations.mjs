@@ -14,3 +14,4 @@ export const MESSAGE_RECEIVED = byName.MessageReceived;
 export const CONVERSATION = byName.Conversation;
 export const CHAT_LIST = byName.ChatList;
 export const MARK_READ = byName.MarkRead;
+export const CHAT_EVENTS = byName.ChatEvents;

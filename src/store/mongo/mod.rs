@@ -567,10 +567,10 @@ impl Store for MongoStore {
         other: &UserId,
         up_to_seq: i64,
         at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<MessageId>> {
         let (Some(reader), Some(other)) = (object_id(reader.as_str()), object_id(other.as_str()))
         else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let unread = doc! {
             "conversation": conversation_key(&reader, &other),
@@ -578,16 +578,31 @@ impl Store for MongoStore {
             "seq": { "$lte": up_to_seq },
             "read_at": null,
         };
+        let found: Vec<Document> = self
+            .database
+            .collection::<Document>("messages")
+            .find(unread)
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        let ids: Vec<ObjectId> = found.iter().filter_map(|d| d.get_object_id("_id").ok()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let at = to_bson_date(at);
-        // Reading implies delivery: first the undelivered ones get both times...
-        let mut undelivered = unread.clone();
-        undelivered.insert("delivered_at", mongodb::bson::Bson::Null);
+        // Reading implies delivery: the undelivered ones get both times, then the rest their
+        // read time. (A concurrent markRead may report some of the same ids; the state is the
+        // same either way.)
+        let undelivered = doc! { "_id": { "$in": &ids }, "delivered_at": null, "read_at": null };
         let both = doc! { "$set": { "delivered_at": at, "read_at": at } };
-        let first = self.messages.update_many(undelivered, both).await.map_err(store_error)?;
-        // ...then the delivered ones their read time.
+        self.messages.update_many(undelivered, both).await.map_err(store_error)?;
+        let still_unread = doc! { "_id": { "$in": &ids }, "read_at": null };
         let read = doc! { "$set": { "read_at": at } };
-        let rest = self.messages.update_many(unread, read).await.map_err(store_error)?;
-        Ok(first.modified_count + rest.modified_count)
+        self.messages.update_many(still_unread, read).await.map_err(store_error)?;
+        Ok(ids.iter().map(|id| MessageId::new(id.to_hex())).collect())
     }
 
     async fn conversations(

@@ -527,19 +527,25 @@ impl Store for SqliteStore {
         other: &UserId,
         up_to_seq: i64,
         at: DateTime<Utc>,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Vec<MessageId>> {
         let key = conversation_key(reader, other);
         let reader = reader.to_string();
         self.writer
             .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE messages SET read_at = ?1, delivered_at = COALESCE(delivered_at, ?1)
-                     WHERE conversation = ?2 AND recipient_id = ?3 AND seq <= ?4
-                       AND read_at IS NULL",
-                )
-                .and_then(|mut update| update.execute(params![millis(at), key, reader, up_to_seq]))
-                .map(|changed| changed as u64)
-                .map_err(sql)
+                let mut update = c
+                    .prepare_cached(
+                        "UPDATE messages SET read_at = ?1, delivered_at = COALESCE(delivered_at, ?1)
+                         WHERE conversation = ?2 AND recipient_id = ?3 AND seq <= ?4
+                           AND read_at IS NULL
+                         RETURNING id",
+                    )
+                    .map_err(sql)?;
+                let ids = update
+                    .query_map(params![millis(at), key, reader, up_to_seq], |row| {
+                        row.get::<_, String>(0).map(MessageId::new)
+                    })
+                    .map_err(sql)?;
+                ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
             })
             .await
     }

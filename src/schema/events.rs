@@ -1,0 +1,87 @@
+//! `chatEvents`: what happens to the caller's own messages, live, on every connection they
+//! have open. One stream of a union (not a subscription per kind) so a client holds one
+//! subscription beside `messageReceived`, and each event carries the `Message` by id, so Apollo
+//! and urql caches update the message wherever it is shown, with no refetch.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, SimpleObject, Subscription, Union};
+use futures::{Stream, StreamExt};
+
+use super::context::ContextExt;
+use crate::{
+    domain::{ChatEvent, Message},
+    messages::Messaging,
+};
+
+/// A message the caller sent, from this device or another: a second device shows the
+/// conversation the first one is having.
+#[derive(SimpleObject)]
+pub struct MessageSent {
+    /// The message as stored.
+    message: Message,
+}
+
+/// A message the caller sent was delivered (the recipient's client acknowledged it) or read:
+/// the ticks. `message.status`, `deliveredAt` and `readAt` are its state now.
+#[derive(SimpleObject)]
+pub struct MessageStatusChanged {
+    /// The message as it is now.
+    message: Message,
+}
+
+/// The connection fell behind and events were dropped: refetch what is on screen (the state
+/// itself is on the messages and conversations, so nothing is lost).
+#[derive(SimpleObject)]
+pub struct EventsMissed {
+    /// What happened, for logs.
+    reason: String,
+}
+
+/// Something that happened to the caller's own messages.
+#[derive(Union)]
+pub enum ChatEventNode {
+    /// Sent from one of the caller's devices.
+    MessageSent(MessageSent),
+    /// Delivered or read.
+    MessageStatusChanged(MessageStatusChanged),
+    /// Events were dropped; refetch.
+    EventsMissed(EventsMissed),
+}
+
+impl From<Option<Arc<ChatEvent>>> for ChatEventNode {
+    fn from(event: Option<Arc<ChatEvent>>) -> Self {
+        match event.as_deref() {
+            Some(ChatEvent::MessageSent(message)) => {
+                ChatEventNode::MessageSent(MessageSent { message: message.clone() })
+            }
+            Some(ChatEvent::MessageStatusChanged(message)) => {
+                ChatEventNode::MessageStatusChanged(MessageStatusChanged {
+                    message: message.clone(),
+                })
+            }
+            None => ChatEventNode::EventsMissed(EventsMissed {
+                reason: "the connection fell behind; some events were dropped".into(),
+            }),
+        }
+    }
+}
+
+/// Live events about the caller's own messages.
+#[derive(Default)]
+pub struct EventSubscription;
+
+#[Subscription]
+impl EventSubscription {
+    /// Events about the caller's own messages on every open connection: `MessageSent` when
+    /// they send from any device, `MessageStatusChanged` when a message they sent is delivered
+    /// or read, `EventsMissed` if the connection fell behind. Live only: what happened while
+    /// offline is state on the messages (`status`, `readAt`), visible by querying.
+    async fn chat_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = ChatEventNode> + use<>> {
+        let viewer = ctx.viewer().await?;
+        Ok(ctx.service::<Messaging>()?.events(&viewer).map(ChatEventNode::from))
+    }
+}

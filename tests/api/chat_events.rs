@@ -1,0 +1,106 @@
+//! `chatEvents`: a user's other devices see what they send, and senders see their messages
+//! delivered and read, live.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, TestUser, WsClient, spawn_app};
+
+/// A connection of `user` with `chatEvents` under "events", listening once this returns: a
+/// `messageReceived` subscription started after it on the same socket has replayed a marker
+/// message from `from` (the socket handles subscriptions in order); that one is then
+/// completed, so only events arrive on this connection.
+async fn events_connection(app: &TestApp, user: &TestUser, from: &TestUser) -> WsClient {
+    let mut client = app.ws(user).await;
+    client.subscribe_events("events").await;
+    app.subscribe_listening(&mut [(&mut client, "inbox")], from, user).await;
+    client.send_json(json!({ "type": "complete", "id": "inbox" })).await;
+    client
+}
+
+fn kind_and_id(event: &Value) -> (String, String) {
+    let kind = event["__typename"].as_str().unwrap().to_string();
+    (kind, event["message"]["id"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn a_message_sent_from_one_device_shows_on_the_others() {
+    let app = spawn_app().await;
+    let (alice, bob) = app.two_users().await;
+    let laptop_session = TestUser { token: app.login(&alice).await, ..alice.clone() };
+    let mut phone = events_connection(&app, &alice, &bob).await;
+    let mut laptop = events_connection(&app, &laptop_session, &bob).await;
+    let mut bobs = events_connection(&app, &bob, &alice).await;
+    // Setting up Bob's connection sent him a marker from Alice, which he acknowledged: both
+    // of her devices saw it sent, then delivered.
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(device.next_event("events").await["__typename"], "MessageSent");
+        let delivered = device.next_event("events").await;
+        assert_eq!(delivered["__typename"], "MessageStatusChanged");
+        assert_eq!(delivered["message"]["status"], "DELIVERED");
+    }
+
+    let sent = app.send_ok(&alice, &bob, "sent from the phone").await;
+    for device in [&mut phone, &mut laptop] {
+        let event = device.next_event("events").await;
+        assert_eq!(
+            kind_and_id(&event),
+            ("MessageSent".into(), sent["id"].as_str().unwrap().into())
+        );
+        assert_eq!(event["message"]["content"], "sent from the phone");
+        assert_eq!(event["message"]["status"], "SENT");
+    }
+    // The recipient's events are about his own messages only.
+    bobs.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn the_sender_sees_delivery_and_read_live() {
+    let app = spawn_app().await;
+    let (alice, bob) = app.two_users().await;
+    let mut phone = events_connection(&app, &alice, &bob).await;
+    let first = app.send_ok(&alice, &bob, "one").await;
+    let second = app.send_ok(&alice, &bob, "two").await;
+    for sent in [&first, &second] {
+        let event = phone.next_event("events").await;
+        assert_eq!(kind_and_id(&event).1, sent["id"].as_str().unwrap());
+    }
+
+    app.mark_delivered(&bob, &[first["id"].as_str().unwrap()]).await;
+    let delivered = phone.next_event("events").await;
+    assert_eq!(kind_and_id(&delivered), ("MessageStatusChanged".into(), id(&first)));
+    assert_eq!(delivered["message"]["status"], "DELIVERED");
+    assert!(delivered["message"]["deliveredAt"].is_string());
+    // Acknowledging again changes nothing, so it announces nothing.
+    app.mark_delivered(&bob, &[first["id"].as_str().unwrap()]).await;
+
+    let read = app
+        .graphql(
+            "mutation($with: ID!, $upTo: ID!) { markRead(withUserId: $with, upTo: $upTo) { unreadCount } }",
+            json!({ "with": alice.id, "upTo": second["id"] }),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(read["data"]["markRead"]["unreadCount"], 0, "{read}");
+    let mut read_events = Vec::new();
+    for _ in 0..2 {
+        let event = phone.next_event("events").await;
+        assert_eq!(event["message"]["status"], "READ");
+        assert!(event["message"]["readAt"].is_string());
+        read_events.push(kind_and_id(&event));
+    }
+    assert_eq!(
+        read_events,
+        vec![
+            ("MessageStatusChanged".into(), id(&first)),
+            ("MessageStatusChanged".into(), id(&second))
+        ],
+        "one event per message read, oldest first"
+    );
+    phone.expect_silence(Duration::from_millis(200)).await;
+}
+
+fn id(message: &Value) -> String {
+    message["id"].as_str().unwrap().to_string()
+}
