@@ -89,6 +89,8 @@ pub struct Limits {
     pub messages_per_second_per_user: u32,
     /// `userByPhoneNumber` look-ups per minute per user (`RATE_LIMIT_LOOKUPS_PER_USER`).
     pub lookups_per_minute_per_user: u32,
+    /// `setTyping` calls per second per user (`RATE_LIMIT_TYPING_PER_USER`).
+    pub typing_per_second_per_user: u32,
     /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
     /// cannot take every core from message delivery.
     pub bcrypt_concurrency: usize,
@@ -166,6 +168,7 @@ impl Config {
             login_failures_before_backoff: positive("LOGIN_FAILURES_BEFORE_BACKOFF", 5)? as u32,
             messages_per_second_per_user: positive("RATE_LIMIT_MESSAGES_PER_USER", 20)? as u32,
             lookups_per_minute_per_user: positive("RATE_LIMIT_LOOKUPS_PER_USER", 60)? as u32,
+            typing_per_second_per_user: positive("RATE_LIMIT_TYPING_PER_USER", 5)? as u32,
             bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
             bcrypt_max_queue: positive("BCRYPT_MAX_QUEUE", 32)?,
             graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,

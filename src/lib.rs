@@ -59,6 +59,7 @@ pub mod shutdown;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod typing;
 pub mod users;
 pub mod websocket;
 
@@ -77,6 +78,7 @@ use crate::{
     sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
+    typing::Typing,
     users::Directory,
 };
 
@@ -127,8 +129,9 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
     let services = schema::Services {
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
         sessions: sessions.clone(),
-        messaging: Messaging::new(store.clone(), bus, limits.clone()),
+        messaging: Messaging::new(store.clone(), bus.clone(), limits.clone()),
         directory: Directory::new(store.clone(), limits.clone()),
+        typing: Typing::new(store.clone(), bus, limits.clone()),
     };
     prune_rate_limits_periodically(&limits);
     purge_expired_sessions_periodically(&store);

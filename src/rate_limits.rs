@@ -65,6 +65,7 @@ pub struct RateLimits {
     auth_by_phone: DefaultKeyedRateLimiter<(String, ClientNetwork)>,
     sends_by_user: DefaultKeyedRateLimiter<String>,
     lookups_by_user: DefaultKeyedRateLimiter<String>,
+    typing_by_user: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     failures_before_backoff: u32,
     /// A std mutex: held only for map lookups.
@@ -85,6 +86,9 @@ impl RateLimits {
             auth_by_phone: RateLimiter::keyed(per_minute(limits.auth_per_minute_per_phone)),
             sends_by_user: RateLimiter::keyed(Quota::per_second(per_second)),
             lookups_by_user: RateLimiter::keyed(per_minute(limits.lookups_per_minute_per_user)),
+            typing_by_user: RateLimiter::keyed(Quota::per_second(
+                NonZeroU32::new(limits.typing_per_second_per_user).unwrap_or(NonZeroU32::MIN),
+            )),
             clock: DefaultClock::default(),
             failures_before_backoff: limits.login_failures_before_backoff,
             failed_logins: Mutex::default(),
@@ -111,6 +115,11 @@ impl RateLimits {
     /// batch entry is a look-up), so accounts cannot be enumerated by phone number.
     pub fn check_lookup(&self, user_id: &str) -> AppResult<()> {
         self.check(&self.lookups_by_user, &user_id.to_string(), "too many phone number look-ups")
+    }
+
+    /// Counts a `setTyping` against the caller.
+    pub fn check_typing(&self, user_id: &str) -> AppResult<()> {
+        self.check(&self.typing_by_user, &user_id.to_string(), "too many typing updates")
     }
 
     fn check<K: Hash + Eq + Clone>(
@@ -185,6 +194,7 @@ impl RateLimits {
         self.auth_by_phone.retain_recent();
         self.sends_by_user.retain_recent();
         self.lookups_by_user.retain_recent();
+        self.typing_by_user.retain_recent();
         let now = Instant::now();
         let mut failures = self.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
         let recent = |failures: &Failures| {

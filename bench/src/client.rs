@@ -15,9 +15,10 @@ use tokio_tungstenite::{
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The operations the integration tests send too, run by `operationName`. Sends and live
+/// The operations the integration tests send too (`tests/operations/operations.graphql`). Sends and live
 /// messages select the sender and recipient, as a chat screen does.
-const OPERATIONS: &str = include_str!("../../tests/operations.graphql");
+#[path = "../../tests/operations/mod.rs"]
+mod operations;
 pub const PASSWORD: &str = "benchmark-password";
 
 /// A registered user.
@@ -82,8 +83,7 @@ impl Target {
                 // (parsing costs the load generator CPU the server under test would not get).
                 let input = json!({ "recipientId": route.recipient, "content": content });
                 let body = json!({
-                    "query": OPERATIONS,
-                    "operationName": "SendMessage",
+                    "query": operations::operation("SendMessage"),
                     "variables": { "input": input },
                 });
                 let response = http
@@ -141,8 +141,7 @@ impl Target {
         token: Option<&str>,
     ) -> anyhow::Result<Value> {
         let Target::Chat { http, base_url } = self else { bail!("GraphQL needs the chat target") };
-        let body =
-            json!({ "query": OPERATIONS, "operationName": operation, "variables": variables });
+        let body = json!({ "query": operations::operation(operation), "variables": variables });
         let mut request = http.post(format!("{base_url}/graphql")).json(&body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -188,7 +187,7 @@ impl Target {
             Some(Ok(Message::Text(text))) if text.as_str().contains("connection_ack") => {}
             other => bail!("no connection_ack: {other:?}"),
         }
-        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": OPERATIONS, "operationName": "MessageReceived" } });
+        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": operations::operation("MessageReceived") } });
         ws.send(Message::text(subscribe.to_string())).await?;
         Ok(ws)
     }

@@ -50,14 +50,21 @@ pub enum MessageStatus {
     Read,
 }
 
-/// Something that happened to a user's own messages, pushed live to all their connections
-/// (never stored: what it reports is state on the message, visible by querying).
+/// Something a user's open connections hear live: what happened to their own messages (state
+/// on the message, visible by querying later) and who is typing to them (never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEvent {
     /// The user sent this message (from any of their devices).
     MessageSent(Message),
     /// A message the user sent was delivered or read; this is it now.
     MessageStatusChanged(Message),
+    /// Someone the user chats with started or stopped typing to them.
+    TypingChanged {
+        /// Who is typing.
+        from: UserId,
+        /// Whether they are typing now.
+        typing: bool,
+    },
 }
 
 /// One line of a user's chat list: the other person, the newest message between them, and how

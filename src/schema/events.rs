@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, SimpleObject, Subscription, Union};
+use async_graphql::{Context, ID, Object, SimpleObject, Subscription, Union};
 use futures::{Stream, StreamExt};
 
-use super::context::ContextExt;
+use super::{context::ContextExt, messages::load_user, users::UserNode};
 use crate::{
-    domain::{ChatEvent, Message},
+    domain::{ChatEvent, Message, UserId},
     messages::Messaging,
+    typing::Typing,
 };
 
 /// A message the caller sent, from this device or another: a second device shows the
@@ -30,6 +31,26 @@ pub struct MessageStatusChanged {
     message: Message,
 }
 
+/// Someone the caller chats with started or stopped typing to them. A `true` ends by itself
+/// (a `false` follows) when it is not refreshed within a few seconds.
+pub struct TypingChanged {
+    from: UserId,
+    typing: bool,
+}
+
+#[Object]
+impl TypingChanged {
+    /// Who is typing.
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
+        load_user(ctx, &self.from).await
+    }
+
+    /// Whether they are typing now.
+    async fn typing(&self) -> bool {
+        self.typing
+    }
+}
+
 /// The connection fell behind and events were dropped: refetch what is on screen (the state
 /// itself is on the messages and conversations, so nothing is lost).
 #[derive(SimpleObject)]
@@ -45,6 +66,8 @@ pub enum ChatEventNode {
     MessageSent(MessageSent),
     /// Delivered or read.
     MessageStatusChanged(MessageStatusChanged),
+    /// Someone is (or stopped) typing to the caller.
+    TypingChanged(TypingChanged),
     /// Events were dropped; refetch.
     EventsMissed(EventsMissed),
 }
@@ -60,6 +83,9 @@ impl From<Option<Arc<ChatEvent>>> for ChatEventNode {
                     message: message.clone(),
                 })
             }
+            Some(ChatEvent::TypingChanged { from, typing }) => {
+                ChatEventNode::TypingChanged(TypingChanged { from: from.clone(), typing: *typing })
+            }
             None => ChatEventNode::EventsMissed(EventsMissed {
                 reason: "the connection fell behind; some events were dropped".into(),
             }),
@@ -73,15 +99,39 @@ pub struct EventSubscription;
 
 #[Subscription]
 impl EventSubscription {
-    /// Events about the caller's own messages on every open connection: `MessageSent` when
-    /// they send from any device, `MessageStatusChanged` when a message they sent is delivered
-    /// or read, `EventsMissed` if the connection fell behind. Live only: what happened while
-    /// offline is state on the messages (`status`, `readAt`), visible by querying.
+    /// Events for the caller on every open connection: `MessageSent` when they send from any
+    /// device, `MessageStatusChanged` when a message they sent is delivered or read,
+    /// `TypingChanged` when someone types to them, `EventsMissed` if the connection fell
+    /// behind. Live only: what happened while offline is state on the messages (`status`,
+    /// `readAt`), visible by querying.
     async fn chat_events(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = ChatEventNode> + use<>> {
         let viewer = ctx.viewer().await?;
         Ok(ctx.service::<Messaging>()?.events(&viewer).map(ChatEventNode::from))
+    }
+}
+
+/// Typing indicators.
+#[derive(Default)]
+pub struct TypingMutation;
+
+#[Object]
+impl TypingMutation {
+    /// Tells `withUserId`'s open connections that the caller is typing to them (`true`), or
+    /// stopped (`false`), as a `TypingChanged` on their `chatEvents`. Never stored. A `true`
+    /// holds about 6 seconds: refresh it every few seconds while the user types; without a
+    /// refresh it ends by itself. Limited per caller (`RATE_LIMITED`). Returns `typing`.
+    async fn set_typing(
+        &self,
+        ctx: &Context<'_>,
+        with_user_id: ID,
+        typing: bool,
+    ) -> async_graphql::Result<bool> {
+        let viewer = ctx.viewer().await?;
+        let with = UserId::new(with_user_id.0);
+        ctx.service::<Typing>()?.set(&viewer, &with, typing).await?;
+        Ok(typing)
     }
 }

@@ -20,7 +20,7 @@ use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use self::{
     conversations::{ConversationMutation, ConversationQuery},
-    events::EventSubscription,
+    events::{EventSubscription, TypingMutation},
     messages::{MessageMutation, MessageQuery, MessageSubscription},
     sessions::{AuthMutation, SessionQuery},
     users::{UserLoader, UserQuery},
@@ -28,7 +28,7 @@ use self::{
 use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use crate::{
     accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, sessions::Sessions,
-    users::Directory,
+    typing::Typing, users::Directory,
 };
 
 /// All queries.
@@ -37,7 +37,7 @@ pub struct Query(UserQuery, MessageQuery, ConversationQuery, SessionQuery);
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(AuthMutation, MessageMutation, ConversationMutation);
+pub struct Mutation(AuthMutation, MessageMutation, ConversationMutation, TypingMutation);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
@@ -71,17 +71,20 @@ pub struct Services {
     pub messaging: Messaging,
     /// Finding users.
     pub directory: Directory,
+    /// Typing indicators.
+    pub typing: Typing,
 }
 
 /// Builds the schema over `services`, with the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
-    let Services { accounts, sessions, messaging, directory } = services;
+    let Services { accounts, sessions, messaging, directory, typing } = services;
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .data(UserLoader::data_loader(directory.clone()))
         .data(accounts)
         .data(sessions)
         .data(messaging)
         .data(directory)
+        .data(typing)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))
         // Depth is enforced by the shape check, which treats introspection by its own rule.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, WsClient, spawn_app};
+use crate::helpers::{TestApp, TestUser, WsClient, error_code, spawn_app, spawn_app_configured};
 
 /// A connection of `user` with `chatEvents` under "events", listening once this returns: a
 /// `messageReceived` subscription started after it on the same socket has replayed a marker
@@ -103,4 +103,40 @@ async fn the_sender_sees_delivery_and_read_live() {
 
 fn id(message: &Value) -> String {
     message["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_persons_connections_and_is_limited() {
+    let app = spawn_app_configured(&[("RATE_LIMIT_TYPING_PER_USER", "2")]).await;
+    let (alice, bob) = app.two_users().await;
+    let mut bobs = events_connection(&app, &bob, &alice).await;
+    let set_typing = |typing: bool| {
+        let variables = json!({ "withUserId": bob.id, "typing": typing });
+        app.operation("SetTyping", variables, Some(&alice.token))
+    };
+    assert_eq!(set_typing(true).await["data"]["setTyping"], true);
+    let event = bobs.next_event("events").await;
+    assert_eq!(event["__typename"], "TypingChanged");
+    assert_eq!(
+        (event["typing"].clone(), event["user"]["username"].clone()),
+        (json!(true), json!("alice"))
+    );
+    assert_eq!(set_typing(false).await["data"]["setTyping"], false);
+    assert_eq!(bobs.next_event("events").await["typing"], false);
+
+    // Two per second: a third change right away is refused, and not announced.
+    let limited = set_typing(true).await;
+    assert_eq!(error_code(&limited), "RATE_LIMITED", "{limited}");
+    assert!(limited["errors"][0]["extensions"]["retryAfter"].as_u64() >= Some(1));
+    bobs.expect_silence(Duration::from_millis(200)).await;
+
+    for (with, code) in [("nobody", "NOT_FOUND"), (bob.id.as_str(), "BAD_USER_INPUT")] {
+        let body = app
+            .operation("SetTyping", json!({ "withUserId": with, "typing": true }), Some(&bob.token))
+            .await;
+        assert_eq!(error_code(&body), code, "{body}");
+    }
+    let anonymous =
+        app.operation("SetTyping", json!({ "withUserId": bob.id, "typing": true }), None).await;
+    assert_eq!(error_code(&anonymous), "UNAUTHENTICATED");
 }

@@ -45,8 +45,8 @@ where
 }
 
 /// The selection every test reads from a message.
-/// The operations tests send (shared with the load tool), run by `operationName`.
-pub const OPERATIONS: &str = include_str!("../operations.graphql");
+#[path = "../operations/mod.rs"]
+mod operations;
 
 static TRACING: Once = Once::new();
 
@@ -205,9 +205,11 @@ impl TestApp {
         self.post_graphql(json!({ "query": query, "variables": variables }), token).await
     }
 
-    /// POSTs one of the shared [`OPERATIONS`] by name and returns the whole response body.
+    /// POSTs one of the shared operations (`tests/operations/operations.graphql`) by name and returns the
+    /// whole response body.
     pub async fn operation(&self, name: &str, variables: Value, token: Option<&str>) -> Value {
-        let body = json!({ "query": OPERATIONS, "operationName": name, "variables": variables });
+        let query = operations::operation(name);
+        let body = json!({ "query": query, "operationName": name, "variables": variables });
         self.post_graphql(body, token).await
     }
 
@@ -398,7 +400,8 @@ impl WsClient {
 
     /// Starts the shared subscription `operation` under `id`.
     async fn subscribe_operation(&mut self, id: &str, operation: &str) {
-        let payload = json!({ "query": OPERATIONS, "operationName": operation });
+        let payload =
+            json!({ "query": operations::operation(operation), "operationName": operation });
         self.send_json(json!({ "id": id, "type": "subscribe", "payload": payload })).await;
     }
 

@@ -39,6 +39,8 @@ const BY_PHONE: &str = "query($phone: String!) { userByPhoneNumber(phoneNumber: 
 const REVOKE: &str = "mutation($id: ID!) { revokeSession(id: $id) { message } }";
 const MARK_READ: &str =
     "mutation($with: ID!, $upTo: ID!) { markRead(withUserId: $with, upTo: $upTo) { id } }";
+const SET_TYPING: &str =
+    "mutation($with: ID!, $typing: Boolean!) { setTyping(withUserId: $with, typing: $typing) }";
 const CHAT_LIST: &str = "query($first: Int, $after: String) {
     conversations(first: $first, after: $after) { edges { cursor } } }";
 
@@ -591,6 +593,34 @@ fn catalogue(
             MARK_READ,
             json!({ "with": bob.id, "upTo": { "$gt": "" } }),
             Bob,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        probe(
+            "setTyping: no token",
+            SET_TYPING,
+            json!({ "with": bob.id, "typing": true }),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "setTyping: unknown user",
+            SET_TYPING,
+            json!({ "with": "'; DROP TABLE users; --", "typing": true }),
+            Alice,
+            "NOT_FOUND",
+        ),
+        probe(
+            "setTyping: to yourself",
+            SET_TYPING,
+            json!({ "with": alice.id, "typing": true }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "setTyping: typing as a string",
+            SET_TYPING,
+            json!({ "with": bob.id, "typing": "yes" }),
+            Alice,
             "GRAPHQL_VALIDATION_FAILED",
         ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),

@@ -1,0 +1,150 @@
+//! Typing indicators: "Bob is typing…". Never stored; a `true` lasts [`TYPING_LASTS`] unless
+//! refreshed, and then ends by itself (the other side hears `typing: false`), so a client that
+//! closes its tab mid-sentence does not leave "typing…" on the other screen.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{
+    bus::MessageBus,
+    domain::{ChatEvent, UserId, Viewer},
+    error::{AppError, AppResult},
+    rate_limits::RateLimits,
+    store::Store,
+};
+
+/// How long a `typing: true` holds without a refresh. Clients refresh every few seconds while
+/// the user types (and may send `false` when they stop or send).
+pub const TYPING_LASTS: Duration = Duration::from_secs(6);
+
+/// Relays typing indicators to the other participant's connections.
+#[derive(Clone)]
+pub struct Typing {
+    /// To check that the other participant exists.
+    store: Arc<dyn Store>,
+    /// Carries the indicator to the other participant's connections.
+    bus: Arc<dyn MessageBus>,
+    /// The per-user `setTyping` limit.
+    limits: Arc<RateLimits>,
+    /// When each (typist, reader) indicator ends unless refreshed. A std mutex: held only for
+    /// map updates.
+    until: Arc<Mutex<HashMap<(UserId, UserId), Instant>>>,
+    /// [`TYPING_LASTS`], shorter in tests.
+    lasts: Duration,
+}
+
+impl Typing {
+    /// The service over `store`, relaying through `bus`.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, limits: Arc<RateLimits>) -> Self {
+        Typing { store, bus, limits, until: Arc::default(), lasts: TYPING_LASTS }
+    }
+
+    /// Tells `with`'s connections that the caller is (or stopped) typing to them. A `true`
+    /// ends by itself after [`TYPING_LASTS`] without a refresh; only changes are announced.
+    pub async fn set(&self, viewer: &Viewer, with: &UserId, typing: bool) -> AppResult<()> {
+        self.limits.check_typing(viewer.user_id.as_str())?;
+        if with == &viewer.user_id {
+            return Err(AppError::BadUserInput("you cannot type to yourself".into()));
+        }
+        if self.store.user_by_id(with).await?.is_none() {
+            return Err(AppError::NotFound("user not found".into()));
+        }
+        let key = (viewer.user_id.clone(), with.clone());
+        let was_typing = {
+            let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+            let was_typing = until.get(&key).is_some_and(|end| *end > Instant::now());
+            if typing {
+                until.insert(key.clone(), Instant::now() + self.lasts);
+            } else {
+                until.remove(&key);
+            }
+            was_typing
+        };
+        if typing != was_typing {
+            self.announce(&key, typing).await;
+        }
+        if typing {
+            self.end_later(key);
+        }
+        Ok(())
+    }
+
+    async fn announce(&self, (from, to): &(UserId, UserId), typing: bool) {
+        let event = Arc::new(ChatEvent::TypingChanged { from: from.clone(), typing });
+        self.bus.publish_event(to, event).await;
+    }
+
+    /// Announces `false` once the indicator runs out, unless a refresh moved its end.
+    fn end_later(&self, key: (UserId, UserId)) {
+        let typing = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(typing.lasts).await;
+            let expired = {
+                let mut until = typing.until.lock().unwrap_or_else(|p| p.into_inner());
+                match until.get(&key) {
+                    Some(end) if *end <= Instant::now() => until.remove(&key).is_some(),
+                    _ => false,
+                }
+            };
+            if expired {
+                typing.announce(&key, false).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{FutureExt, Stream, StreamExt};
+
+    use super::*;
+    use crate::{bus::BusEvent, testing::World};
+
+    fn next(events: &mut (impl Stream<Item = BusEvent> + Unpin)) -> Option<(UserId, bool)> {
+        match events.next().now_or_never().flatten()? {
+            BusEvent::Chat(event) => match &*event {
+                ChatEvent::TypingChanged { from, typing } => Some((from.clone(), *typing)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn typing_is_relayed_once_per_change_and_ends_by_itself() {
+        let world = World::new();
+        let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
+        let as_alice = world.viewer(&alice).await;
+        let typing =
+            Typing::new(world.store.clone(), world.bus.clone(), crate::testing::limits(|_| {}));
+        let mut bobs = world.bus.subscribe_events(&bob.id);
+
+        typing.set(&as_alice, &bob.id, true).await.unwrap();
+        assert_eq!(next(&mut bobs), Some((alice.id.clone(), true)));
+        // A refresh within the time announces nothing and keeps it going.
+        tokio::time::advance(TYPING_LASTS / 2).await;
+        typing.set(&as_alice, &bob.id, true).await.unwrap();
+        assert_eq!(next(&mut bobs), None);
+        tokio::time::advance(TYPING_LASTS / 2 + Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(next(&mut bobs), None, "the refresh moved the end");
+        // Without another refresh it ends by itself.
+        tokio::time::advance(TYPING_LASTS).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(next(&mut bobs), Some((alice.id.clone(), false)));
+        // Stopping explicitly is announced at once; stopping twice is not.
+        typing.set(&as_alice, &bob.id, true).await.unwrap();
+        typing.set(&as_alice, &bob.id, false).await.unwrap();
+        typing.set(&as_alice, &bob.id, false).await.unwrap();
+        assert_eq!(next(&mut bobs), Some((alice.id.clone(), true)));
+        assert_eq!(next(&mut bobs), Some((alice.id.clone(), false)));
+        assert_eq!(next(&mut bobs), None);
+    }
+}
