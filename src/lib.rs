@@ -50,6 +50,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod messages;
+pub mod presence;
 pub mod rate_limits;
 pub mod schema;
 pub mod secret;
@@ -74,6 +75,7 @@ use crate::{
     config::Config,
     error::StartupError,
     messages::Messaging,
+    presence::Presence,
     rate_limits::RateLimits,
     sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
@@ -126,18 +128,20 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         config.limits.bcrypt_max_queue,
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
+    let presence = Presence::new(store.clone(), bus.clone());
     let services = schema::Services {
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
         sessions: sessions.clone(),
         messaging: Messaging::new(store.clone(), bus.clone(), limits.clone()),
         directory: Directory::new(store.clone(), limits.clone()),
-        typing: Typing::new(store.clone(), bus, limits.clone()),
+        typing: Typing::new(store.clone(), bus.clone(), limits.clone()),
+        presence: presence.clone(),
     };
     prune_rate_limits_periodically(&limits);
     purge_expired_sessions_periodically(&store);
     let schema = schema::build(services, &config.limits);
     let shutdown = Shutdown::default();
-    let router = http::router(schema, sessions, store.clone(), shutdown.clone(), config);
+    let router = http::router(schema, sessions, presence, store.clone(), shutdown.clone(), config);
     Ok(App {
         router,
         store,

@@ -58,6 +58,15 @@ pub enum ChatEvent {
     MessageSent(Message),
     /// A message the user sent was delivered or read; this is it now.
     MessageStatusChanged(Message),
+    /// Someone the user chats with came online or went offline.
+    PresenceChanged {
+        /// Whose presence changed.
+        user: UserId,
+        /// Whether they have a connection open now.
+        online: bool,
+        /// When their last connection closed (set when they go offline).
+        last_seen_at: Option<DateTime<Utc>>,
+    },
     /// Someone the user chats with started or stopped typing to them.
     TypingChanged {
         /// Who is typing.

@@ -15,6 +15,11 @@ pub struct User {
     pub username: Username,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// When their last open connection closed; `None` if none ever did.
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Whether people they chat with may see whether they are online and when they were last
+    /// seen (their privacy setting; on by default).
+    pub shows_presence: bool,
 }
 
 /// A user about to be stored.
@@ -143,6 +148,8 @@ mod tests {
             phone_number: PhoneNumber::from_stored("+12025550143".into()),
             username: Username::from_stored("alice".into()),
             created_at: chrono::Utc::now(),
+            last_seen_at: None,
+            shows_presence: true,
         };
         let credentials = UserCredentials { user, password_hash: PasswordHash::new(hash.into()) };
         let printed = format!("{credentials:?}");

@@ -29,6 +29,7 @@ use crate::{
     client_address::ClientAddress,
     config::Config,
     cors::AllowedOrigins,
+    presence::Presence,
     schema::AppSchema,
     server::ConnectionHold,
     sessions::{self, RequestAuth, Sessions},
@@ -67,6 +68,7 @@ struct AppState {
 pub fn router(
     schema: AppSchema,
     sessions: Sessions,
+    presence: Presence,
     store: Arc<dyn Store>,
     shutdown: Shutdown,
     config: &Config,
@@ -74,6 +76,7 @@ pub fn router(
     let websocket = websocket::Shared {
         schema: schema.clone(),
         sessions,
+        presence,
         registry: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
         settings: WebsocketSettings {
             init_timeout: config.ws_init_timeout,

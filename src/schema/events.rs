@@ -8,10 +8,13 @@ use std::sync::Arc;
 use async_graphql::{Context, ID, Object, SimpleObject, Subscription, Union};
 use futures::{Stream, StreamExt};
 
-use super::{context::ContextExt, messages::load_user, users::UserNode};
+use chrono::{DateTime, Utc};
+
+use super::{Timestamp, context::ContextExt, messages::load_user, users::UserNode};
 use crate::{
     domain::{ChatEvent, Message, UserId},
     messages::Messaging,
+    presence::Presence,
     typing::Typing,
 };
 
@@ -51,6 +54,32 @@ impl TypingChanged {
     }
 }
 
+/// Someone the caller chats with came online or went offline (only users who show their
+/// presence are announced).
+pub struct PresenceChanged {
+    user: UserId,
+    online: bool,
+    last_seen_at: Option<DateTime<Utc>>,
+}
+
+#[Object]
+impl PresenceChanged {
+    /// Whose presence changed.
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
+        load_user(ctx, &self.user).await
+    }
+
+    /// Whether they have a connection open now (on any device).
+    async fn online(&self) -> bool {
+        self.online
+    }
+
+    /// When their last connection closed; set when they go offline.
+    async fn last_seen_at(&self) -> Option<Timestamp> {
+        self.last_seen_at.map(Timestamp)
+    }
+}
+
 /// The connection fell behind and events were dropped: refetch what is on screen (the state
 /// itself is on the messages and conversations, so nothing is lost).
 #[derive(SimpleObject)]
@@ -68,6 +97,8 @@ pub enum ChatEventNode {
     MessageStatusChanged(MessageStatusChanged),
     /// Someone is (or stopped) typing to the caller.
     TypingChanged(TypingChanged),
+    /// Someone the caller chats with came online or went offline.
+    PresenceChanged(PresenceChanged),
     /// Events were dropped; refetch.
     EventsMissed(EventsMissed),
 }
@@ -81,6 +112,13 @@ impl From<Option<Arc<ChatEvent>>> for ChatEventNode {
             Some(ChatEvent::MessageStatusChanged(message)) => {
                 ChatEventNode::MessageStatusChanged(MessageStatusChanged {
                     message: message.clone(),
+                })
+            }
+            Some(ChatEvent::PresenceChanged { user, online, last_seen_at }) => {
+                ChatEventNode::PresenceChanged(PresenceChanged {
+                    user: user.clone(),
+                    online: *online,
+                    last_seen_at: *last_seen_at,
                 })
             }
             Some(ChatEvent::TypingChanged { from, typing }) => {
@@ -101,8 +139,8 @@ pub struct EventSubscription;
 impl EventSubscription {
     /// Events for the caller on every open connection: `MessageSent` when they send from any
     /// device, `MessageStatusChanged` when a message they sent is delivered or read,
-    /// `TypingChanged` when someone types to them, `EventsMissed` if the connection fell
-    /// behind. Live only: what happened while offline is state on the messages (`status`,
+    /// `TypingChanged` when someone types to them, `PresenceChanged` when someone they chat
+    /// with comes online or goes offline, `EventsMissed` if the connection fell behind. Live only: what happened while offline is state on the messages (`status`,
     /// `readAt`), visible by querying.
     async fn chat_events(
         &self,
@@ -133,5 +171,25 @@ impl TypingMutation {
         let with = UserId::new(with_user_id.0);
         ctx.service::<Typing>()?.set(&viewer, &with, typing).await?;
         Ok(typing)
+    }
+}
+
+/// Presence privacy.
+#[derive(Default)]
+pub struct PresenceMutation;
+
+#[Object]
+impl PresenceMutation {
+    /// Whether the people the caller chats with may see that they are online and when they were
+    /// last seen (on by default). Hidden: `User.online` and `User.lastSeenAt` are null for
+    /// them, and no `PresenceChanged` is sent. Returns `visible`.
+    async fn set_presence_visible(
+        &self,
+        ctx: &Context<'_>,
+        visible: bool,
+    ) -> async_graphql::Result<bool> {
+        let viewer = ctx.viewer().await?;
+        ctx.service::<Presence>()?.set_visible(&viewer, visible).await?;
+        Ok(visible)
     }
 }

@@ -20,15 +20,15 @@ use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use self::{
     conversations::{ConversationMutation, ConversationQuery},
-    events::{EventSubscription, TypingMutation},
+    events::{EventSubscription, PresenceMutation, TypingMutation},
     messages::{MessageMutation, MessageQuery, MessageSubscription},
     sessions::{AuthMutation, SessionQuery},
     users::{UserLoader, UserQuery},
 };
 use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use crate::{
-    accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, sessions::Sessions,
-    typing::Typing, users::Directory,
+    accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, presence::Presence,
+    sessions::Sessions, typing::Typing, users::Directory,
 };
 
 /// All queries.
@@ -37,7 +37,13 @@ pub struct Query(UserQuery, MessageQuery, ConversationQuery, SessionQuery);
 
 /// All mutations.
 #[derive(MergedObject, Default)]
-pub struct Mutation(AuthMutation, MessageMutation, ConversationMutation, TypingMutation);
+pub struct Mutation(
+    AuthMutation,
+    MessageMutation,
+    ConversationMutation,
+    TypingMutation,
+    PresenceMutation,
+);
 
 /// All subscriptions.
 #[derive(MergedSubscription, Default)]
@@ -73,11 +79,13 @@ pub struct Services {
     pub directory: Directory,
     /// Typing indicators.
     pub typing: Typing,
+    /// Who is online.
+    pub presence: Presence,
 }
 
 /// Builds the schema over `services`, with the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
-    let Services { accounts, sessions, messaging, directory, typing } = services;
+    let Services { accounts, sessions, messaging, directory, typing, presence } = services;
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .data(UserLoader::data_loader(directory.clone()))
         .data(accounts)
@@ -85,6 +93,7 @@ pub fn build(services: Services, limits: &Limits) -> AppSchema {
         .data(messaging)
         .data(directory)
         .data(typing)
+        .data(presence)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))
         // Depth is enforced by the shape check, which treats introspection by its own rule.

@@ -7,10 +7,11 @@ use async_graphql::{
     dataloader::{DataLoader, Loader},
 };
 
-use super::context::ContextExt;
+use super::{Timestamp, context::ContextExt};
 use crate::{
     domain::{PhoneNumber, User, UserId},
     error::AppError,
+    presence::Presence,
     users::Directory,
 };
 
@@ -60,6 +61,36 @@ impl UserNode {
         let directory = ctx.service::<Directory>()?;
         let allowed = directory.may_see_phone_number(&viewer, &self.user.id).await?;
         Ok(if allowed { phone_number } else { None })
+    }
+
+    /// Whether the user has a connection open (on any device). Visible to the user and to
+    /// users who share a conversation with them, unless they hide their presence
+    /// (`setPresenceVisible`); null for everyone else.
+    async fn online(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<bool>> {
+        if !self.shows_presence_to_caller(ctx).await? {
+            return Ok(None);
+        }
+        Ok(Some(ctx.service::<Presence>()?.is_online(&self.user.id)))
+    }
+
+    /// When the user's last connection closed (null if it never did). Visible under the same
+    /// rule as `online`.
+    async fn last_seen_at(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Timestamp>> {
+        if !self.shows_presence_to_caller(ctx).await? {
+            return Ok(None);
+        }
+        Ok(self.user.last_seen_at.map(Timestamp))
+    }
+}
+
+impl UserNode {
+    /// Whether the caller may see this user's presence.
+    async fn shows_presence_to_caller(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        if self.is_caller {
+            return Ok(true);
+        }
+        let Ok(viewer) = ctx.viewer().await else { return Ok(false) };
+        Ok(ctx.service::<Directory>()?.may_see_presence(&viewer, &self.user).await?)
     }
 }
 

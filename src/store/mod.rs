@@ -81,6 +81,11 @@ pub trait Store: Send + Sync + 'static {
         phone_number: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>>;
 
+    /// Records that `user_id`'s last open connection closed at `at`.
+    async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()>;
+    /// Sets whether `user_id` shows their presence (online, last seen) to others.
+    async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()>;
+
     /// Stores a new session.
     async fn create_session(&self, session: NewSession) -> StoreResult<Session>;
     /// The session with this id, if it has not been ended.

@@ -46,6 +46,15 @@ impl Directory {
         Ok(self.store.user_by_phone(phone).await?)
     }
 
+    /// Whether `viewer` may see whether `user` is online and when they were last seen: their
+    /// own, or that of someone they share a conversation with who shows their presence.
+    pub async fn may_see_presence(&self, viewer: &Viewer, user: &User) -> AppResult<bool> {
+        if viewer.user_id == user.id {
+            return Ok(true);
+        }
+        Ok(user.shows_presence && self.may_see_phone_number(viewer, &user.id).await?)
+    }
+
     /// Whether `viewer` may see `user`'s phone number: their own, or that of someone they share
     /// a conversation with (have sent a message to or received one from).
     pub async fn may_see_phone_number(&self, viewer: &Viewer, user: &UserId) -> AppResult<bool> {

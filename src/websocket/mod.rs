@@ -29,6 +29,7 @@ use crate::{
     bus::BusSubscription,
     client_address::ClientAddress,
     domain::Viewer,
+    presence::{Presence, PresenceGuard},
     schema::AppSchema,
     sessions::{self, AuthError, RequestAuth, Sessions},
     shutdown::Shutdown,
@@ -134,6 +135,8 @@ pub struct Shared {
     pub sessions: Sessions,
     /// Open websockets per user.
     pub registry: ConnectionRegistry,
+    /// Counts the connection towards its user being online.
+    pub presence: Presence,
     /// Timeouts and limits.
     pub settings: WebsocketSettings,
     /// Tells every websocket to close with 1012 when the server shuts down.
@@ -147,7 +150,7 @@ pub async fn serve(
     shared: Shared,
     client: ClientAddress,
 ) {
-    let Shared { schema, sessions, registry, settings, shutdown } = shared;
+    let Shared { schema, sessions, registry, presence, settings, shutdown } = shared;
     // Counted until the goodbye is written, so shutdown waits for it.
     let _open = shutdown.connection_opened();
     let mut connection = Connection {
@@ -156,6 +159,8 @@ pub async fn serve(
         schema,
         sessions,
         registry,
+        presence,
+        online: None,
         shutdown,
         slot: None,
         max_subscriptions: settings.max_subscriptions,
@@ -190,6 +195,9 @@ struct Connection {
     registry: ConnectionRegistry,
     /// This connection's place among its user's connections, once authenticated.
     slot: Option<ConnectionSlot>,
+    presence: Presence,
+    /// Keeps the user online while this connection is open, once authenticated.
+    online: Option<PresenceGuard>,
     max_subscriptions: usize,
     /// The authenticated caller, from `connection_init` on.
     viewer: Option<Viewer>,
@@ -329,6 +337,7 @@ impl Connection {
                 }
                 let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
                 self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
+                self.online = Some(self.presence.connected(&viewer.user_id));
                 self.viewer = Some(viewer);
                 let mut replies = vec![protocol::ack()];
                 if self.protocol == Protocol::Legacy {

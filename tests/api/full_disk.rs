@@ -63,6 +63,14 @@ impl Store for DiskFull {
     ) -> StoreResult<Option<UserCredentials>> {
         self.inner.credentials_by_phone(phone).await
     }
+    async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
+        self.check()?;
+        self.inner.record_last_seen(user_id, at).await
+    }
+    async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()> {
+        self.check()?;
+        self.inner.set_shows_presence(user_id, shows).await
+    }
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
         self.check()?;
         self.inner.create_session(session).await

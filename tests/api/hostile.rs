@@ -623,6 +623,20 @@ fn catalogue(
             Alice,
             "GRAPHQL_VALIDATION_FAILED",
         ),
+        probe(
+            "setPresenceVisible: no token",
+            "mutation { setPresenceVisible(visible: false) }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "setPresenceVisible: visible as a string",
+            "mutation($v: Boolean!) { setPresenceVisible(visible: $v) }",
+            json!({ "v": "false" }),
+            Alice,
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),
         // sessions
         probe(

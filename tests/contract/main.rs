@@ -146,6 +146,7 @@ contract_tests!(
     the_chat_list_shows_the_newest_message_first_with_unread_counts,
     the_chat_list_pages_by_activity,
     reading_is_monotonic_and_implies_delivery,
+    last_seen_and_presence_visibility_are_kept,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -534,4 +535,21 @@ async fn reading_is_monotonic_and_implies_delivery(store: Arc<dyn Store>) {
     assert!(bobs_own[0].read_at.is_none());
     assert_eq!(store.conversation_with(&alice.id, &bob.id).await.unwrap().unwrap().unread_count, 1);
     assert_eq!(store.conversation_with(&bob.id, &alice.id).await.unwrap().unwrap().unread_count, 0);
+}
+
+async fn last_seen_and_presence_visibility_are_kept(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    assert_eq!((alice.last_seen_at, alice.shows_presence), (None, true), "new users show presence");
+    let at = Utc::now();
+    store.record_last_seen(&alice.id, at).await.unwrap();
+    store.set_shows_presence(&alice.id, false).await.unwrap();
+    let read = store.user_by_id(&alice.id).await.unwrap().unwrap();
+    let seen = read.last_seen_at.expect("last seen is kept");
+    assert!((seen - at).num_milliseconds().abs() < 2);
+    assert!(!read.shows_presence);
+    let by_phone = store.credentials_by_phone(&alice.phone_number).await.unwrap().unwrap();
+    assert_eq!(by_phone.user, read, "every read returns the same user");
+    assert_eq!(by_phone.password_hash.as_str(), "$2b$04$hash");
+    // Ids that name nothing change nothing.
+    store.record_last_seen(&UserId::new("nobody"), at).await.unwrap();
 }

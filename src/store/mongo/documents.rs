@@ -48,6 +48,16 @@ pub struct UserDocument {
     pub username: String,
     pub password_hash: PasswordHash,
     pub created_at: bson::DateTime,
+    /// Absent until the user's last connection first closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<bson::DateTime>,
+    /// Absent (true) unless the user hid their presence.
+    #[serde(default = "shows_presence_by_default")]
+    pub shows_presence: bool,
+}
+
+fn shows_presence_by_default() -> bool {
+    true
 }
 
 impl UserDocument {
@@ -58,6 +68,8 @@ impl UserDocument {
             username: user.username.as_str().to_string(),
             password_hash: user.password_hash,
             created_at: to_bson_date(created_at),
+            last_seen_at: None,
+            shows_presence: true,
         }
     }
 
@@ -72,6 +84,8 @@ impl UserDocument {
                 phone_number: PhoneNumber::from_stored(self.phone_number),
                 username: Username::from_stored(self.username),
                 created_at: from_bson_date(self.created_at),
+                last_seen_at: self.last_seen_at.map(from_bson_date),
+                shows_presence: self.shows_presence,
             },
             password_hash: self.password_hash,
         }

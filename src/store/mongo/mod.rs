@@ -428,6 +428,20 @@ impl Store for MongoStore {
         Ok(found.map(UserDocument::into_credentials))
     }
 
+    async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
+        let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
+        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
+        let update = doc! { "$set": { "shows_presence": shows } };
+        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
+        Ok(())
+    }
+
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
         self.ensure_indexes().await?;
         let document = SessionDocument::new(&session)

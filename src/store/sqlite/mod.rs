@@ -27,8 +27,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_ite
 
 use self::{
     rows::{
-        JOINED_MESSAGE_COLUMNS, MESSAGE_COLUMNS, MIGRATIONS, SESSION_COLUMNS, USER_COLUMNS,
-        conversation_key, message_from_row, millis, new_id, session_from_row, time, user_from_row,
+        AFTER_USER_COLUMNS, JOINED_MESSAGE_COLUMNS, MESSAGE_COLUMNS, MIGRATIONS, SESSION_COLUMNS,
+        USER_COLUMNS, conversation_key, message_from_row, millis, new_id, session_from_row, time,
+        user_from_row,
     },
     writer::Writer,
 };
@@ -223,6 +224,8 @@ impl Store for SqliteStore {
                     phone_number: user.phone_number,
                     username: user.username,
                     created_at: time(millis(Utc::now())),
+                    last_seen_at: None,
+                    shows_presence: true,
                 };
                 c.prepare_cached(
                     "INSERT INTO users (id, phone_number, username, password_hash, created_at)
@@ -285,13 +288,41 @@ impl Store for SqliteStore {
                     .query_row([phone_number.as_str()], |row| {
                         Ok(UserCredentials {
                             user: user_from_row(row)?,
-                            password_hash: PasswordHash::new(row.get(4)?),
+                            password_hash: PasswordHash::new(row.get(AFTER_USER_COLUMNS)?),
                         })
                     })
                     .optional()
             })
             .map_err(sql)
         })
+    }
+
+    async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE users SET last_seen_at = ?1 WHERE id = ?2",
+                    params![millis(at), user_id],
+                )
+                .map(drop)
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE users SET shows_presence = ?1 WHERE id = ?2",
+                    params![shows, user_id],
+                )
+                .map(drop)
+                .map_err(sql)
+            })
+            .await
     }
 
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {

@@ -65,10 +65,18 @@ pub const MIGRATIONS: &[&str] = &[
             SELECT recipient_id, sender_id, seq FROM messages
         ) GROUP BY owner, other;
 "#,
+    // Presence: when a user was last seen, and whether they show it.
+    r#"
+    ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
+    ALTER TABLE users ADD COLUMN shows_presence INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
-pub const USER_COLUMNS: &str = "id, phone_number, username, created_at";
+pub const USER_COLUMNS: &str =
+    "id, phone_number, username, created_at, last_seen_at, shows_presence";
+/// Index of the first column after [`USER_COLUMNS`] in a query that selects more.
+pub const AFTER_USER_COLUMNS: usize = 6;
 pub const MESSAGE_COLUMNS: &str =
     "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at, read_at";
 /// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
@@ -90,6 +98,8 @@ pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         phone_number: PhoneNumber::from_stored(row.get(1)?),
         username: Username::from_stored(row.get(2)?),
         created_at: time(row.get(3)?),
+        last_seen_at: row.get::<_, Option<i64>>(4)?.map(time),
+        shows_presence: row.get(5)?,
     })
 }
 

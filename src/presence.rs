@@ -1,0 +1,201 @@
+//! Presence: who is online (has a connection open, on any device) and when they were last
+//! seen, announced live to the people they chat with.
+//!
+//! Online state is counted per process: with several instances it needs the shared bus (the
+//! scale-out issue); the last-seen time is in the store, so it is right either way.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    bus::MessageBus,
+    domain::{ChatEvent, UserId, Viewer},
+    error::AppResult,
+    store::Store,
+};
+
+/// How many of a user's most recent conversation partners hear their presence change. Past
+/// it, partners see it when they next look (`User.online`, `lastSeenAt`).
+pub const PRESENCE_FANOUT: usize = 200;
+
+/// Counts open connections per user and announces changes of presence.
+#[derive(Clone)]
+pub struct Presence {
+    /// Where last-seen times and the privacy setting are kept, and who chats with whom.
+    store: Arc<dyn Store>,
+    /// Carries presence changes to partners' connections.
+    bus: Arc<dyn MessageBus>,
+    /// Open connections per user. A std mutex: held only for map updates.
+    open: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// Held by an open connection; dropping it closes the connection's share of the presence.
+pub struct PresenceGuard {
+    presence: Presence,
+    user: UserId,
+}
+
+impl Presence {
+    /// The service over `store`, announcing through `bus`.
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>) -> Self {
+        Presence { store, bus, open: Arc::default() }
+    }
+
+    /// A connection of `user` was opened; the user is online until the returned guard (and
+    /// every other one of theirs) is dropped.
+    pub fn connected(&self, user: &UserId) -> PresenceGuard {
+        let first = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let count = open.entry(user.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            // Off the connection's path: its acknowledgement does not wait for the partners.
+            let (presence, user) = (self.clone(), user.clone());
+            tokio::spawn(async move { presence.announce(&user, true, None).await });
+        }
+        PresenceGuard { presence: self.clone(), user: user.clone() }
+    }
+
+    /// Whether `user` has a connection open.
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).contains_key(user)
+    }
+
+    /// Sets whether the caller shows their presence to the people they chat with.
+    pub async fn set_visible(&self, viewer: &Viewer, visible: bool) -> AppResult<()> {
+        Ok(self.store.set_shows_presence(&viewer.user_id, visible).await?)
+    }
+
+    fn disconnected(&self, user: &UserId) {
+        let last = {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => open.remove(user).is_some(),
+                None => false,
+            }
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if last {
+            let (presence, user) = (self.clone(), user.clone());
+            runtime.spawn(async move {
+                // Milliseconds, as the stores keep it, so the event and a later query agree.
+                let now = Utc::now();
+                let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+                if let Err(error) = presence.store.record_last_seen(&user, now).await {
+                    tracing::warn!(%error, "cannot record when a user was last seen");
+                }
+                presence.announce(&user, false, Some(now)).await;
+            });
+        }
+    }
+
+    /// Tells `user`'s most recent conversation partners, unless the user hides their presence.
+    async fn announce(&self, user: &UserId, online: bool, last_seen_at: Option<DateTime<Utc>>) {
+        let partners = async {
+            let Some(found) = self.store.user_by_id(user).await? else { return Ok(Vec::new()) };
+            if !found.shows_presence {
+                return Ok(Vec::new());
+            }
+            self.store.conversations(user, None, PRESENCE_FANOUT).await
+        };
+        let partners = match partners.await {
+            Ok(partners) => partners,
+            Err(error) => {
+                tracing::warn!(%error, "cannot announce a presence change");
+                return;
+            }
+        };
+        let event =
+            Arc::new(ChatEvent::PresenceChanged { user: user.clone(), online, last_seen_at });
+        for partner in partners {
+            self.bus.publish_event(&partner.with, event.clone()).await;
+        }
+    }
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.disconnected(&self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::{
+        bus::BusEvent,
+        domain::{MessageContent, NewMessage},
+        testing::World,
+    };
+
+    async fn presence_event(events: &mut crate::bus::BusSubscription) -> (UserId, bool, bool) {
+        match events.next().await {
+            Some(BusEvent::Chat(event)) => match &*event {
+                ChatEvent::PresenceChanged { user, online, last_seen_at } => {
+                    (user.clone(), *online, last_seen_at.is_some())
+                }
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn online_while_any_connection_is_open_and_partners_hear_it() {
+        let world = World::new();
+        let [alice, bob, carol] = [
+            world.user("+12025550143").await,
+            world.user("+12025550144").await,
+            world.user("+12025550145").await,
+        ];
+        world
+            .store
+            .insert_message(NewMessage {
+                sender_id: alice.id.clone(),
+                recipient_id: bob.id.clone(),
+                content: MessageContent::parse("hi".into()).unwrap(),
+                client_message_id: None,
+                sent_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let presence = Presence::new(world.store.clone(), world.bus.clone());
+        let mut bobs = world.bus.subscribe_events(&bob.id);
+        let mut carols = world.bus.subscribe_events(&carol.id);
+
+        let phone = presence.connected(&alice.id);
+        assert_eq!(presence_event(&mut bobs).await, (alice.id.clone(), true, false));
+        let laptop = presence.connected(&alice.id);
+        drop(phone);
+        assert!(presence.is_online(&alice.id), "the laptop is still connected");
+        drop(laptop);
+        assert!(!presence.is_online(&alice.id));
+        assert_eq!(presence_event(&mut bobs).await, (alice.id.clone(), false, true));
+        let seen = world.store.user_by_id(&alice.id).await.unwrap().unwrap().last_seen_at;
+        assert!(seen.is_some(), "last seen is stored");
+        assert!(futures::FutureExt::now_or_never(carols.next()).is_none(), "only partners hear it");
+
+        // Hidden presence is not announced.
+        let as_alice = world.viewer(&alice).await;
+        presence.set_visible(&as_alice, false).await.unwrap();
+        drop(presence.connected(&alice.id));
+        // The announcements are spawned; on this single-threaded runtime they have run once
+        // the test yields (each is a couple of store reads, no waiting).
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(futures::FutureExt::now_or_never(bobs.next()).is_none(), "hidden: no news");
+    }
+}
