@@ -134,11 +134,7 @@ mod tests {
     use futures::StreamExt;
 
     use super::*;
-    use crate::{
-        bus::BusEvent,
-        domain::{MessageContent, NewMessage},
-        testing::World,
-    };
+    use crate::{bus::BusEvent, testing::World};
 
     async fn presence_event(events: &mut crate::bus::BusSubscription) -> (UserId, bool, bool) {
         match events.next().await {
@@ -160,17 +156,7 @@ mod tests {
             world.user("+12025550144").await,
             world.user("+12025550145").await,
         ];
-        world
-            .store
-            .insert_message(NewMessage {
-                sender_id: alice.id.clone(),
-                recipient_id: bob.id.clone(),
-                content: MessageContent::parse("hi".into()).unwrap(),
-                client_message_id: None,
-                sent_at: Utc::now(),
-            })
-            .await
-            .unwrap();
+        world.message(&alice, &bob, "hi").await;
         let presence = Presence::new(world.store.clone(), world.bus.clone());
         let mut bobs = world.bus.subscribe_events(&bob.id);
         let mut carols = world.bus.subscribe_events(&carol.id);

@@ -9,9 +9,12 @@ use tempfile::TempDir;
 use crate::{
     bus::{InProcessBus, MessageBus},
     config::{Config, Limits},
-    domain::{NewSession, NewUser, PasswordHash, PhoneNumber, User, Username, Viewer},
+    domain::{
+        Message, MessageContent, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber, User,
+        Username, Viewer,
+    },
     rate_limits::RateLimits,
-    store::{Store, sqlite::SqliteStore},
+    store::{Inserted, Store, sqlite::SqliteStore},
 };
 
 /// A store and a bus, alive for as long as the value is.
@@ -39,6 +42,20 @@ impl World {
             })
             .await
             .unwrap()
+    }
+
+    /// A message from `from` to `to`, stored straight in the store.
+    pub async fn message(&self, from: &User, to: &User, content: &str) -> Message {
+        let message = NewMessage {
+            sender_id: from.id.clone(),
+            recipient_id: to.id.clone(),
+            content: MessageContent::parse(content.into()).unwrap(),
+            client_message_id: None,
+            sent_at: Utc::now(),
+        };
+        match self.store.insert_message(message).await.unwrap() {
+            Inserted::Created(message) | Inserted::Existing(message) => message,
+        }
     }
 
     /// `user`, signed in on a fresh session.

@@ -68,13 +68,9 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
 
     use super::*;
-    use crate::{
-        domain::{MessageContent, NewMessage},
-        testing::{World, limits},
-    };
+    use crate::testing::{World, limits};
 
     #[tokio::test]
     async fn phone_numbers_show_to_their_owner_and_conversation_partners_only() {
@@ -88,17 +84,7 @@ mod tests {
         let as_bob = world.viewer(&bob).await;
         assert!(directory.may_see_phone_number(&as_bob, &bob.id).await.unwrap());
         assert!(!directory.may_see_phone_number(&as_bob, &alice.id).await.unwrap());
-        world
-            .store
-            .insert_message(NewMessage {
-                sender_id: alice.id.clone(),
-                recipient_id: bob.id.clone(),
-                content: MessageContent::parse("hi".into()).unwrap(),
-                client_message_id: None,
-                sent_at: Utc::now(),
-            })
-            .await
-            .unwrap();
+        world.message(&alice, &bob, "hi").await;
         assert!(directory.may_see_phone_number(&as_bob, &alice.id).await.unwrap());
         assert!(!directory.may_see_phone_number(&as_bob, &carol.id).await.unwrap());
     }
