@@ -112,3 +112,49 @@ test('urql: live messages, replay after reconnect, markDelivered, history paging
   assert.ok(!bob.closeCodes.includes(1006), `an unclean close: ${bob.closeCodes}`);
   bobListens.stop();
 });
+
+test('urql: typing and presence arrive on chatEvents', async () => {
+  const alice = await signUp('alice');
+  const bob = await signUp('bob');
+  await sendFrom(alice, bob, 'hi bob'); // now they share a conversation
+
+  const events = [];
+  const { unsubscribe } = bob.client.subscription(gql(ops.CHAT_EVENTS), {}).subscribe((result) => {
+    if (result.data) events.push(result.data.chatEvents);
+  });
+  // Events are live only: probe with a message of Bob's own until his subscription hears it.
+  await waitUntil(
+    async () => {
+      const probe = await sendFrom(bob, alice, 'probe');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return events.some((e) => e.__typename === 'MessageSent' && e.message.id === probe.id);
+    },
+    { what: "Bob's chatEvents to listen" },
+  );
+  const typingEvents = () => events.filter((e) => e.__typename === 'TypingChanged');
+  const presenceEvents = () => events.filter((e) => e.__typename === 'PresenceChanged');
+
+  // Typing: shown, then stopped.
+  const typing = (value) => alice.client.mutation(gql(ops.SET_TYPING), { withUserId: bob.id, typing: value }).toPromise();
+  assert.equal((await typing(true)).data.setTyping, true);
+  await waitUntil(() => typingEvents().length === 1, { what: 'typing…' });
+  assert.deepEqual([typingEvents()[0].user.username, typingEvents()[0].typing], ['alice', true]);
+  await typing(false);
+  await waitUntil(() => typingEvents().length === 2, { what: 'typing to stop' });
+  assert.equal(typingEvents()[1].typing, false);
+
+  // Presence: Alice opens a subscription (her client connects), then closes it.
+  const presence = async () =>
+    (await bob.client.query(gql(ops.PRESENCE), { id: alice.id }, { requestPolicy: 'network-only' }).toPromise()).data.user;
+  assert.equal((await presence()).online, false);
+  const aliceListens = listen(alice);
+  await waitUntil(() => presenceEvents().some((e) => e.online), { what: 'Alice to come online' });
+  assert.equal(presenceEvents().at(-1).user.id, alice.id);
+  assert.equal((await presence()).online, true);
+  aliceListens.stop(); // graphql-ws closes an idle lazy connection
+  await waitUntil(() => presenceEvents().some((e) => !e.online), { what: 'Alice to go offline' });
+  const seen = await presence();
+  assert.equal(seen.online, false);
+  assert.equal(seen.lastSeenAt, presenceEvents().at(-1).lastSeenAt);
+  unsubscribe();
+});

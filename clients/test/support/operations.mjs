@@ -15,3 +15,5 @@ export const CONVERSATION = byName.Conversation;
 export const CHAT_LIST = byName.ChatList;
 export const MARK_READ = byName.MarkRead;
 export const CHAT_EVENTS = byName.ChatEvents;
+export const SET_TYPING = byName.SetTyping;
+export const PRESENCE = byName.Presence;
