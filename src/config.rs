@@ -91,6 +91,9 @@ pub struct Limits {
     pub lookups_per_minute_per_user: u32,
     /// `setTyping` calls per second per user (`RATE_LIMIT_TYPING_PER_USER`).
     pub typing_per_second_per_user: u32,
+    /// Account changes (`updateProfile`, `changePassword`, `setPresenceVisible`) per minute
+    /// per user (`RATE_LIMIT_ACCOUNT_CHANGES_PER_USER`).
+    pub account_changes_per_minute_per_user: u32,
     /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
     /// cannot take every core from message delivery.
     pub bcrypt_concurrency: usize,
@@ -169,6 +172,10 @@ impl Config {
             messages_per_second_per_user: positive("RATE_LIMIT_MESSAGES_PER_USER", 20)? as u32,
             lookups_per_minute_per_user: positive("RATE_LIMIT_LOOKUPS_PER_USER", 60)? as u32,
             typing_per_second_per_user: positive("RATE_LIMIT_TYPING_PER_USER", 5)? as u32,
+            account_changes_per_minute_per_user: positive(
+                "RATE_LIMIT_ACCOUNT_CHANGES_PER_USER",
+                10,
+            )? as u32,
             bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
             bcrypt_max_queue: positive("BCRYPT_MAX_QUEUE", 32)?,
             graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,

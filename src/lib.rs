@@ -134,7 +134,7 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
         sessions: sessions.clone(),
         messaging: Messaging::new(store.clone(), bus.clone(), limits.clone()),
-        directory: Directory::new(store.clone(), limits.clone()),
+        directory: Directory::new(store.clone(), limits.clone(), bus.clone()),
         typing: Typing::new(store.clone(), bus.clone(), limits.clone()),
         presence: presence.clone(),
     };

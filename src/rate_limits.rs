@@ -66,6 +66,7 @@ pub struct RateLimits {
     sends_by_user: DefaultKeyedRateLimiter<String>,
     lookups_by_user: DefaultKeyedRateLimiter<String>,
     typing_by_user: DefaultKeyedRateLimiter<String>,
+    account_changes_by_user: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     failures_before_backoff: u32,
     /// A std mutex: held only for map lookups.
@@ -88,6 +89,9 @@ impl RateLimits {
             lookups_by_user: RateLimiter::keyed(per_minute(limits.lookups_per_minute_per_user)),
             typing_by_user: RateLimiter::keyed(Quota::per_second(
                 NonZeroU32::new(limits.typing_per_second_per_user).unwrap_or(NonZeroU32::MIN),
+            )),
+            account_changes_by_user: RateLimiter::keyed(per_minute(
+                limits.account_changes_per_minute_per_user,
             )),
             clock: DefaultClock::default(),
             failures_before_backoff: limits.login_failures_before_backoff,
@@ -115,6 +119,12 @@ impl RateLimits {
     /// batch entry is a look-up), so accounts cannot be enumerated by phone number.
     pub fn check_lookup(&self, user_id: &str) -> AppResult<()> {
         self.check(&self.lookups_by_user, &user_id.to_string(), "too many phone number look-ups")
+    }
+
+    /// Counts a change to the caller's account (profile, password, privacy).
+    pub fn check_account_change(&self, user_id: &str) -> AppResult<()> {
+        let message = "too many account changes; try again later";
+        self.check(&self.account_changes_by_user, &user_id.to_string(), message)
     }
 
     /// Counts a `setTyping` against the caller.
@@ -195,6 +205,7 @@ impl RateLimits {
         self.sends_by_user.retain_recent();
         self.lookups_by_user.retain_recent();
         self.typing_by_user.retain_recent();
+        self.account_changes_by_user.retain_recent();
         let now = Instant::now();
         let mut failures = self.failed_logins.lock().unwrap_or_else(|p| p.into_inner());
         let recent = |failures: &Failures| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use self::passwords::PasswordHasher;
 use crate::{
     client_address::ClientNetwork,
-    domain::{NewUser, Password, PhoneNumber, Session, User, Username},
+    domain::{NewUser, Password, PhoneNumber, Session, User, Username, Viewer},
     error::{AppError, AppResult},
     rate_limits::RateLimits,
     sessions::Sessions,
@@ -115,6 +115,38 @@ impl Accounts {
                 Err(bad_credentials())
             }
         }
+    }
+
+    /// Changes the caller's password after checking the current one (a stolen token alone
+    /// cannot take the account), and ends every other session: their tokens stop working and
+    /// their websockets close with 4401. Wrong current passwords count towards the same
+    /// backoff as failed logins. Returns how many sessions ended.
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+    pub async fn change_password(
+        &self,
+        client: ClientNetwork,
+        viewer: &Viewer,
+        current: Password,
+        new: Password,
+    ) -> AppResult<usize> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
+        let user =
+            self.store.user_by_id(&viewer.user_id).await?.ok_or_else(AppError::unauthenticated)?;
+        let phone = user.phone_number.as_str();
+        self.limits.check_login_backoff(client, phone)?;
+        let credentials = self
+            .store
+            .credentials_by_phone(&user.phone_number)
+            .await?
+            .ok_or_else(AppError::unauthenticated)?;
+        if !self.passwords.verify(&current, &credentials.password_hash).await? {
+            self.limits.record_login_failure(client, phone);
+            return Err(AppError::BadUserInput("the current password is not correct".into()));
+        }
+        let hash = self.passwords.hash(&new).await?;
+        self.store.set_password_hash(&viewer.user_id, hash).await?;
+        tracing::info!("password changed");
+        self.sessions.end_others(viewer).await
     }
 
     async fn sign_in(&self, user: User) -> AppResult<SignedIn> {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{InvalidInput, MessageId, UserId};
+use super::{InvalidInput, MessageId, User, UserId};
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub enum ChatEvent {
     MessageSent(Message),
     /// A message the user sent was delivered or read; this is it now.
     MessageStatusChanged(Message),
+    /// Someone the user chats with changed their profile; this is them now.
+    ProfileChanged(User),
     /// Someone the user chats with came online or went offline.
     PresenceChanged {
         /// Whose presence changed.

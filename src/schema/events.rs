@@ -80,6 +80,14 @@ impl PresenceChanged {
     }
 }
 
+/// Someone the caller chats with changed their profile (their `username`); caches update the
+/// `User` by id.
+#[derive(SimpleObject)]
+pub struct ProfileChanged {
+    /// The user as they are now.
+    user: UserNode,
+}
+
 /// The connection fell behind and events were dropped: refetch what is on screen (the state
 /// itself is on the messages and conversations, so nothing is lost).
 #[derive(SimpleObject)]
@@ -99,6 +107,8 @@ pub enum ChatEventNode {
     TypingChanged(TypingChanged),
     /// Someone the caller chats with came online or went offline.
     PresenceChanged(PresenceChanged),
+    /// Someone the caller chats with changed their profile.
+    ProfileChanged(ProfileChanged),
     /// Events were dropped; refetch.
     EventsMissed(EventsMissed),
 }
@@ -112,6 +122,11 @@ impl From<Option<Arc<ChatEvent>>> for ChatEventNode {
             Some(ChatEvent::MessageStatusChanged(message)) => {
                 ChatEventNode::MessageStatusChanged(MessageStatusChanged {
                     message: message.clone(),
+                })
+            }
+            Some(ChatEvent::ProfileChanged(user)) => {
+                ChatEventNode::ProfileChanged(ProfileChanged {
+                    user: UserNode::other(user.clone()),
                 })
             }
             Some(ChatEvent::PresenceChanged { user, online, last_seen_at }) => {
@@ -140,7 +155,8 @@ impl EventSubscription {
     /// Events for the caller on every open connection: `MessageSent` when they send from any
     /// device, `MessageStatusChanged` when a message they sent is delivered or read,
     /// `TypingChanged` when someone types to them, `PresenceChanged` when someone they chat
-    /// with comes online or goes offline, `EventsMissed` if the connection fell behind. Live only: what happened while offline is state on the messages (`status`,
+    /// with comes online or goes offline, `ProfileChanged` when such a person changes their
+    /// profile, `EventsMissed` if the connection fell behind. Live only: what happened while offline is state on the messages (`status`,
     /// `readAt`), visible by querying.
     async fn chat_events(
         &self,

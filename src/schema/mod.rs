@@ -3,6 +3,7 @@
 //! values, asks for the one service it needs and the caller through `context::ContextExt`,
 //! and turns the answer into GraphQL types. Nothing here knows about HTTP or websockets.
 
+mod account;
 mod context;
 mod conversations;
 pub mod document_shape;
@@ -19,6 +20,7 @@ pub use timestamp::Timestamp;
 use async_graphql::{MergedObject, MergedSubscription, Schema};
 
 use self::{
+    account::AccountMutation,
     conversations::{ConversationMutation, ConversationQuery},
     events::{EventSubscription, PresenceMutation, TypingMutation},
     messages::{MessageMutation, MessageQuery, MessageSubscription},
@@ -43,6 +45,7 @@ pub struct Mutation(
     ConversationMutation,
     TypingMutation,
     PresenceMutation,
+    AccountMutation,
 );
 
 /// All subscriptions.

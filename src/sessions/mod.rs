@@ -129,6 +129,19 @@ impl Sessions {
         Ok(())
     }
 
+    /// Ends every session of the caller except the one making the request (after a password
+    /// change), closing their websockets; returns how many ended.
+    pub async fn end_others(&self, viewer: &Viewer) -> AppResult<usize> {
+        let mut ended = Vec::new();
+        for session in self.store.user_sessions(&viewer.user_id).await? {
+            if session.id != viewer.session_id && self.store.delete_session(&session.id).await? {
+                ended.push(session.id);
+            }
+        }
+        self.bus.end_sessions(&ended).await;
+        Ok(ended.len())
+    }
+
     /// The caller's sessions that have not ended or expired, newest first.
     pub async fn list(&self, viewer: &Viewer) -> AppResult<Vec<Session>> {
         let mut sessions = self.store.user_sessions(&viewer.user_id).await?;

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
-    SessionId, User, UserCredentials, UserId,
+    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber,
+    Session, SessionId, User, UserCredentials, UserId, Username,
 };
 
 /// A uniqueness rule the store enforces.
@@ -81,6 +81,11 @@ pub trait Store: Send + Sync + 'static {
         phone_number: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>>;
 
+    /// Changes `user_id`'s display name; returns the user as now stored, if they exist.
+    async fn set_username(&self, user_id: &UserId, username: Username)
+    -> StoreResult<Option<User>>;
+    /// Replaces `user_id`'s password hash.
+    async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()>;
     /// Records that `user_id`'s last open connection closed at `at`.
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()>;
     /// Sets whether `user_id` shows their presence (online, last seen) to others.

@@ -3,25 +3,50 @@
 use std::sync::Arc;
 
 use crate::{
-    domain::{PhoneNumber, User, UserId, Viewer},
+    bus::MessageBus,
+    domain::{ChatEvent, PhoneNumber, User, UserId, Username, Viewer},
     error::{AppError, AppResult},
     rate_limits::RateLimits,
     store::Store,
 };
+
+/// How many of a user's most recent conversation partners hear about a profile change; the
+/// rest see it when they next load the user.
+pub const PROFILE_FANOUT: usize = 200;
 
 /// Looks users up, within the lookup limits and privacy rules.
 #[derive(Clone)]
 pub struct Directory {
     /// Where users are kept.
     store: Arc<dyn Store>,
-    /// The per-caller limit on phone number lookups.
+    /// The per-caller limits on phone number lookups and account changes.
     limits: Arc<RateLimits>,
+    /// Tells conversation partners about profile changes.
+    bus: Arc<dyn MessageBus>,
 }
 
 impl Directory {
     /// The service over `store`.
-    pub fn new(store: Arc<dyn Store>, limits: Arc<RateLimits>) -> Self {
-        Directory { store, limits }
+    pub fn new(store: Arc<dyn Store>, limits: Arc<RateLimits>, bus: Arc<dyn MessageBus>) -> Self {
+        Directory { store, limits, bus }
+    }
+
+    /// Changes the caller's display name and tells the open connections of the people they
+    /// chat with (a `ProfileChanged` on their `chatEvents`).
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+    pub async fn update_profile(&self, viewer: &Viewer, username: Username) -> AppResult<User> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
+        let user = self
+            .store
+            .set_username(&viewer.user_id, username)
+            .await?
+            .ok_or_else(AppError::unauthenticated)?;
+        let partners = self.store.conversations(&viewer.user_id, None, PROFILE_FANOUT).await?;
+        let event = Arc::new(ChatEvent::ProfileChanged(user.clone()));
+        for partner in partners {
+            self.bus.publish_event(&partner.with, event.clone()).await;
+        }
+        Ok(user)
     }
 
     /// The caller's own account (gone if it was deleted while the token lived).
@@ -80,7 +105,7 @@ mod tests {
             world.user("+12025550144").await,
             world.user("+12025550145").await,
         ];
-        let directory = Directory::new(world.store.clone(), limits(|_| {}));
+        let directory = Directory::new(world.store.clone(), limits(|_| {}), world.bus.clone());
         let as_bob = world.viewer(&bob).await;
         assert!(directory.may_see_phone_number(&as_bob, &bob.id).await.unwrap());
         assert!(!directory.may_see_phone_number(&as_bob, &alice.id).await.unwrap());
@@ -93,8 +118,8 @@ mod tests {
     async fn phone_number_lookups_are_limited_per_caller() {
         let world = World::new();
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
-        let directory =
-            Directory::new(world.store.clone(), limits(|l| l.lookups_per_minute_per_user = 2));
+        let limits = limits(|l| l.lookups_per_minute_per_user = 2);
+        let directory = Directory::new(world.store.clone(), limits, world.bus.clone());
         let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
         for _ in 0..2 {
             let found = directory.by_phone(&as_alice, &bob.phone_number).await.unwrap();

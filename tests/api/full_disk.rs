@@ -14,8 +14,8 @@ use std::sync::{
 use async_trait::async_trait;
 use chatapp::{
     domain::{
-        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
-        SessionId, User, UserCredentials, UserId,
+        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash,
+        PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
     },
     store::{Inserted, Store, StoreError, StoreResult},
 };
@@ -62,6 +62,14 @@ impl Store for DiskFull {
         phone: &PhoneNumber,
     ) -> StoreResult<Option<UserCredentials>> {
         self.inner.credentials_by_phone(phone).await
+    }
+    async fn set_username(&self, user_id: &UserId, name: Username) -> StoreResult<Option<User>> {
+        self.check()?;
+        self.inner.set_username(user_id, name).await
+    }
+    async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()> {
+        self.check()?;
+        self.inner.set_password_hash(user_id, hash).await
     }
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         self.check()?;

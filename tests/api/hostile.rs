@@ -637,6 +637,48 @@ fn catalogue(
             Alice,
             "GRAPHQL_VALIDATION_FAILED",
         ),
+        probe(
+            "updateProfile: no token",
+            "mutation { updateProfile(username: \"eve\") { id } }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "updateProfile: right-to-left override",
+            "mutation($n: String!) { updateProfile(username: $n) { id } }",
+            json!({ "n": "evil\u{202E}gpj.exe" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "updateProfile: empty",
+            "mutation($n: String!) { updateProfile(username: $n) { id } }",
+            json!({ "n": "   " }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "changePassword: no token",
+            "mutation { changePassword(currentPassword: \"a\", newPassword: \"b\") { message } }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "changePassword: new one too long for bcrypt",
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) { message } }",
+            json!({ "c": "correct-horse-battery", "n": "€".repeat(24) }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "changePassword: new one is common",
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) { message } }",
+            json!({ "c": "correct-horse-battery", "n": "password123" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),
         // sessions
         probe(

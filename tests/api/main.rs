@@ -2,6 +2,7 @@
 //! would, over HTTP and graphql-transport-ws websockets. `TEST_LOG=1` shows server logs.
 
 mod abuse;
+mod account;
 mod auth;
 mod chat_events;
 mod chat_list;

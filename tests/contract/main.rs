@@ -147,6 +147,7 @@ contract_tests!(
     the_chat_list_pages_by_activity,
     reading_is_monotonic_and_implies_delivery,
     last_seen_and_presence_visibility_are_kept,
+    usernames_and_password_hashes_can_be_changed,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -552,4 +553,23 @@ async fn last_seen_and_presence_visibility_are_kept(store: Arc<dyn Store>) {
     assert_eq!(by_phone.password_hash.as_str(), "$2b$04$hash");
     // Ids that name nothing change nothing.
     store.record_last_seen(&UserId::new("nobody"), at).await.unwrap();
+}
+
+async fn usernames_and_password_hashes_can_be_changed(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let renamed =
+        store.set_username(&alice.id, Username::parse("Alice B.").unwrap()).await.unwrap();
+    assert_eq!(renamed.as_ref().map(|u| u.username.as_str()), Some("Alice B."));
+    assert_eq!(store.user_by_id(&alice.id).await.unwrap(), renamed);
+    store.set_password_hash(&alice.id, PasswordHash::new("$2b$04$new".into())).await.unwrap();
+    let credentials = store.credentials_by_phone(&alice.phone_number).await.unwrap().unwrap();
+    assert_eq!(credentials.password_hash.as_str(), "$2b$04$new");
+    let untouched = store.credentials_by_phone(&bob.phone_number).await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.user.username.as_str(), untouched.password_hash.as_str()),
+        ("someone", "$2b$04$hash")
+    );
+    let nobody = UserId::new("nobody");
+    assert_eq!(store.set_username(&nobody, Username::parse("ghost").unwrap()).await.unwrap(), None);
 }

@@ -36,8 +36,8 @@ use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::{
     config::MongoConfig,
     domain::{
-        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PhoneNumber, Session,
-        SessionId, User, UserCredentials, UserId,
+        Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash,
+        PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
     },
 };
 
@@ -426,6 +426,29 @@ impl Store for MongoStore {
         let filter = doc! { "phone_number": phone_number.as_str() };
         let found = self.users.find_one(filter).await.map_err(store_error)?;
         Ok(found.map(UserDocument::into_credentials))
+    }
+
+    async fn set_username(
+        &self,
+        user_id: &UserId,
+        username: Username,
+    ) -> StoreResult<Option<User>> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(None) };
+        let update = doc! { "$set": { "username": username.as_str() } };
+        let updated = self
+            .users
+            .find_one_and_update(doc! { "_id": id }, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?;
+        Ok(updated.map(UserDocument::into_user))
+    }
+
+    async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
+        let update = doc! { "$set": { "password_hash": hash.as_str() } };
+        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
+        Ok(())
     }
 
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {

@@ -36,7 +36,7 @@ use self::{
 use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::domain::{
     Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber,
-    Session, SessionId, User, UserCredentials, UserId,
+    Session, SessionId, User, UserCredentials, UserId, Username,
 };
 
 /// SQLite-backed [`Store`].
@@ -295,6 +295,39 @@ impl Store for SqliteStore {
             })
             .map_err(sql)
         })
+    }
+
+    async fn set_username(
+        &self,
+        user_id: &UserId,
+        username: Username,
+    ) -> StoreResult<Option<User>> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(&format!(
+                    "UPDATE users SET username = ?1 WHERE id = ?2 RETURNING {USER_COLUMNS}"
+                ))
+                .and_then(|mut update| {
+                    update.query_row(params![username.as_str(), user_id], user_from_row).optional()
+                })
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()> {
+        let user_id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                    params![hash.as_str(), user_id],
+                )
+                .map(drop)
+                .map_err(sql)
+            })
+            .await
     }
 
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {

@@ -1,0 +1,61 @@
+//! The GraphQL face of the caller's own account: profile and password.
+
+use async_graphql::{Context, Object, SimpleObject};
+
+use super::{context::ContextExt, users::UserNode};
+use crate::{
+    accounts::Accounts,
+    domain::{Password, Username},
+    users::Directory,
+};
+
+/// The outcome of `changePassword`.
+#[derive(SimpleObject)]
+pub struct ChangePasswordPayload {
+    /// A human-readable outcome.
+    pub message: String,
+    /// How many other sessions were ended (their websockets closed with 4401).
+    pub ended_sessions: u64,
+}
+
+/// Changes to the caller's own account.
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Changes the caller's display name (same rules as at registration: 2 to 32 characters).
+    /// The people they chat with see it live (`ProfileChanged` on their `chatEvents`).
+    /// Limited per caller (`RATE_LIMITED`).
+    async fn update_profile(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+    ) -> async_graphql::Result<UserNode> {
+        let viewer = ctx.viewer().await?;
+        let username = Username::parse(&username)?;
+        let user = ctx.service::<Directory>()?.update_profile(&viewer, username).await?;
+        Ok(UserNode::caller(user))
+    }
+
+    /// Changes the caller's password: `currentPassword` must be right (`BAD_USER_INPUT`
+    /// otherwise, and wrong tries slow down like failed logins), `newPassword` follows the
+    /// registration rules. Every other session ends (its token stops working, its websockets
+    /// close with 4401); the one making this request stays signed in. Limited per caller.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> async_graphql::Result<ChangePasswordPayload> {
+        let viewer = ctx.viewer().await?;
+        let new = Password::parse(&new_password)?;
+        let current = Password::presented(&current_password);
+        let accounts = ctx.service::<Accounts>()?;
+        let ended = accounts.change_password(ctx.client_network(), &viewer, current, new).await?;
+        Ok(ChangePasswordPayload {
+            message: "Password changed".into(),
+            ended_sessions: ended as u64,
+        })
+    }
+}
