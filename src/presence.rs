@@ -106,7 +106,10 @@ impl Presence {
             if !found.shows_presence {
                 return Ok(Vec::new());
             }
-            self.store.conversations(user, None, PRESENCE_FANOUT).await
+            let blocked = self.store.blocked_users(user).await?;
+            let mut partners = self.store.conversations(user, None, PRESENCE_FANOUT).await?;
+            partners.retain(|partner| !blocked.contains(&partner.with));
+            Ok::<_, crate::store::StoreError>(partners)
         };
         let partners = match partners.await {
             Ok(partners) => partners,

@@ -54,6 +54,13 @@ impl Typing {
         if self.store.user_by_id(with).await?.is_none() {
             return Err(AppError::NotFound("user not found".into()));
         }
+        // Between a blocker and the person they block, typing goes nowhere, without an error
+        // that would reveal the block.
+        if self.store.blocks(with, &viewer.user_id).await?
+            || self.store.blocks(&viewer.user_id, with).await?
+        {
+            return Ok(());
+        }
         let key = (viewer.user_id.clone(), with.clone());
         let was_typing = {
             let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());

@@ -82,7 +82,11 @@ impl Messaging {
         if request.recipient_id == viewer.user_id {
             return Err(AppError::BadUserInput("you cannot send a message to yourself".into()));
         }
-        if self.store.user_by_id(&request.recipient_id).await?.is_none() {
+        // A recipient who blocks the sender is answered exactly like one who does not exist
+        // (a deleted account), so the sender learns nothing about the block.
+        if self.store.user_by_id(&request.recipient_id).await?.is_none()
+            || self.store.blocks(&request.recipient_id, &viewer.user_id).await?
+        {
             return Err(AppError::NotFound("recipient not found".into()));
         }
         let inserted = self

@@ -1,11 +1,11 @@
 //! The GraphQL face of the caller's own account: profile and password.
 
-use async_graphql::{Context, Object, SimpleObject};
+use async_graphql::{Context, ID, Object, SimpleObject};
 
 use super::{context::ContextExt, users::UserNode};
 use crate::{
     accounts::Accounts,
-    domain::{Password, Username},
+    domain::{Password, UserId, Username},
     users::Directory,
 };
 
@@ -36,6 +36,23 @@ impl AccountMutation {
         let username = Username::parse(&username)?;
         let user = ctx.service::<Directory>()?.update_profile(&viewer, username).await?;
         Ok(UserNode::caller(user))
+    }
+
+    /// Blocks a user: their messages to the caller are refused exactly as if the caller's
+    /// account did not exist (`NOT_FOUND`, the answer a deleted account gives, so the block is
+    /// not revealed), they cannot find the caller by phone number or id, and they no longer see
+    /// the caller's presence or typing. Blocking twice is harmless; `NOT_FOUND` for an unknown
+    /// id. Limited per caller. Returns true.
+    async fn block_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let viewer = ctx.viewer().await?;
+        ctx.service::<Directory>()?.block(&viewer, &UserId::new(id.0)).await?;
+        Ok(true)
+    }
+
+    /// Lifts a block. Returns whether the caller was blocking that user.
+    async fn unblock_user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let viewer = ctx.viewer().await?;
+        Ok(ctx.service::<Directory>()?.unblock(&viewer, &UserId::new(id.0)).await?)
     }
 
     /// Changes the caller's password: `currentPassword` must be right (`BAD_USER_INPUT`

@@ -144,9 +144,17 @@ impl UserQuery {
     /// A user by id, or null if there is none. Requires a token.
     #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
     async fn user(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<UserNode>> {
-        ctx.viewer().await?;
-        let user = ctx.service::<Directory>()?.by_id(&UserId::new(id.0)).await?;
+        let viewer = ctx.viewer().await?;
+        let user = ctx.service::<Directory>()?.by_id(&viewer, &UserId::new(id.0)).await?;
         Ok(user.map(UserNode::other))
+    }
+
+    /// Everyone the caller blocks, most recently blocked first. Requires a token.
+    #[graphql(complexity = "crate::schema::STORE_READ_COMPLEXITY + child_complexity")]
+    async fn blocked_users(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<UserNode>> {
+        let viewer = ctx.viewer().await?;
+        let users = ctx.service::<Directory>()?.blocked(&viewer).await?;
+        Ok(users.into_iter().map(UserNode::other).collect())
     }
 
     /// Finds a user by phone number (any common formatting), to start a conversation. Null if

@@ -86,6 +86,15 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<Option<User>>;
     /// Replaces `user_id`'s password hash.
     async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()>;
+    /// Records that `blocker` blocks `blocked` (again is harmless).
+    async fn block(&self, blocker: &UserId, blocked: &UserId, at: DateTime<Utc>)
+    -> StoreResult<()>;
+    /// Lifts a block; returns whether there was one.
+    async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool>;
+    /// Whether `blocker` blocks `blocked`.
+    async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool>;
+    /// Everyone `blocker` blocks, most recently blocked first.
+    async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>>;
     /// Records that `user_id`'s last open connection closed at `at`.
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()>;
     /// Sets whether `user_id` shows their presence (online, last seen) to others.

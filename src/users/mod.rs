@@ -54,9 +54,43 @@ impl Directory {
         self.store.user_by_id(&viewer.user_id).await?.ok_or_else(AppError::unauthenticated)
     }
 
-    /// The user with this id, if any.
-    pub async fn by_id(&self, id: &UserId) -> AppResult<Option<User>> {
-        Ok(self.store.user_by_id(id).await?)
+    /// The user with this id as `viewer` may see them: `None` if there is none, or if they
+    /// block the viewer (who then cannot tell a block from a deleted account).
+    pub async fn by_id(&self, viewer: &Viewer, id: &UserId) -> AppResult<Option<User>> {
+        let Some(user) = self.store.user_by_id(id).await? else { return Ok(None) };
+        if self.store.blocks(&user.id, &viewer.user_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(user))
+    }
+
+    /// Blocks `id` for the caller: their messages to the caller are refused as if the caller's
+    /// account did not exist, they cannot find the caller by phone number or id, and they no
+    /// longer see the caller's presence or typing. Blocking twice is harmless.
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+    pub async fn block(&self, viewer: &Viewer, id: &UserId) -> AppResult<()> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
+        if id == &viewer.user_id {
+            return Err(AppError::BadUserInput("you cannot block yourself".into()));
+        }
+        if self.store.user_by_id(id).await?.is_none() {
+            return Err(AppError::NotFound("user not found".into()));
+        }
+        Ok(self.store.block(&viewer.user_id, id, chrono::Utc::now()).await?)
+    }
+
+    /// Lifts the caller's block of `id`; returns whether there was one.
+    pub async fn unblock(&self, viewer: &Viewer, id: &UserId) -> AppResult<bool> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
+        Ok(self.store.unblock(&viewer.user_id, id).await?)
+    }
+
+    /// Everyone the caller blocks, most recently blocked first.
+    pub async fn blocked(&self, viewer: &Viewer) -> AppResult<Vec<User>> {
+        let ids = self.store.blocked_users(&viewer.user_id).await?;
+        let mut users = self.store.users_by_ids(&ids).await?;
+        users.sort_by_key(|user| ids.iter().position(|id| id == &user.id));
+        Ok(users)
     }
 
     /// The users with these ids that exist, in one store read (for batching).
@@ -68,7 +102,11 @@ impl Directory {
     /// directory cannot be scraped by trying numbers.
     pub async fn by_phone(&self, viewer: &Viewer, phone: &PhoneNumber) -> AppResult<Option<User>> {
         self.limits.check_lookup(viewer.user_id.as_str())?;
-        Ok(self.store.user_by_phone(phone).await?)
+        let Some(user) = self.store.user_by_phone(phone).await? else { return Ok(None) };
+        if self.store.blocks(&user.id, &viewer.user_id).await? {
+            return Ok(None);
+        }
+        Ok(Some(user))
     }
 
     /// Whether `viewer` may see whether `user` is online and when they were last seen: their
@@ -77,7 +115,9 @@ impl Directory {
         if viewer.user_id == user.id {
             return Ok(true);
         }
-        Ok(user.shows_presence && self.may_see_phone_number(viewer, &user.id).await?)
+        Ok(user.shows_presence
+            && !self.store.blocks(&user.id, &viewer.user_id).await?
+            && self.may_see_phone_number(viewer, &user.id).await?)
     }
 
     /// Whether `viewer` may see `user`'s phone number: their own, or that of someone they share

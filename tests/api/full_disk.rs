@@ -71,6 +71,25 @@ impl Store for DiskFull {
         self.check()?;
         self.inner.set_password_hash(user_id, hash).await
     }
+    async fn block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.block(blocker, blocked, at).await
+    }
+    async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.unblock(blocker, blocked).await
+    }
+    async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        self.inner.blocks(blocker, blocked).await
+    }
+    async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>> {
+        self.inner.blocked_users(blocker).await
+    }
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         self.check()?;
         self.inner.record_last_seen(user_id, at).await

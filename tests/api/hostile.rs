@@ -679,6 +679,41 @@ fn catalogue(
             Alice,
             "BAD_USER_INPUT",
         ),
+        probe(
+            "blockedUsers: no token",
+            "{ blockedUsers { id } }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "blockUser: no token",
+            "mutation($id: ID!) { blockUser(id: $id) }",
+            json!({ "id": bob.id }),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "blockUser: unknown id",
+            "mutation($id: ID!) { blockUser(id: $id) }",
+            json!({ "id": "{\"$ne\": null}" }),
+            Alice,
+            "NOT_FOUND",
+        ),
+        probe(
+            "blockUser: yourself",
+            "mutation($id: ID!) { blockUser(id: $id) }",
+            json!({ "id": alice.id }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "unblockUser: no token",
+            "mutation($id: ID!) { unblockUser(id: $id) }",
+            json!({ "id": bob.id }),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),
         // sessions
         probe(

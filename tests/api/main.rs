@@ -4,6 +4,7 @@
 mod abuse;
 mod account;
 mod auth;
+mod blocking;
 mod chat_events;
 mod chat_list;
 mod full_disk;

@@ -148,6 +148,7 @@ contract_tests!(
     reading_is_monotonic_and_implies_delivery,
     last_seen_and_presence_visibility_are_kept,
     usernames_and_password_hashes_can_be_changed,
+    blocks_are_kept_per_direction,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -572,4 +573,26 @@ async fn usernames_and_password_hashes_can_be_changed(store: Arc<dyn Store>) {
     );
     let nobody = UserId::new("nobody");
     assert_eq!(store.set_username(&nobody, Username::parse("ghost").unwrap()).await.unwrap(), None);
+}
+
+async fn blocks_are_kept_per_direction(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let carol = user(&*store, "+12025550145").await;
+    let now = Utc::now();
+    store.block(&alice.id, &bob.id, now).await.unwrap();
+    store.block(&alice.id, &bob.id, now).await.unwrap();
+    store.block(&alice.id, &carol.id, now + Duration::seconds(1)).await.unwrap();
+    assert!(store.blocks(&alice.id, &bob.id).await.unwrap());
+    assert!(!store.blocks(&bob.id, &alice.id).await.unwrap(), "one direction only");
+    assert_eq!(
+        store.blocked_users(&alice.id).await.unwrap(),
+        vec![carol.id.clone(), bob.id.clone()]
+    );
+    assert!(store.unblock(&alice.id, &bob.id).await.unwrap());
+    assert!(!store.unblock(&alice.id, &bob.id).await.unwrap());
+    assert!(!store.blocks(&alice.id, &bob.id).await.unwrap());
+    assert_eq!(store.blocked_users(&alice.id).await.unwrap(), vec![carol.id.clone()]);
+    assert!(store.blocked_users(&bob.id).await.unwrap().is_empty());
+    assert!(!store.blocks(&UserId::new("nobody"), &bob.id).await.unwrap());
 }

@@ -63,6 +63,7 @@ pub struct MongoStore {
     messages: Collection<MessageDocument>,
     counters: Collection<CounterDocument>,
     conversations: Collection<ConversationDocument>,
+    blocks: Collection<Document>,
     /// When every index was last seen in place (`None` until they have been created).
     indexes_seen: Mutex<Option<Instant>>,
     /// How long that sighting is trusted ([`INDEX_RECHECK`]).
@@ -103,6 +104,7 @@ impl MongoStore {
             messages: database.collection("messages"),
             counters: database.collection("counters"),
             conversations: database.collection("conversations"),
+            blocks: database.collection("blocks"),
             database,
             indexes_seen: Mutex::new(None),
             index_recheck: INDEX_RECHECK,
@@ -215,6 +217,10 @@ impl MongoStore {
                 doc! { "owner": 1, "last_seq": -1 },
                 "conversations_by_activity",
             )])
+            .await
+            .map_err(store_error)?;
+        self.blocks
+            .create_indexes([index(doc! { "blocker": 1, "created_at": -1 }, "blocks_by_blocker")])
             .await
             .map_err(store_error)?;
         // Housekeeping only (expired sessions are refused either way), so a server that cannot
@@ -369,6 +375,11 @@ impl MongoStore {
     }
 }
 
+/// Both ids as ObjectIds, or `None` if either cannot be ours.
+fn object_id_pair(a: &UserId, b: &UserId) -> Option<(ObjectId, ObjectId)> {
+    Some((object_id(a.as_str())?, object_id(b.as_str())?))
+}
+
 /// Parses ids a client sent; ids that cannot be ours are left out (they name nothing).
 fn object_ids(ids: &[impl AsRef<str>]) -> Vec<ObjectId> {
     ids.iter().filter_map(|id| object_id(id.as_ref())).collect()
@@ -449,6 +460,56 @@ impl Store for MongoStore {
         let update = doc! { "$set": { "password_hash": hash.as_str() } };
         self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
         Ok(())
+    }
+
+    async fn block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let Some((blocker, blocked)) = object_id_pair(blocker, blocked) else { return Ok(()) };
+        let id = conversation_document_id(&blocker, &blocked);
+        let update = doc! { "$setOnInsert": {
+            "blocker": blocker, "blocked": blocked, "created_at": to_bson_date(at),
+        } };
+        self.blocks
+            .update_one(doc! { "_id": id }, update)
+            .upsert(true)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        let Some((blocker, blocked)) = object_id_pair(blocker, blocked) else { return Ok(false) };
+        let id = conversation_document_id(&blocker, &blocked);
+        let deleted = self.blocks.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        let Some((blocker, blocked)) = object_id_pair(blocker, blocked) else { return Ok(false) };
+        let id = conversation_document_id(&blocker, &blocked);
+        Ok(self.blocks.find_one(doc! { "_id": id }).await.map_err(store_error)?.is_some())
+    }
+
+    async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>> {
+        let Some(blocker) = object_id(blocker.as_str()) else { return Ok(Vec::new()) };
+        let found: Vec<Document> = self
+            .blocks
+            .find(doc! { "blocker": blocker })
+            .sort(doc! { "created_at": -1, "blocked": 1 })
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(found
+            .iter()
+            .filter_map(|block| block.get_object_id("blocked").ok())
+            .map(|id| UserId::new(id.to_hex()))
+            .collect())
     }
 
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {

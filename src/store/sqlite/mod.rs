@@ -330,6 +330,63 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let (blocker, blocked) = (blocker.to_string(), blocked.to_string());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    params![blocker, blocked, millis(at)],
+                )
+                .map(drop)
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        let (blocker, blocked) = (blocker.to_string(), blocked.to_string());
+        self.writer
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM blocks WHERE blocker_id = ?1 AND blocked_id = ?2",
+                    params![blocker, blocked],
+                )
+                .map(|deleted| deleted > 0)
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
+        self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM blocks WHERE blocker_id = ?1 AND blocked_id = ?2")
+                .and_then(|mut query| query.exists(params![blocker.as_str(), blocked.as_str()]))
+                .map_err(sql)
+        })
+    }
+
+    async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>> {
+        self.read(|c| {
+            let mut query = c
+                .prepare_cached(
+                    "SELECT blocked_id FROM blocks WHERE blocker_id = ?1
+                     ORDER BY created_at DESC, blocked_id",
+                )
+                .map_err(sql)?;
+            let ids = query
+                .query_map([blocker.as_str()], |row| row.get::<_, String>(0).map(UserId::new))
+                .map_err(sql)?;
+            ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+    }
+
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         let user_id = user_id.to_string();
         self.writer

@@ -70,6 +70,15 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
     ALTER TABLE users ADD COLUMN shows_presence INTEGER NOT NULL DEFAULT 1;
 "#,
+    // Blocking.
+    r#"
+    CREATE TABLE blocks (
+        blocker_id TEXT NOT NULL,
+        blocked_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (blocker_id, blocked_id)
+    ) WITHOUT ROWID;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
