@@ -51,7 +51,7 @@ impl Typing {
         if with == &viewer.user_id {
             return Err(AppError::BadUserInput("you cannot type to yourself".into()));
         }
-        if self.store.user_by_id(with).await?.is_none() {
+        if self.store.user_by_id(with).await?.is_none_or(|user| user.is_deleted()) {
             return Err(AppError::NotFound("user not found".into()));
         }
         // Between a blocker and the person they block, typing goes nowhere, without an error

@@ -130,6 +130,38 @@ impl Accounts {
         new: Password,
     ) -> AppResult<usize> {
         self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.check_password(client, viewer, &current).await?;
+        let hash = self.passwords.hash(&new).await?;
+        self.store.set_password_hash(&viewer.user_id, hash).await?;
+        tracing::info!("password changed");
+        self.sessions.end_others(viewer).await
+    }
+
+    /// Deletes the caller's account after checking their password (see
+    /// [`Store::delete_account`] for what is erased and what is kept), and closes every one of
+    /// their websockets (4401). The phone number is free for a new account at once.
+    #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
+    pub async fn delete_account(
+        &self,
+        client: ClientNetwork,
+        viewer: &Viewer,
+        password: Password,
+    ) -> AppResult<()> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.check_password(client, viewer, &password).await?;
+        let ended = self.store.delete_account(&viewer.user_id, chrono::Utc::now()).await?;
+        self.sessions.announce_ended(&ended).await;
+        tracing::info!("account deleted");
+        Ok(())
+    }
+
+    /// Checks the caller's password; wrong ones count towards the failed-login backoff.
+    async fn check_password(
+        &self,
+        client: ClientNetwork,
+        viewer: &Viewer,
+        password: &Password,
+    ) -> AppResult<()> {
         let user =
             self.store.user_by_id(&viewer.user_id).await?.ok_or_else(AppError::unauthenticated)?;
         let phone = user.phone_number.as_str();
@@ -139,14 +171,11 @@ impl Accounts {
             .credentials_by_phone(&user.phone_number)
             .await?
             .ok_or_else(AppError::unauthenticated)?;
-        if !self.passwords.verify(&current, &credentials.password_hash).await? {
+        if !self.passwords.verify(password, &credentials.password_hash).await? {
             self.limits.record_login_failure(client, phone);
-            return Err(AppError::BadUserInput("the current password is not correct".into()));
+            return Err(AppError::BadUserInput("the password is not correct".into()));
         }
-        let hash = self.passwords.hash(&new).await?;
-        self.store.set_password_hash(&viewer.user_id, hash).await?;
-        tracing::info!("password changed");
-        self.sessions.end_others(viewer).await
+        Ok(())
     }
 
     async fn sign_in(&self, user: User) -> AppResult<SignedIn> {

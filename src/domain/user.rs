@@ -20,6 +20,19 @@ pub struct User {
     /// Whether people they chat with may see whether they are online and when they were last
     /// seen (their privacy setting; on by default).
     pub shows_presence: bool,
+    /// When the account was deleted. A deleted account is a tombstone: no phone number, no
+    /// password, shown as [`User::DELETED_NAME`] in the history of those it wrote to.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    /// The name a deleted account is shown under.
+    pub const DELETED_NAME: &str = "Deleted account";
+
+    /// Whether the account was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
 }
 
 /// A user about to be stored.
@@ -150,6 +163,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             last_seen_at: None,
             shows_presence: true,
+            deleted_at: None,
         };
         let credentials = UserCredentials { user, password_hash: PasswordHash::new(hash.into()) };
         let printed = format!("{credentials:?}");

@@ -84,7 +84,8 @@ impl Messaging {
         }
         // A recipient who blocks the sender is answered exactly like one who does not exist
         // (a deleted account), so the sender learns nothing about the block.
-        if self.store.user_by_id(&request.recipient_id).await?.is_none()
+        let recipient = self.store.user_by_id(&request.recipient_id).await?;
+        if recipient.is_none_or(|recipient| recipient.is_deleted())
             || self.store.blocks(&request.recipient_id, &viewer.user_id).await?
         {
             return Err(AppError::NotFound("recipient not found".into()));

@@ -38,6 +38,25 @@ impl AccountMutation {
         Ok(UserNode::caller(user))
     }
 
+    /// Deletes the caller's account, after checking `password` (`BAD_USER_INPUT` if wrong).
+    /// Erased: the phone number (free for a new account at once), the password hash, the
+    /// name, the last-seen time, every session (websockets close with 4401), the chat list,
+    /// every block by or of the account, and messages still waiting to be delivered to it.
+    /// Kept: messages already delivered, in the other person's history, shown as from
+    /// "Deleted account" (with no phone number), and messages the account sent that are still
+    /// on their way. Limited per caller. Returns true.
+    async fn delete_account(
+        &self,
+        ctx: &Context<'_>,
+        password: String,
+    ) -> async_graphql::Result<bool> {
+        let viewer = ctx.viewer().await?;
+        let password = Password::presented(&password);
+        let accounts = ctx.service::<Accounts>()?;
+        accounts.delete_account(ctx.client_network(), &viewer, password).await?;
+        Ok(true)
+    }
+
     /// Blocks a user: their messages to the caller are refused exactly as if the caller's
     /// account did not exist (`NOT_FOUND`, the answer a deleted account gives, so the block is
     /// not revealed), they cannot find the caller by phone number or id, and they no longer see

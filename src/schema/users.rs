@@ -53,6 +53,9 @@ impl UserNode {
     /// themself and to users who share a conversation with them (have sent or received a
     /// message to or from them); null for everyone else, so numbers cannot be harvested.
     async fn phone_number(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<&str>> {
+        if self.user.is_deleted() {
+            return Ok(None);
+        }
         let phone_number = Some(self.user.phone_number.as_str());
         if self.is_caller {
             return Ok(phone_number);

@@ -129,6 +129,11 @@ impl Sessions {
         Ok(())
     }
 
+    /// Closes the websockets of sessions the store has already ended (an account deletion).
+    pub async fn announce_ended(&self, ended: &[SessionId]) {
+        self.bus.end_sessions(ended).await;
+    }
+
     /// Ends every session of the caller except the one making the request (after a password
     /// change), closing their websockets; returns how many ended.
     pub async fn end_others(&self, viewer: &Viewer) -> AppResult<usize> {

@@ -95,6 +95,16 @@ pub trait Store: Send + Sync + 'static {
     async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool>;
     /// Everyone `blocker` blocks, most recently blocked first.
     async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>>;
+    /// Deletes `user_id`'s account, keeping a tombstone: erases the phone number (freeing it),
+    /// the password hash, the name, the last-seen time, every session, the chat list, every
+    /// block by or of them, and the messages still waiting for them; keeps the messages they
+    /// exchanged that were delivered (the other side's history) and those they sent that are
+    /// still on their way. Returns the ended sessions. Idempotent.
+    async fn delete_account(
+        &self,
+        user_id: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionId>>;
     /// Records that `user_id`'s last open connection closed at `at`.
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()>;
     /// Sets whether `user_id` shows their presence (online, last seen) to others.

@@ -58,7 +58,7 @@ impl Directory {
     /// block the viewer (who then cannot tell a block from a deleted account).
     pub async fn by_id(&self, viewer: &Viewer, id: &UserId) -> AppResult<Option<User>> {
         let Some(user) = self.store.user_by_id(id).await? else { return Ok(None) };
-        if self.store.blocks(&user.id, &viewer.user_id).await? {
+        if user.is_deleted() || self.store.blocks(&user.id, &viewer.user_id).await? {
             return Ok(None);
         }
         Ok(Some(user))
@@ -73,7 +73,7 @@ impl Directory {
         if id == &viewer.user_id {
             return Err(AppError::BadUserInput("you cannot block yourself".into()));
         }
-        if self.store.user_by_id(id).await?.is_none() {
+        if self.store.user_by_id(id).await?.is_none_or(|user| user.is_deleted()) {
             return Err(AppError::NotFound("user not found".into()));
         }
         Ok(self.store.block(&viewer.user_id, id, chrono::Utc::now()).await?)
@@ -116,6 +116,7 @@ impl Directory {
             return Ok(true);
         }
         Ok(user.shows_presence
+            && !user.is_deleted()
             && !self.store.blocks(&user.id, &viewer.user_id).await?
             && self.may_see_phone_number(viewer, &user.id).await?)
     }
@@ -123,6 +124,7 @@ impl Directory {
     /// Whether `viewer` may see `user`'s phone number: their own, or that of someone they share
     /// a conversation with (have sent a message to or received one from).
     pub async fn may_see_phone_number(&self, viewer: &Viewer, user: &UserId) -> AppResult<bool> {
+        // (A deleted account has no number to see: the schema shows null for it.)
         if &viewer.user_id == user {
             return Ok(true);
         }

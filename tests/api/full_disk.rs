@@ -90,6 +90,14 @@ impl Store for DiskFull {
     async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>> {
         self.inner.blocked_users(blocker).await
     }
+    async fn delete_account(
+        &self,
+        user: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionId>> {
+        self.check()?;
+        self.inner.delete_account(user, at).await
+    }
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         self.check()?;
         self.inner.record_last_seen(user_id, at).await

@@ -680,6 +680,20 @@ fn catalogue(
             "BAD_USER_INPUT",
         ),
         probe(
+            "deleteAccount: no token",
+            "mutation { deleteAccount(password: \"correct-horse-battery\") }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "deleteAccount: wrong password",
+            "mutation($p: String!) { deleteAccount(password: $p) }",
+            json!({ "p": "correct-horse-battery\u{0}" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
             "blockedUsers: no token",
             "{ blockedUsers { id } }",
             json!({}),

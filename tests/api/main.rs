@@ -7,6 +7,7 @@ mod auth;
 mod blocking;
 mod chat_events;
 mod chat_list;
+mod deletion;
 mod full_disk;
 mod helpers;
 mod hostile;

@@ -149,6 +149,7 @@ contract_tests!(
     last_seen_and_presence_visibility_are_kept,
     usernames_and_password_hashes_can_be_changed,
     blocks_are_kept_per_direction,
+    a_deleted_account_keeps_a_tombstone_only,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -595,4 +596,45 @@ async fn blocks_are_kept_per_direction(store: Arc<dyn Store>) {
     assert_eq!(store.blocked_users(&alice.id).await.unwrap(), vec![carol.id.clone()]);
     assert!(store.blocked_users(&bob.id).await.unwrap().is_empty());
     assert!(!store.blocks(&UserId::new("nobody"), &bob.id).await.unwrap());
+}
+
+async fn a_deleted_account_keeps_a_tombstone_only(store: Arc<dyn Store>) {
+    let alice = user(&*store, "+12025550143").await;
+    let bob = user(&*store, "+12025550144").await;
+    let delivered = send(&*store, &alice, &bob, "delivered").await;
+    store.mark_delivered(&bob.id, std::slice::from_ref(&delivered.id), Utc::now()).await.unwrap();
+    let on_its_way = send(&*store, &alice, &bob, "not yet delivered").await;
+    let waiting = send(&*store, &bob, &alice, "waiting for alice").await;
+    store.block(&alice.id, &bob.id, Utc::now()).await.unwrap();
+    let now = Utc::now();
+    let session = store
+        .create_session(NewSession {
+            user_id: alice.id.clone(),
+            created_at: now,
+            expires_at: now + Duration::days(1),
+        })
+        .await
+        .unwrap();
+    store.record_last_seen(&alice.id, now).await.unwrap();
+
+    let ended = store.delete_account(&alice.id, now).await.unwrap();
+    assert_eq!(ended, vec![session.id.clone()]);
+    assert!(store.delete_account(&alice.id, now).await.unwrap().is_empty(), "idempotent");
+    assert!(store.user_by_phone(&alice.phone_number).await.unwrap().is_none(), "number freed");
+    let tombstone = store.user_by_id(&alice.id).await.unwrap().unwrap();
+    assert!(tombstone.is_deleted() && tombstone.last_seen_at.is_none());
+    assert_eq!(tombstone.username.as_str(), chatapp::domain::User::DELETED_NAME);
+    let credentials = store.credentials_by_phone(&tombstone.phone_number).await.unwrap().unwrap();
+    assert_eq!(credentials.password_hash.as_str(), "");
+    store.record_last_seen(&alice.id, now).await.unwrap();
+    assert!(store.user_by_id(&alice.id).await.unwrap().unwrap().last_seen_at.is_none());
+    assert!(store.session(&session.id).await.unwrap().is_none());
+    assert!(store.messages_by_ids(std::slice::from_ref(&waiting.id)).await.unwrap().is_empty());
+    let kept = store.messages_by_ids(&[delivered.id.clone(), on_its_way.id.clone()]).await.unwrap();
+    assert_eq!(kept.len(), 2, "what others received, or will, stays");
+    assert!(store.conversations(&alice.id, None, 10).await.unwrap().is_empty());
+    assert_eq!(store.conversations(&bob.id, None, 10).await.unwrap().len(), 1);
+    assert!(store.blocked_users(&alice.id).await.unwrap().is_empty());
+    // The number can be registered again.
+    user(&*store, "+12025550143").await;
 }

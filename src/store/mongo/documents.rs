@@ -54,6 +54,9 @@ pub struct UserDocument {
     /// Absent (true) unless the user hid their presence.
     #[serde(default = "shows_presence_by_default")]
     pub shows_presence: bool,
+    /// Set when the account was deleted (a tombstone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<bson::DateTime>,
 }
 
 fn shows_presence_by_default() -> bool {
@@ -70,6 +73,7 @@ impl UserDocument {
             created_at: to_bson_date(created_at),
             last_seen_at: None,
             shows_presence: true,
+            deleted_at: None,
         }
     }
 
@@ -86,6 +90,7 @@ impl UserDocument {
                 created_at: from_bson_date(self.created_at),
                 last_seen_at: self.last_seen_at.map(from_bson_date),
                 shows_presence: self.shows_presence,
+                deleted_at: self.deleted_at.map(from_bson_date),
             },
             password_hash: self.password_hash,
         }

@@ -512,10 +512,67 @@ impl Store for MongoStore {
             .collect())
     }
 
+    async fn delete_account(
+        &self,
+        user_id: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionId>> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(Vec::new()) };
+        // Each step is idempotent, so a retry after a failure part-way finishes the job.
+        let ended = self.delete_user_sessions(user_id).await?;
+        let tombstone = doc! {
+            "$set": {
+                "phone_number": format!("deleted:{}", id.to_hex()),
+                "username": User::DELETED_NAME,
+                "password_hash": "",
+            },
+            "$unset": { "last_seen_at": "" },
+            "$min": { "deleted_at": to_bson_date(at) },
+        };
+        self.users.update_one(doc! { "_id": id }, tombstone).await.map_err(store_error)?;
+        let waiting = doc! { "recipient_id": id, "delivered_at": null };
+        self.messages.delete_many(waiting).await.map_err(store_error)?;
+        self.conversations.delete_many(doc! { "owner": id }).await.map_err(store_error)?;
+        // Partners' lines may have pointed at a message just removed: point them at the newest
+        // one left, or drop them.
+        let lines: Vec<ConversationDocument> = self
+            .conversations
+            .find(doc! { "other": id })
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        for line in lines {
+            let key = conversation_key(&line.owner, &id);
+            let newest =
+                self.find_messages(doc! { "conversation": key }, doc! { "seq": -1 }, 1).await?;
+            match newest.first() {
+                Some(message) => {
+                    let update = doc! { "$set": { "last_seq": message.seq } };
+                    self.conversations
+                        .update_one(doc! { "_id": &line.id }, update)
+                        .await
+                        .map_err(store_error)?;
+                }
+                None => {
+                    self.conversations
+                        .delete_one(doc! { "_id": &line.id })
+                        .await
+                        .map_err(store_error)?;
+                }
+            }
+        }
+        let blocks = doc! { "$or": [{ "blocker": id }, { "blocked": id }] };
+        self.blocks.delete_many(blocks).await.map_err(store_error)?;
+        Ok(ended)
+    }
+
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
         let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
-        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
+        let live = doc! { "_id": id, "deleted_at": { "$exists": false } };
+        self.users.update_one(live, update).await.map_err(store_error)?;
         Ok(())
     }
 

@@ -226,6 +226,7 @@ impl Store for SqliteStore {
                     created_at: time(millis(Utc::now())),
                     last_seen_at: None,
                     shows_presence: true,
+                    deleted_at: None,
                 };
                 c.prepare_cached(
                     "INSERT INTO users (id, phone_number, username, password_hash, created_at)
@@ -387,12 +388,65 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn delete_account(
+        &self,
+        user_id: &UserId,
+        at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionId>> {
+        let id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                let ended = {
+                    let mut statement = c
+                        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
+                        .map_err(sql)?;
+                    let ids = statement
+                        .query_map([&id], |row| row.get::<_, String>(0).map(SessionId::new))
+                        .map_err(sql)?;
+                    ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)?
+                };
+                // The phone number column is unique and required: a placeholder that no parsed
+                // number can equal frees the real one.
+                c.execute(
+                    "UPDATE users SET phone_number = 'deleted:' || id, username = ?2,
+                         password_hash = '', last_seen_at = NULL,
+                         deleted_at = COALESCE(deleted_at, ?3)
+                     WHERE id = ?1",
+                    params![id, User::DELETED_NAME, millis(at)],
+                )
+                .map_err(sql)?;
+                c.execute(
+                    "DELETE FROM messages WHERE recipient_id = ?1 AND delivered_at IS NULL",
+                    [&id],
+                )
+                .map_err(sql)?;
+                c.execute("DELETE FROM conversations WHERE owner_id = ?1", [&id]).map_err(sql)?;
+                // Partners' lines may have pointed at a message just removed.
+                c.execute(
+                    "UPDATE conversations SET last_seq = COALESCE((
+                         SELECT MAX(m.seq) FROM messages m
+                         WHERE m.conversation = CASE WHEN owner_id <= other_id
+                             THEN owner_id || '|' || other_id ELSE other_id || '|' || owner_id END
+                     ), -1)
+                     WHERE other_id = ?1",
+                    [&id],
+                )
+                .map_err(sql)?;
+                c.execute("DELETE FROM conversations WHERE other_id = ?1 AND last_seq = -1", [&id])
+                    .map_err(sql)?;
+                c.execute("DELETE FROM blocks WHERE blocker_id = ?1 OR blocked_id = ?1", [&id])
+                    .map_err(sql)?;
+                Ok(ended)
+            })
+            .await
+    }
+
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         let user_id = user_id.to_string();
         self.writer
             .write(move |c| {
                 c.execute(
-                    "UPDATE users SET last_seen_at = ?1 WHERE id = ?2",
+                    "UPDATE users SET last_seen_at = ?1 WHERE id = ?2 AND deleted_at IS NULL",
                     params![millis(at), user_id],
                 )
                 .map(drop)

@@ -79,13 +79,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (blocker_id, blocked_id)
     ) WITHOUT ROWID;
 "#,
+    // Account deletion: a deleted account is a tombstone.
+    r#"
+    ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
 pub const USER_COLUMNS: &str =
-    "id, phone_number, username, created_at, last_seen_at, shows_presence";
+    "id, phone_number, username, created_at, last_seen_at, shows_presence, deleted_at";
 /// Index of the first column after [`USER_COLUMNS`] in a query that selects more.
-pub const AFTER_USER_COLUMNS: usize = 6;
+pub const AFTER_USER_COLUMNS: usize = 7;
 pub const MESSAGE_COLUMNS: &str =
     "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at, read_at";
 /// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
@@ -109,6 +113,7 @@ pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         created_at: time(row.get(3)?),
         last_seen_at: row.get::<_, Option<i64>>(4)?.map(time),
         shows_presence: row.get(5)?,
+        deleted_at: row.get::<_, Option<i64>>(6)?.map(time),
     })
 }
 
