@@ -91,8 +91,9 @@ pub struct Limits {
     pub lookups_per_minute_per_user: u32,
     /// `setTyping` calls per second per user (`RATE_LIMIT_TYPING_PER_USER`).
     pub typing_per_second_per_user: u32,
-    /// Account changes (`updateProfile`, `changePassword`, `setPresenceVisible`) per minute
-    /// per user (`RATE_LIMIT_ACCOUNT_CHANGES_PER_USER`).
+    /// Account changes (`updateProfile`, `changePassword`, `blockUser`, `unblockUser`,
+    /// `deleteAccount`, `setPresenceVisible`) per minute per user
+    /// (`RATE_LIMIT_ACCOUNT_CHANGES_PER_USER`).
     pub account_changes_per_minute_per_user: u32,
     /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
     /// cannot take every core from message delivery.

@@ -129,7 +129,7 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         config.limits.bcrypt_max_queue,
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
-    let presence = Presence::new(store.clone(), bus.clone());
+    let presence = Presence::new(store.clone(), bus.clone(), limits.clone());
     let services = schema::Services {
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
         sessions: sessions.clone(),

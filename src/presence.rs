@@ -15,6 +15,7 @@ use crate::{
     bus::MessageBus,
     domain::{ChatEvent, UserId, Viewer},
     error::AppResult,
+    rate_limits::RateLimits,
     store::Store,
 };
 
@@ -29,6 +30,8 @@ pub struct Presence {
     store: Arc<dyn Store>,
     /// Carries presence changes to partners' connections.
     bus: Arc<dyn MessageBus>,
+    /// The per-user limit on account changes (the privacy setting is one).
+    limits: Arc<RateLimits>,
     /// Open connections per user. A std mutex: held only for map updates.
     open: Arc<Mutex<HashMap<UserId, usize>>>,
 }
@@ -41,8 +44,8 @@ pub struct PresenceGuard {
 
 impl Presence {
     /// The service over `store`, announcing through `bus`.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>) -> Self {
-        Presence { store, bus, open: Arc::default() }
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, limits: Arc<RateLimits>) -> Self {
+        Presence { store, bus, limits, open: Arc::default() }
     }
 
     /// A connection of `user` was opened; the user is online until the returned guard (and
@@ -69,6 +72,7 @@ impl Presence {
 
     /// Sets whether the caller shows their presence to the people they chat with.
     pub async fn set_visible(&self, viewer: &Viewer, visible: bool) -> AppResult<()> {
+        self.limits.check_account_change(viewer.user_id.as_str())?;
         Ok(self.store.set_shows_presence(&viewer.user_id, visible).await?)
     }
 
@@ -160,7 +164,8 @@ mod tests {
             world.user("+12025550145").await,
         ];
         world.message(&alice, &bob, "hi").await;
-        let presence = Presence::new(world.store.clone(), world.bus.clone());
+        let limits = crate::testing::limits(|_| {});
+        let presence = Presence::new(world.store.clone(), world.bus.clone(), limits);
         let mut bobs = world.bus.subscribe_events(&bob.id);
         let mut carols = world.bus.subscribe_events(&carol.id);
 

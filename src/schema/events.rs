@@ -198,7 +198,8 @@ pub struct PresenceMutation;
 impl PresenceMutation {
     /// Whether the people the caller chats with may see that they are online and when they were
     /// last seen (on by default). Hidden: `User.online` and `User.lastSeenAt` are null for
-    /// them, and no `PresenceChanged` is sent. Returns `visible`.
+    /// them, and no `PresenceChanged` is sent. Limited per caller (`RATE_LIMITED`, shared with
+    /// the other account changes). Returns `visible`.
     async fn set_presence_visible(
         &self,
         ctx: &Context<'_>,
