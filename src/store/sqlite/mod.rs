@@ -23,7 +23,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params, params_from_iter, types::Value};
 
 use self::{
     rows::{
@@ -96,6 +96,17 @@ impl SqliteStore {
             _checkpointer: checkpointer,
             _lock: None,
         })
+    }
+
+    /// Runs one statement in the next write batch; returns how many rows it changed.
+    async fn execute(&self, statement: &'static str, params: Vec<Value>) -> StoreResult<usize> {
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(statement)
+                    .and_then(|mut prepared| prepared.execute(params_from_iter(params)))
+                    .map_err(sql)
+            })
+            .await
     }
 
     /// Runs `work` on a free read connection.
@@ -318,17 +329,8 @@ impl Store for SqliteStore {
     }
 
     async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()> {
-        let user_id = user_id.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE users SET password_hash = ?1 WHERE id = ?2",
-                    params![hash.as_str(), user_id],
-                )
-                .map(drop)
-                .map_err(sql)
-            })
-            .await
+        let params = vec![hash.as_str().to_string().into(), user_id.to_string().into()];
+        self.execute("UPDATE users SET password_hash = ?1 WHERE id = ?2", params).await.map(drop)
     }
 
     async fn block(
@@ -337,32 +339,17 @@ impl Store for SqliteStore {
         blocked: &UserId,
         at: DateTime<Utc>,
     ) -> StoreResult<()> {
-        let (blocker, blocked) = (blocker.to_string(), blocked.to_string());
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT DO NOTHING",
-                    params![blocker, blocked, millis(at)],
-                )
-                .map(drop)
-                .map_err(sql)
-            })
-            .await
+        let params =
+            vec![blocker.to_string().into(), blocked.to_string().into(), millis(at).into()];
+        let insert = "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES (?1, ?2, ?3)
+                      ON CONFLICT DO NOTHING";
+        self.execute(insert, params).await.map(drop)
     }
 
     async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
-        let (blocker, blocked) = (blocker.to_string(), blocked.to_string());
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "DELETE FROM blocks WHERE blocker_id = ?1 AND blocked_id = ?2",
-                    params![blocker, blocked],
-                )
-                .map(|deleted| deleted > 0)
-                .map_err(sql)
-            })
-            .await
+        let params = vec![blocker.to_string().into(), blocked.to_string().into()];
+        let delete = "DELETE FROM blocks WHERE blocker_id = ?1 AND blocked_id = ?2";
+        Ok(self.execute(delete, params).await? > 0)
     }
 
     async fn blocks(&self, blocker: &UserId, blocked: &UserId) -> StoreResult<bool> {
@@ -442,31 +429,14 @@ impl Store for SqliteStore {
     }
 
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
-        let user_id = user_id.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE users SET last_seen_at = ?1 WHERE id = ?2 AND deleted_at IS NULL",
-                    params![millis(at), user_id],
-                )
-                .map(drop)
-                .map_err(sql)
-            })
-            .await
+        let params = vec![millis(at).into(), user_id.to_string().into()];
+        let update = "UPDATE users SET last_seen_at = ?1 WHERE id = ?2 AND deleted_at IS NULL";
+        self.execute(update, params).await.map(drop)
     }
 
     async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()> {
-        let user_id = user_id.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE users SET shows_presence = ?1 WHERE id = ?2",
-                    params![shows, user_id],
-                )
-                .map(drop)
-                .map_err(sql)
-            })
-            .await
+        let params = vec![shows.into(), user_id.to_string().into()];
+        self.execute("UPDATE users SET shows_presence = ?1 WHERE id = ?2", params).await.map(drop)
     }
 
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
@@ -507,13 +477,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_session(&self, id: &SessionId) -> StoreResult<bool> {
-        let id = id.to_string();
-        self.writer
-            .write(move |c| {
-                let deleted = c.execute("DELETE FROM sessions WHERE id = ?1", [id]).map_err(sql)?;
-                Ok(deleted > 0)
-            })
-            .await
+        let params = vec![id.to_string().into()];
+        Ok(self.execute("DELETE FROM sessions WHERE id = ?1", params).await? > 0)
     }
 
     async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>> {
@@ -545,27 +510,14 @@ impl Store for SqliteStore {
     }
 
     async fn touch_session(&self, id: &SessionId, at: DateTime<Utc>) -> StoreResult<()> {
-        let id = id.to_string();
-        self.writer
-            .write(move |c| {
-                c.execute(
-                    "UPDATE sessions SET last_seen_at = ?1 WHERE id = ?2",
-                    params![millis(at), id],
-                )
-                .map(drop)
-                .map_err(sql)
-            })
-            .await
+        let params = vec![millis(at).into(), id.to_string().into()];
+        self.execute("UPDATE sessions SET last_seen_at = ?1 WHERE id = ?2", params).await.map(drop)
     }
 
     async fn delete_expired_sessions(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        self.writer
-            .write(move |c| {
-                c.execute("DELETE FROM sessions WHERE expires_at < ?1", [millis(before)])
-                    .map(|deleted| deleted as u64)
-                    .map_err(sql)
-            })
-            .await
+        let params = vec![millis(before).into()];
+        let deleted = self.execute("DELETE FROM sessions WHERE expires_at < ?1", params).await?;
+        Ok(deleted as u64)
     }
 
     async fn insert_message(&self, message: NewMessage) -> StoreResult<Inserted> {
