@@ -351,6 +351,21 @@ impl MongoStore {
             .collect())
     }
 
+    /// Applies `update` to user `user_id` if it also matches `condition`; an id that cannot be
+    /// ours names nobody, so nothing changes.
+    async fn update_user(
+        &self,
+        user_id: &UserId,
+        condition: Document,
+        update: Document,
+    ) -> StoreResult<()> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
+        let mut filter = doc! { "_id": id };
+        filter.extend(condition);
+        self.users.update_one(filter, update).await.map_err(store_error)?;
+        Ok(())
+    }
+
     /// Shows `message` as the newest of its conversation in both participants' chat lists.
     /// Idempotent (`$max`), so repeating it after a failure is harmless. Not atomic with the
     /// message insert (that would need a transaction, which a standalone server lacks): a
@@ -456,10 +471,8 @@ impl Store for MongoStore {
     }
 
     async fn set_password_hash(&self, user_id: &UserId, hash: PasswordHash) -> StoreResult<()> {
-        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
-        let update = doc! { "$set": { "password_hash": hash.as_str() } };
-        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
-        Ok(())
+        self.update_user(user_id, doc! {}, doc! { "$set": { "password_hash": hash.as_str() } })
+            .await
     }
 
     async fn block(
@@ -569,18 +582,12 @@ impl Store for MongoStore {
     }
 
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
-        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
-        let update = doc! { "$set": { "last_seen_at": to_bson_date(at) } };
-        let live = doc! { "_id": id, "deleted_at": { "$exists": false } };
-        self.users.update_one(live, update).await.map_err(store_error)?;
-        Ok(())
+        let live = doc! { "deleted_at": { "$exists": false } };
+        self.update_user(user_id, live, doc! { "$set": { "last_seen_at": to_bson_date(at) } }).await
     }
 
     async fn set_shows_presence(&self, user_id: &UserId, shows: bool) -> StoreResult<()> {
-        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
-        let update = doc! { "$set": { "shows_presence": shows } };
-        self.users.update_one(doc! { "_id": id }, update).await.map_err(store_error)?;
-        Ok(())
+        self.update_user(user_id, doc! {}, doc! { "$set": { "shows_presence": shows } }).await
     }
 
     async fn create_session(&self, session: NewSession) -> StoreResult<Session> {
