@@ -6,6 +6,7 @@ use async_graphql::{
     Context, ID, Object,
     dataloader::{DataLoader, Loader},
 };
+use tokio::sync::OnceCell;
 
 use super::{Timestamp, context::ContextExt};
 use crate::{
@@ -22,17 +23,20 @@ pub struct UserNode {
     /// Set when the user is the caller (a sign-in's own payload); otherwise the caller's right
     /// to the phone number is looked up when asked for.
     is_caller: bool,
+    /// Whether the caller may see this user's presence, once looked up: `online` and
+    /// `lastSeenAt` both need it, and it costs store reads.
+    presence_visible: OnceCell<bool>,
 }
 
 impl UserNode {
     /// Someone other than (or not known to be) the caller.
     pub fn other(user: User) -> Self {
-        UserNode { user, is_caller: false }
+        UserNode { user, is_caller: false, presence_visible: OnceCell::new() }
     }
 
     /// The caller themself.
     pub fn caller(user: User) -> Self {
-        UserNode { user, is_caller: true }
+        UserNode { user, is_caller: true, presence_visible: OnceCell::new() }
     }
 }
 
@@ -89,11 +93,15 @@ impl UserNode {
 impl UserNode {
     /// Whether the caller may see this user's presence.
     async fn shows_presence_to_caller(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        if self.is_caller {
-            return Ok(true);
-        }
-        let Ok(viewer) = ctx.viewer().await else { return Ok(false) };
-        Ok(ctx.service::<Directory>()?.may_see_presence(&viewer, &self.user).await?)
+        let visible = self.presence_visible.get_or_try_init(|| async {
+            if self.is_caller {
+                return Ok(true);
+            }
+            let Ok(viewer) = ctx.viewer().await else { return Ok(false) };
+            let directory = ctx.service::<Directory>()?;
+            Ok::<_, async_graphql::Error>(directory.may_see_presence(&viewer, &self.user).await?)
+        });
+        Ok(*visible.await?)
     }
 }
 
