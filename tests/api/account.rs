@@ -24,12 +24,8 @@ async fn login(app: &TestApp, user: &TestUser, password: &str) -> Value {
 async fn a_new_name_shows_everywhere_and_reaches_partners_live() {
     let app = spawn_app_configured(&[("RATE_LIMIT_ACCOUNT_CHANGES_PER_USER", "2")]).await;
     let (alice, bob) = app.two_users().await;
-    let mut bobs = app.ws(&bob).await;
-    bobs.subscribe_events("events").await;
-    // A marker on the same socket proves the events subscription listens (and starts a
-    // conversation, so Bob hears about Alice).
-    app.subscribe_listening(&mut [(&mut bobs, "inbox")], &alice, &bob).await;
-    bobs.send_json(json!({ "type": "complete", "id": "inbox" })).await;
+    // (Its marker message also starts a conversation, so Bob hears about Alice.)
+    let mut bobs = app.events_connection(&bob, &alice).await;
 
     let renamed =
         app.graphql(UPDATE_PROFILE, json!({ "name": "  Alice B. " }), Some(&alice.token)).await;

@@ -7,18 +7,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestUser, WsClient, error_code, spawn_app, spawn_app_configured};
 
-/// A connection of `user` with `chatEvents` under "events", listening once this returns: a
-/// `messageReceived` subscription started after it on the same socket has replayed a marker
-/// message from `from` (the socket handles subscriptions in order); that one is then
-/// completed, so only events arrive on this connection.
-async fn events_connection(app: &TestApp, user: &TestUser, from: &TestUser) -> WsClient {
-    let mut client = app.ws(user).await;
-    client.subscribe_events("events").await;
-    app.subscribe_listening(&mut [(&mut client, "inbox")], from, user).await;
-    client.send_json(json!({ "type": "complete", "id": "inbox" })).await;
-    client
-}
-
 /// The next event on "events" that is not a presence change (people connecting in the test
 /// announce themselves to those they chat with).
 async fn next_event(client: &mut WsClient) -> Value {
@@ -40,9 +28,9 @@ async fn a_message_sent_from_one_device_shows_on_the_others() {
     let app = spawn_app().await;
     let (alice, bob) = app.two_users().await;
     let laptop_session = TestUser { token: app.login(&alice).await, ..alice.clone() };
-    let mut phone = events_connection(&app, &alice, &bob).await;
-    let mut laptop = events_connection(&app, &laptop_session, &bob).await;
-    let mut bobs = events_connection(&app, &bob, &alice).await;
+    let mut phone = app.events_connection(&alice, &bob).await;
+    let mut laptop = app.events_connection(&laptop_session, &bob).await;
+    let mut bobs = app.events_connection(&bob, &alice).await;
     // Setting up Bob's connection sent him a marker from Alice, which he acknowledged: both
     // of her devices saw it sent, then delivered.
     for device in [&mut phone, &mut laptop] {
@@ -70,7 +58,7 @@ async fn a_message_sent_from_one_device_shows_on_the_others() {
 async fn the_sender_sees_delivery_and_read_live() {
     let app = spawn_app().await;
     let (alice, bob) = app.two_users().await;
-    let mut phone = events_connection(&app, &alice, &bob).await;
+    let mut phone = app.events_connection(&alice, &bob).await;
     let first = app.send_ok(&alice, &bob, "one").await;
     let second = app.send_ok(&alice, &bob, "two").await;
     for sent in [&first, &second] {
@@ -120,7 +108,7 @@ fn id(message: &Value) -> String {
 async fn typing_reaches_the_other_persons_connections_and_is_limited() {
     let app = spawn_app_configured(&[("RATE_LIMIT_TYPING_PER_USER", "2")]).await;
     let (alice, bob) = app.two_users().await;
-    let mut bobs = events_connection(&app, &bob, &alice).await;
+    let mut bobs = app.events_connection(&bob, &alice).await;
     let set_typing = |typing: bool| {
         let variables = json!({ "withUserId": bob.id, "typing": typing });
         app.operation("SetTyping", variables, Some(&alice.token))
@@ -166,7 +154,7 @@ async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
     let (alice, bob) = app.two_users().await;
     let carol = app.register("+12025550145", "carol").await;
     // Bob's connection (its set-up gives Alice and Bob a conversation).
-    let mut bobs = events_connection(&app, &bob, &alice).await;
+    let mut bobs = app.events_connection(&bob, &alice).await;
     assert_eq!(
         presence_of(&app, &bob, &alice).await,
         json!({ "online": false, "lastSeenAt": null })
@@ -200,7 +188,7 @@ async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
 async fn hidden_presence_shows_nothing_and_announces_nothing() {
     let app = spawn_app().await;
     let (alice, bob) = app.two_users().await;
-    let mut bobs = events_connection(&app, &bob, &alice).await;
+    let mut bobs = app.events_connection(&bob, &alice).await;
     let hide = app
         .graphql("mutation { setPresenceVisible(visible: false) }", json!({}), Some(&alice.token))
         .await;

@@ -259,6 +259,18 @@ impl TestApp {
         self.mark_delivered(user, &[marker["id"].as_str().unwrap()]).await;
     }
 
+    /// A connection of `user` with `chatEvents` under "events", listening once this returns:
+    /// a `messageReceived` subscription started after it on the same socket has replayed a
+    /// marker message from `from` (the socket handles subscriptions in order); that one is then
+    /// completed, so only events arrive on this connection.
+    pub async fn events_connection(&self, user: &TestUser, from: &TestUser) -> WsClient {
+        let mut client = self.ws(user).await;
+        client.subscribe_events("events").await;
+        self.subscribe_listening(&mut [(&mut client, "inbox")], from, user).await;
+        client.send_json(json!({ "type": "complete", "id": "inbox" })).await;
+        client
+    }
+
     /// Logs `user` in again, returning the new session's token.
     pub async fn login(&self, user: &TestUser) -> String {
         let input = json!({ "phoneNumber": user.phone_number, "password": PASSWORD });
