@@ -11,11 +11,11 @@ use chatapp::{
     config::MongoConfig,
     domain::{
         ClientMessageId, Message, MessageContent, MessageId, NewMessage, NewSession, NewUser,
-        PasswordHash, PhoneNumber, SessionId, User, UserId, Username,
+        PasswordHash, PhoneNumber, Session, SessionId, User, UserId, Username,
     },
     store::{Constraint, Inserted, Store, StoreError, mongo::MongoStore, sqlite::SqliteStore},
 };
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 /// Runs each contract test against every store implementation.
 macro_rules! contract_tests {
@@ -167,6 +167,16 @@ async fn user(store: &dyn Store, number: &str) -> User {
         .unwrap()
 }
 
+/// A session of `user` created at `now`, lasting a day.
+async fn day_session(store: &dyn Store, user: &User, now: DateTime<Utc>) -> Session {
+    let session = NewSession {
+        user_id: user.id.clone(),
+        created_at: now,
+        expires_at: now + Duration::days(1),
+    };
+    store.create_session(session).await.unwrap()
+}
+
 fn message(from: &User, to: &User, content: &str, client_id: Option<&str>) -> NewMessage {
     NewMessage {
         sender_id: from.id.clone(),
@@ -302,22 +312,8 @@ async fn conversation_pages_newest_first(store: Arc<dyn Store>) {
 async fn sessions_can_be_created_read_and_deleted(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
     let now = Utc::now();
-    let session = store
-        .create_session(NewSession {
-            user_id: alice.id.clone(),
-            created_at: now,
-            expires_at: now + Duration::days(1),
-        })
-        .await
-        .unwrap();
-    let other = store
-        .create_session(NewSession {
-            user_id: alice.id.clone(),
-            created_at: now,
-            expires_at: now + Duration::days(1),
-        })
-        .await
-        .unwrap();
+    let session = day_session(&*store, &alice, now).await;
+    let other = day_session(&*store, &alice, now).await;
     assert_ne!(session.id, other.id);
     assert_eq!(store.session(&session.id).await.unwrap(), Some(session.clone()));
     assert!(store.delete_session(&session.id).await.unwrap());
@@ -330,14 +326,9 @@ async fn every_session_of_a_user_can_be_listed_touched_and_ended(store: Arc<dyn 
     let alice = user(&*store, "+12025550143").await;
     let bob = user(&*store, "+12025550144").await;
     let now = Utc::now();
-    let new = |user: &User| NewSession {
-        user_id: user.id.clone(),
-        created_at: now,
-        expires_at: now + Duration::days(1),
-    };
-    let first = store.create_session(new(&alice)).await.unwrap();
-    let second = store.create_session(new(&alice)).await.unwrap();
-    let bobs = store.create_session(new(&bob)).await.unwrap();
+    let first = day_session(&*store, &alice, now).await;
+    let second = day_session(&*store, &alice, now).await;
+    let bobs = day_session(&*store, &bob, now).await;
     let mut listed: Vec<SessionId> =
         store.user_sessions(&alice.id).await.unwrap().into_iter().map(|s| s.id).collect();
     listed.sort();
@@ -607,14 +598,7 @@ async fn a_deleted_account_keeps_a_tombstone_only(store: Arc<dyn Store>) {
     let waiting = send(&*store, &bob, &alice, "waiting for alice").await;
     store.block(&alice.id, &bob.id, Utc::now()).await.unwrap();
     let now = Utc::now();
-    let session = store
-        .create_session(NewSession {
-            user_id: alice.id.clone(),
-            created_at: now,
-            expires_at: now + Duration::days(1),
-        })
-        .await
-        .unwrap();
+    let session = day_session(&*store, &alice, now).await;
     store.record_last_seen(&alice.id, now).await.unwrap();
 
     let ended = store.delete_account(&alice.id, now).await.unwrap();
