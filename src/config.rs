@@ -48,6 +48,43 @@ pub struct Config {
     pub limits: Limits,
     /// MongoDB, when `MONGO_URI` is set; otherwise the embedded store is used.
     pub mongo: Option<MongoConfig>,
+    /// Whether and how phone numbers are verified; see [`VerificationConfig`].
+    pub phone_verification: VerificationConfig,
+}
+
+/// Phone verification: new accounts prove they own their number with a one-time code.
+#[derive(Debug, Clone)]
+pub struct VerificationConfig {
+    /// How codes reach phones (`PHONE_VERIFICATION`: `off`, `log` or `webhook`).
+    pub delivery: CodeDelivery,
+    /// How long a code is accepted (`PHONE_VERIFICATION_CODE_TTL`).
+    pub code_ttl: Duration,
+    /// How long an unverified account holds its number before anyone may register it again
+    /// (`PHONE_VERIFICATION_CLAIM_TTL`).
+    pub claim_ttl: Duration,
+}
+
+/// How verification codes are delivered.
+#[derive(Debug, Clone)]
+pub enum CodeDelivery {
+    /// No verification: accounts count as verified from registration (the default, so a fresh
+    /// machine needs no SMS gateway).
+    Off,
+    /// Codes are written to the server log (development only).
+    Log,
+    /// Codes are POSTed as JSON to an SMS gateway or any service that texts them.
+    Webhook(WebhookConfig),
+}
+
+/// Where and how the webhook sender posts codes.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `http` or `https` URL (`PHONE_VERIFICATION_WEBHOOK_URL`).
+    pub url: url::Url,
+    /// Sent as `Authorization: Bearer <token>` when set (`PHONE_VERIFICATION_WEBHOOK_TOKEN`).
+    pub token: Option<Secret<String>>,
+    /// How long one attempt may take (`PHONE_VERIFICATION_WEBHOOK_TIMEOUT`).
+    pub timeout: Duration,
 }
 
 /// Where and how to reach MongoDB.
@@ -95,6 +132,13 @@ pub struct Limits {
     /// `deleteAccount`, `setPresenceVisible`) per minute per user
     /// (`RATE_LIMIT_ACCOUNT_CHANGES_PER_USER`).
     pub account_changes_per_minute_per_user: u32,
+    /// Verification codes sent per hour to one phone number
+    /// (`RATE_LIMIT_VERIFICATION_PER_PHONE`): the cap on texts anyone can make us send to
+    /// someone else's phone.
+    pub verification_sends_per_hour_per_phone: u32,
+    /// Verification codes sent per hour at the request of one client address
+    /// (`RATE_LIMIT_VERIFICATION_PER_ADDRESS`): the cap on texts one client can cost us.
+    pub verification_sends_per_hour_per_address: u32,
     /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
     /// cannot take every core from message delivery.
     pub bcrypt_concurrency: usize,
@@ -177,6 +221,12 @@ impl Config {
                 "RATE_LIMIT_ACCOUNT_CHANGES_PER_USER",
                 10,
             )? as u32,
+            verification_sends_per_hour_per_phone: positive("RATE_LIMIT_VERIFICATION_PER_PHONE", 5)?
+                as u32,
+            verification_sends_per_hour_per_address: positive(
+                "RATE_LIMIT_VERIFICATION_PER_ADDRESS",
+                20,
+            )? as u32,
             bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
             bcrypt_max_queue: positive("BCRYPT_MAX_QUEUE", 32)?,
             graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,
@@ -200,8 +250,21 @@ impl Config {
             }),
             None => None,
         };
+        let phone_verification = VerificationConfig {
+            delivery: code_delivery(&get, &duration)?,
+            code_ttl: duration("PHONE_VERIFICATION_CODE_TTL", Duration::from_secs(10 * 60))?,
+            claim_ttl: duration("PHONE_VERIFICATION_CLAIM_TTL", Duration::from_secs(3600))?,
+        };
+        if phone_verification.claim_ttl < phone_verification.code_ttl {
+            return Err(ConfigError::new(
+                "PHONE_VERIFICATION_CLAIM_TTL",
+                format!("{:?}", phone_verification.claim_ttl),
+                "must be at least PHONE_VERIFICATION_CODE_TTL, or codes would outlive accounts",
+            ));
+        }
         Ok(Config {
             mongo,
+            phone_verification,
             trusted_proxies: match get("TRUST_PROXY").map(|v| v.trim().to_ascii_lowercase()) {
                 None => 0,
                 Some(value) if value == "false" => 0,
@@ -239,6 +302,36 @@ impl Config {
             )
             .map_err(|error| ConfigError::new("CORS_ALLOWED_ORIGINS", error.value, error.reason))?,
         })
+    }
+}
+
+/// `PHONE_VERIFICATION` and, for `webhook`, where to post.
+fn code_delivery(
+    get: &impl Fn(&str) -> Option<String>,
+    duration: &impl Fn(&'static str, Duration) -> Result<Duration, ConfigError>,
+) -> Result<CodeDelivery, ConfigError> {
+    let mode = get("PHONE_VERIFICATION").map(|mode| mode.trim().to_ascii_lowercase());
+    match mode.as_deref() {
+        None | Some("off") => Ok(CodeDelivery::Off),
+        Some("log") => Ok(CodeDelivery::Log),
+        Some("webhook") => {
+            const URL: &str = "PHONE_VERIFICATION_WEBHOOK_URL";
+            let raw = get(URL).ok_or_else(|| {
+                ConfigError::new(URL, "", "is required when PHONE_VERIFICATION=webhook")
+            })?;
+            let url = url::Url::parse(raw.trim())
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                .ok_or_else(|| ConfigError::new(URL, raw.clone(), "expected an http(s) URL"))?;
+            Ok(CodeDelivery::Webhook(WebhookConfig {
+                url,
+                token: get("PHONE_VERIFICATION_WEBHOOK_TOKEN").map(Secret::new),
+                timeout: duration("PHONE_VERIFICATION_WEBHOOK_TIMEOUT", Duration::from_secs(5))?,
+            }))
+        }
+        Some(other) => {
+            Err(ConfigError::new("PHONE_VERIFICATION", other, "expected off, log or webhook"))
+        }
     }
 }
 
@@ -344,6 +437,34 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("0"), None);
         assert_eq!(parse_duration("1w"), None);
+    }
+
+    #[test]
+    fn phone_verification_is_off_unless_asked_and_needs_a_webhook_url() {
+        assert!(matches!(config(&[]).unwrap().phone_verification.delivery, CodeDelivery::Off));
+        let log = config(&[("PHONE_VERIFICATION", "log")]).unwrap();
+        assert!(matches!(log.phone_verification.delivery, CodeDelivery::Log));
+        let missing = config(&[("PHONE_VERIFICATION", "webhook")]).unwrap_err();
+        assert!(missing.to_string().contains("PHONE_VERIFICATION_WEBHOOK_URL"), "{missing}");
+        let ftp =
+            [("PHONE_VERIFICATION", "webhook"), ("PHONE_VERIFICATION_WEBHOOK_URL", "ftp://x")];
+        assert!(config(&ftp).is_err());
+        assert!(config(&[("PHONE_VERIFICATION", "sms")]).is_err());
+        let token = "gateway-token-that-must-not-print";
+        let webhook = config(&[
+            ("PHONE_VERIFICATION", "webhook"),
+            ("PHONE_VERIFICATION_WEBHOOK_URL", "https://sms.example/send"),
+            ("PHONE_VERIFICATION_WEBHOOK_TOKEN", token),
+        ])
+        .unwrap();
+        let CodeDelivery::Webhook(hook) = &webhook.phone_verification.delivery else {
+            panic!("webhook expected")
+        };
+        assert_eq!(hook.url.as_str(), "https://sms.example/send");
+        assert_eq!(hook.timeout, Duration::from_secs(5));
+        assert!(!format!("{webhook:?}").contains(token));
+        let short_claim = [("PHONE_VERIFICATION_CLAIM_TTL", "1m")];
+        assert!(config(&short_claim).is_err(), "a claim shorter than a code");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub enum AppError {
     /// The caller is known but may not do this (`FORBIDDEN`).
     #[error("{0}")]
     Forbidden(String),
+    /// The caller has not verified their phone number yet, and this needs it
+    /// (`PHONE_NOT_VERIFIED`): the client should show the code screen.
+    #[error("verify your phone number first: send the code you received to verifyPhone")]
+    PhoneNotVerified,
     /// The thing asked for does not exist, or the caller may not know it exists (`NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
@@ -64,6 +68,7 @@ impl AppError {
             AppError::BadUserInput(_) => "BAD_USER_INPUT",
             AppError::Unauthenticated(_) => "UNAUTHENTICATED",
             AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::PhoneNotVerified => "PHONE_NOT_VERIFIED",
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::Conflict(_) => "CONFLICT",
             AppError::RateLimited { .. } => "RATE_LIMITED",
@@ -88,7 +93,7 @@ impl From<AppError> for async_graphql::Error {
         // Log the hidden detail once, here, where it is about to be masked.
         match &error {
             AppError::Internal(detail) => tracing::error!(%detail, "internal error"),
-            AppError::ServiceUnavailable(detail) => tracing::warn!(%detail, "store unavailable"),
+            AppError::ServiceUnavailable(detail) => tracing::warn!(%detail, "unavailable"),
             _ => {}
         }
         let code = error.code();

@@ -63,6 +63,7 @@ pub mod store;
 mod testing;
 pub mod typing;
 pub mod users;
+pub mod verification;
 pub mod websocket;
 
 use std::{future::Future, sync::Arc};
@@ -73,7 +74,7 @@ use tokio::net::TcpListener;
 use crate::{
     accounts::{Accounts, passwords::PasswordHasher},
     bus::{InProcessBus, MessageBus},
-    config::Config,
+    config::{CodeDelivery, Config},
     error::StartupError,
     messages::Messaging,
     presence::Presence,
@@ -83,6 +84,10 @@ use crate::{
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
     typing::Typing,
     users::Directory,
+    verification::{
+        PhoneVerification,
+        sender::{CodeSender, LogSender, WebhookSender},
+    },
 };
 
 /// A built application: its routes and the services behind them.
@@ -130,13 +135,29 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
     let presence = Presence::new(store.clone(), bus.clone(), limits.clone());
+    let verification = PhoneVerification::new(
+        store.clone(),
+        limits.clone(),
+        code_sender(&config.phone_verification.delivery)?,
+        &secret,
+        &config.phone_verification,
+    );
+    let accounts = Accounts::new(
+        store.clone(),
+        passwords,
+        limits.clone(),
+        sessions.clone(),
+        verification.clone(),
+    );
+    release_stale_claims_periodically(&store, &bus, config.phone_verification.claim_ttl);
     let services = schema::Services {
-        accounts: Accounts::new(store.clone(), passwords, limits.clone(), sessions.clone()),
+        accounts,
         sessions: sessions.clone(),
         messaging: Messaging::new(store.clone(), bus.clone(), limits.clone()),
         directory: Directory::new(store.clone(), limits.clone(), bus.clone()),
         typing: Typing::new(store.clone(), bus.clone(), limits.clone()),
         presence: presence.clone(),
+        verification,
     };
     prune_rate_limits_periodically(&limits);
     purge_expired_sessions_periodically(&store);
@@ -181,6 +202,47 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
         tracing::warn!(%error, "MongoDB is not reachable yet; requests fail until it is");
     }
     Ok(store)
+}
+
+/// The sender `PHONE_VERIFICATION` asks for; `None` when numbers are not verified.
+fn code_sender(delivery: &CodeDelivery) -> Result<Option<Arc<dyn CodeSender>>, StartupError> {
+    Ok(match delivery {
+        CodeDelivery::Off => None,
+        CodeDelivery::Log => {
+            tracing::warn!("PHONE_VERIFICATION=log: verification codes are written to the log");
+            Some(Arc::new(LogSender))
+        }
+        CodeDelivery::Webhook(webhook) => {
+            Some(Arc::new(WebhookSender::new(webhook).map_err(StartupError::Invalid)?))
+        }
+    })
+}
+
+/// Removes unverified accounts whose claim ran out, every minute, and closes their websockets,
+/// for as long as the app exists (a registration of the same number does it at once; this
+/// frees the rest). Holds the store weakly, like the session purge.
+fn release_stale_claims_periodically(
+    store: &Arc<dyn Store>,
+    bus: &Arc<dyn MessageBus>,
+    claim_ttl: std::time::Duration,
+) {
+    let (store, bus) = (Arc::downgrade(store), bus.clone());
+    let claim_ttl = chrono::TimeDelta::from_std(claim_ttl).unwrap_or(chrono::TimeDelta::MAX);
+    tokio::spawn(async move {
+        let mut every_minute = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every_minute.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            match store.release_unverified(chrono::Utc::now() - claim_ttl, None).await {
+                Ok(ended) if ended.is_empty() => {}
+                Ok(ended) => {
+                    bus.end_sessions(&ended).await;
+                    tracing::info!(ended = ended.len(), "stale unverified accounts removed");
+                }
+                Err(error) => tracing::warn!(%error, "cannot remove stale unverified accounts"),
+            }
+        }
+    });
 }
 
 /// Prunes idle rate-limit keys every minute, for as long as the app exists.

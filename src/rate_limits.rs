@@ -67,6 +67,8 @@ pub struct RateLimits {
     lookups_by_user: DefaultKeyedRateLimiter<String>,
     typing_by_user: DefaultKeyedRateLimiter<String>,
     account_changes_by_user: DefaultKeyedRateLimiter<String>,
+    codes_by_phone: DefaultKeyedRateLimiter<String>,
+    codes_by_network: DefaultKeyedRateLimiter<ClientNetwork>,
     clock: DefaultClock,
     failures_before_backoff: u32,
     /// A std mutex: held only for map lookups.
@@ -75,6 +77,10 @@ pub struct RateLimits {
 
 fn per_minute(count: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
+}
+
+fn per_hour(count: u32) -> Quota {
+    Quota::per_hour(NonZeroU32::new(count).unwrap_or(NonZeroU32::MIN))
 }
 
 impl RateLimits {
@@ -92,6 +98,12 @@ impl RateLimits {
             )),
             account_changes_by_user: RateLimiter::keyed(per_minute(
                 limits.account_changes_per_minute_per_user,
+            )),
+            codes_by_phone: RateLimiter::keyed(per_hour(
+                limits.verification_sends_per_hour_per_phone,
+            )),
+            codes_by_network: RateLimiter::keyed(per_hour(
+                limits.verification_sends_per_hour_per_address,
             )),
             clock: DefaultClock::default(),
             failures_before_backoff: limits.login_failures_before_backoff,
@@ -125,6 +137,16 @@ impl RateLimits {
     pub fn check_account_change(&self, user_id: &str) -> AppResult<()> {
         let message = "too many account changes; try again later";
         self.check(&self.account_changes_by_user, &user_id.to_string(), message)
+    }
+
+    /// Counts a verification code about to be sent to `phone_number` against that number (so
+    /// nobody can flood someone's phone with texts) and against the client network asking
+    /// (so no client can run up the SMS bill).
+    pub fn check_code_send(&self, client: ClientNetwork, phone_number: &str) -> AppResult<()> {
+        let message = "too many verification codes requested from this address";
+        self.check(&self.codes_by_network, &client, message)?;
+        let message = "too many verification codes sent to this phone number; try again later";
+        self.check(&self.codes_by_phone, &phone_number.to_string(), message)
     }
 
     /// Counts a `setTyping` against the caller.

@@ -39,6 +39,7 @@ impl World {
                 phone_number: PhoneNumber::parse(phone).unwrap(),
                 username: Username::parse("someone").unwrap(),
                 password_hash: PasswordHash::new("$2b$04$not-a-real-hash".into()),
+                phone_verified: true,
             })
             .await
             .unwrap()

@@ -1,4 +1,5 @@
-//! Accounts: registering and logging in, each of which starts a session.
+//! Accounts: registering and logging in, each of which starts a session; changing a password;
+//! deleting an account.
 
 pub mod passwords;
 
@@ -12,6 +13,7 @@ use crate::{
     rate_limits::RateLimits,
     sessions::Sessions,
     store::{Constraint, Store, StoreError},
+    verification::PhoneVerification,
 };
 
 /// Creates accounts and checks credentials.
@@ -25,6 +27,8 @@ pub struct Accounts {
     limits: Arc<RateLimits>,
     /// Starts the session a successful sign-in hands back.
     sessions: Sessions,
+    /// Sends new accounts their code, when numbers are verified.
+    verification: PhoneVerification,
 }
 
 /// What a client sent to register, parsed.
@@ -62,11 +66,14 @@ impl Accounts {
         passwords: PasswordHasher,
         limits: Arc<RateLimits>,
         sessions: Sessions,
+        verification: PhoneVerification,
     ) -> Self {
-        Accounts { store, passwords, limits, sessions }
+        Accounts { store, passwords, limits, sessions, verification }
     }
 
-    /// Creates an account and signs it in.
+    /// Creates an account and signs it in. When numbers are verified, the account starts
+    /// unverified and its code is sent before this returns; if it cannot be sent, the account
+    /// is removed again and the error is `SERVICE_UNAVAILABLE`.
     #[tracing::instrument(skip_all)]
     pub async fn register(
         &self,
@@ -75,15 +82,26 @@ impl Accounts {
     ) -> AppResult<SignedIn> {
         let Registration { phone_number, username, password } = registration;
         self.limits.check_auth(client, phone_number.as_str())?;
+        let verify = self.verification.is_required();
+        if verify {
+            let ended = self.verification.prepare_claim(client, &phone_number).await?;
+            self.sessions.announce_ended(&ended).await;
+        }
         // Checked before hashing, so a taken number costs no bcrypt time; the store's unique
         // rule still decides a race.
         if self.store.user_by_phone(&phone_number).await?.is_some() {
             return Err(StoreError::Conflict(Constraint::PhoneNumber).into());
         }
         let password_hash = self.passwords.hash(&password).await?;
-        let user =
-            self.store.create_user(NewUser { phone_number, username, password_hash }).await?;
-        tracing::info!(user = %user.id, "user registered");
+        let new_user = NewUser { phone_number, username, password_hash, phone_verified: !verify };
+        let user = self.store.create_user(new_user).await?;
+        tracing::info!(user = %user.id, verified = user.phone_verified, "user registered");
+        if verify && let Err(error) = self.verification.send_code(&user).await {
+            if let Err(cleanup) = self.verification.abandon_claim(&user).await {
+                tracing::warn!(error = %cleanup, "cannot remove an account whose code was not sent");
+            }
+            return Err(error);
+        }
         self.sign_in(user).await
     }
 
@@ -106,7 +124,10 @@ impl Accounts {
             None => self.passwords.verify_decoy(&password).await?,
         };
         match credentials {
-            Some(credentials) if matched => {
+            // A stale claim no longer holds the number: as if it did not exist.
+            Some(credentials)
+                if matched && !self.verification.is_stale_claim(&credentials.user) =>
+            {
                 limits.record_login_success(phone_number.as_str());
                 self.sign_in(credentials.user).await
             }
@@ -199,7 +220,21 @@ mod tests {
         let tokens =
             TokenService::new(b"0123456789abcdef0123456789abcdef", Duration::from_secs(60));
         let sessions = Sessions::new(world.store.clone(), world.bus.clone(), Arc::new(tokens));
-        Accounts::new(world.store.clone(), PasswordHasher::new(4, 1, 8), limits(|_| {}), sessions)
+        let limits = limits(|_| {});
+        let verification = PhoneVerification::new(
+            world.store.clone(),
+            limits.clone(),
+            None,
+            b"key",
+            &crate::config::Config::from_lookup(|_| None).unwrap().phone_verification,
+        );
+        Accounts::new(
+            world.store.clone(),
+            PasswordHasher::new(4, 1, 8),
+            limits,
+            sessions,
+            verification,
+        )
     }
 
     fn registration(phone: &str, password: &str) -> Registration {

@@ -12,6 +12,7 @@ mod paging;
 mod password;
 mod session;
 mod user;
+mod verification;
 
 pub use ids::{MessageId, SessionId, UserId};
 pub use message::{
@@ -21,6 +22,7 @@ pub use paging::{Cursor, PageSize};
 pub use password::{Password, PasswordHash};
 pub use session::{NewSession, Session, Viewer};
 pub use user::{NewUser, PhoneNumber, User, UserCredentials, Username};
+pub use verification::{PendingCode, VerificationCode};
 
 /// A value a client sent that breaks one of the rules above; the text says which rule, for
 /// the client (`BAD_USER_INPUT`).

@@ -23,6 +23,9 @@ pub struct User {
     /// When the account was deleted. A deleted account is a tombstone: no phone number, no
     /// password, shown as [`User::DELETED_NAME`] in the history of those it wrote to.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Whether the user proved they own the phone number (always, when the server does not
+    /// verify numbers). Until then they cannot send, be found by number, or receive.
+    pub phone_verified: bool,
 }
 
 impl User {
@@ -44,6 +47,8 @@ pub struct NewUser {
     pub username: Username,
     /// bcrypt hash of the password; the password itself is never stored.
     pub password_hash: PasswordHash,
+    /// Whether the number counts as proven from the start (phone verification is off).
+    pub phone_verified: bool,
 }
 
 /// A user together with the password hash, for checking a login and nothing else.
@@ -164,6 +169,7 @@ mod tests {
             last_seen_at: None,
             shows_presence: true,
             deleted_at: None,
+            phone_verified: true,
         };
         let credentials = UserCredentials { user, password_hash: PasswordHash::new(hash.into()) };
         let printed = format!("{credentials:?}");

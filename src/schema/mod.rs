@@ -14,6 +14,7 @@ mod parsed_queries;
 mod sessions;
 mod timestamp;
 mod users;
+mod verification;
 
 pub use timestamp::Timestamp;
 
@@ -26,11 +27,12 @@ use self::{
     messages::{MessageMutation, MessageQuery, MessageSubscription},
     sessions::{AuthMutation, SessionQuery},
     users::{UserLoader, UserQuery},
+    verification::VerificationMutation,
 };
 use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
 use crate::{
     accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, presence::Presence,
-    sessions::Sessions, typing::Typing, users::Directory,
+    sessions::Sessions, typing::Typing, users::Directory, verification::PhoneVerification,
 };
 
 /// All queries.
@@ -46,6 +48,7 @@ pub struct Mutation(
     TypingMutation,
     PresenceMutation,
     AccountMutation,
+    VerificationMutation,
 );
 
 /// All subscriptions.
@@ -84,11 +87,14 @@ pub struct Services {
     pub typing: Typing,
     /// Who is online.
     pub presence: Presence,
+    /// Phone number verification codes.
+    pub verification: PhoneVerification,
 }
 
 /// Builds the schema over `services`, with the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
-    let Services { accounts, sessions, messaging, directory, typing, presence } = services;
+    let Services { accounts, sessions, messaging, directory, typing, presence, verification } =
+        services;
     let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .data(UserLoader::data_loader(directory.clone()))
         .data(accounts)
@@ -97,6 +103,7 @@ pub fn build(services: Services, limits: &Limits) -> AppSchema {
         .data(directory)
         .data(typing)
         .data(presence)
+        .data(verification)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))
         // Depth is enforced by the shape check, which treats introspection by its own rule.

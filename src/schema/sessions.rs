@@ -85,6 +85,13 @@ pub struct AuthMutation;
 impl AuthMutation {
     /// Creates an account and signs it in. Fails with `CONFLICT` if the phone number is taken
     /// and `BAD_USER_INPUT` if a field breaks its rule.
+    ///
+    /// When the server verifies phone numbers, the new account's `user.phoneVerified` is false
+    /// and a code has been texted to the number: pass it to `verifyPhone`. Until then the
+    /// account cannot send (`PHONE_NOT_VERIFIED`), be found by number, or be written to; if it
+    /// is not verified within the claim period it is removed and the number is free again.
+    /// Codes are limited per number and per address (`RATE_LIMITED`); if the code cannot be
+    /// handed to the SMS gateway, no account is created (`SERVICE_UNAVAILABLE`).
     async fn register(
         &self,
         ctx: &Context<'_>,
@@ -93,7 +100,12 @@ impl AuthMutation {
         let registration = Registration::try_from(input)?;
         let accounts = ctx.service::<Accounts>()?;
         let signed_in = accounts.register(ctx.client_network(), registration).await?;
-        Ok(AuthPayload::new(signed_in, "User registered successfully"))
+        let message = if signed_in.user.phone_verified {
+            "User registered successfully"
+        } else {
+            "User registered; enter the code texted to your phone"
+        };
+        Ok(AuthPayload::new(signed_in, message))
     }
 
     /// Signs in with phone number and password. A wrong password and an unknown number give the

@@ -70,6 +70,13 @@ impl UserNode {
         Ok(if allowed { phone_number } else { None })
     }
 
+    /// Whether the user proved they own their phone number (`verifyPhone`). Always true when
+    /// the server does not verify numbers, and for anyone the caller can find or write to;
+    /// false only on the caller's own account between `register` and `verifyPhone`.
+    async fn phone_verified(&self) -> bool {
+        self.user.phone_verified
+    }
+
     /// Whether the user has a connection open (on any device). Visible to the user and to
     /// users who share a conversation with them, unless they hide their presence
     /// (`setPresenceVisible`); null for everyone else.

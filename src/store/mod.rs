@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber,
-    Session, SessionId, User, UserCredentials, UserId, Username,
+    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PendingCode,
+    PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
 };
 
 /// A uniqueness rule the store enforces.
@@ -96,14 +96,35 @@ pub trait Store: Send + Sync + 'static {
     /// Everyone `blocker` blocks, most recently blocked first.
     async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>>;
     /// Deletes `user_id`'s account, keeping a tombstone: erases the phone number (freeing it),
-    /// the password hash, the name, the last-seen time, every session, the chat list, every
-    /// block by or of them, and the messages still waiting for them; keeps the messages they
+    /// the password hash, the name, the last-seen time, every session, the pending verification
+    /// code, the chat list, every block by or of them, and the messages still waiting for them; keeps the messages they
     /// exchanged that were delivered (the other side's history) and those they sent that are
     /// still on their way. Returns the ended sessions. Idempotent.
     async fn delete_account(
         &self,
         user_id: &UserId,
         at: DateTime<Utc>,
+    ) -> StoreResult<Vec<SessionId>>;
+    /// Keeps `code` as `user_id`'s one pending verification code, replacing any earlier one
+    /// (with its attempts).
+    async fn save_verification_code(&self, user_id: &UserId, code: PendingCode) -> StoreResult<()>;
+    /// Counts one try against `user_id`'s pending code and returns it as it is after the count,
+    /// if there is one. Atomic: concurrent tries each count, so the limit on tries holds.
+    async fn count_verification_attempt(
+        &self,
+        user_id: &UserId,
+    ) -> StoreResult<Option<PendingCode>>;
+    /// Marks `user_id`'s phone number as proven and discards their pending code (a code is
+    /// good for one verification). Returns whether the user exists.
+    async fn mark_phone_verified(&self, user_id: &UserId) -> StoreResult<bool>;
+    /// Removes, entirely, the accounts whose phone number was never verified and that were
+    /// created before `created_before` (only the one holding `phone_number`, when given):
+    /// the user, their sessions, pending code, chat list and blocks. Such accounts never sent
+    /// or received a message. Frees their numbers; returns the ended sessions.
+    async fn release_unverified(
+        &self,
+        created_before: DateTime<Utc>,
+        phone_number: Option<&PhoneNumber>,
     ) -> StoreResult<Vec<SessionId>>;
     /// Records that `user_id`'s last open connection closed at `at`.
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()>;

@@ -98,12 +98,18 @@ impl Directory {
         Ok(self.store.users_by_ids(ids).await?)
     }
 
-    /// The user with this phone number, if any. Limited per caller (`RATE_LIMITED`), so the
-    /// directory cannot be scraped by trying numbers.
+    /// The user with this phone number, if any who has verified it and does not block the
+    /// caller. Limited per caller (`RATE_LIMITED`), so the directory cannot be scraped by trying
+    /// numbers; refused (`PHONE_NOT_VERIFIED`) to a caller who has not verified their own.
     pub async fn by_phone(&self, viewer: &Viewer, phone: &PhoneNumber) -> AppResult<Option<User>> {
         self.limits.check_lookup(viewer.user_id.as_str())?;
+        // An account that has not proven its own number may not look up others' (throwaway
+        // sign-ups would otherwise be a way to test which numbers are registered).
+        if self.store.user_by_id(&viewer.user_id).await?.is_some_and(|me| !me.phone_verified) {
+            return Err(AppError::PhoneNotVerified);
+        }
         let Some(user) = self.store.user_by_phone(phone).await? else { return Ok(None) };
-        if self.store.blocks(&user.id, &viewer.user_id).await? {
+        if !user.phone_verified || self.store.blocks(&user.id, &viewer.user_id).await? {
             return Ok(None);
         }
         Ok(Some(user))

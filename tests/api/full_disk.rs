@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chatapp::{
     domain::{
         Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash,
-        PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
+        PendingCode, PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
     },
     store::{Inserted, Store, StoreError, StoreResult},
 };
@@ -97,6 +97,26 @@ impl Store for DiskFull {
     ) -> StoreResult<Vec<SessionId>> {
         self.check()?;
         self.inner.delete_account(user, at).await
+    }
+    async fn save_verification_code(&self, user: &UserId, code: PendingCode) -> StoreResult<()> {
+        self.check()?;
+        self.inner.save_verification_code(user, code).await
+    }
+    async fn count_verification_attempt(&self, user: &UserId) -> StoreResult<Option<PendingCode>> {
+        self.check()?;
+        self.inner.count_verification_attempt(user).await
+    }
+    async fn mark_phone_verified(&self, user_id: &UserId) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.mark_phone_verified(user_id).await
+    }
+    async fn release_unverified(
+        &self,
+        created_before: DateTime<Utc>,
+        phone: Option<&PhoneNumber>,
+    ) -> StoreResult<Vec<SessionId>> {
+        self.check()?;
+        self.inner.release_unverified(created_before, phone).await
     }
     async fn record_last_seen(&self, user_id: &UserId, at: DateTime<Utc>) -> StoreResult<()> {
         self.check()?;

@@ -11,7 +11,7 @@ use chatapp::{
     config::MongoConfig,
     domain::{
         ClientMessageId, Message, MessageContent, MessageId, NewMessage, NewSession, NewUser,
-        PasswordHash, PhoneNumber, Session, SessionId, User, UserId, Username,
+        PasswordHash, PendingCode, PhoneNumber, Session, SessionId, User, UserId, Username,
     },
     store::{Constraint, Inserted, Store, StoreError, mongo::MongoStore, sqlite::SqliteStore},
 };
@@ -103,6 +103,7 @@ async fn duplicates_are_refused_after_a_drop(store: Arc<MongoStore>) {
                     phone_number: PhoneNumber::parse("+12025550144").unwrap(),
                     username: Username::parse("twin").unwrap(),
                     password_hash: PasswordHash::new("$2b$04$hash".into()),
+                    phone_verified: true,
                 })
                 .await
         })
@@ -150,6 +151,8 @@ contract_tests!(
     usernames_and_password_hashes_can_be_changed,
     blocks_are_kept_per_direction,
     a_deleted_account_keeps_a_tombstone_only,
+    verification_codes_count_every_try_and_go_with_verification,
+    stale_unverified_accounts_are_released_whole,
 );
 
 fn phone(number: &str) -> PhoneNumber {
@@ -162,6 +165,7 @@ async fn user(store: &dyn Store, number: &str) -> User {
             phone_number: phone(number),
             username: Username::parse("someone").unwrap(),
             password_hash: PasswordHash::new("$2b$04$hash".into()),
+            phone_verified: true,
         })
         .await
         .unwrap()
@@ -201,6 +205,7 @@ async fn phone_numbers_are_unique(store: Arc<dyn Store>) {
             phone_number: PhoneNumber::parse("+12025550143").unwrap(),
             username: Username::parse("other").unwrap(),
             password_hash: PasswordHash::new("x".into()),
+            phone_verified: true,
         })
         .await;
     assert!(
@@ -600,6 +605,7 @@ async fn a_deleted_account_keeps_a_tombstone_only(store: Arc<dyn Store>) {
     let now = Utc::now();
     let session = day_session(&*store, &alice, now).await;
     store.record_last_seen(&alice.id, now).await.unwrap();
+    store.save_verification_code(&alice.id, pending("a1b2", now)).await.unwrap();
 
     let ended = store.delete_account(&alice.id, now).await.unwrap();
     assert_eq!(ended, vec![session.id.clone()]);
@@ -619,6 +625,90 @@ async fn a_deleted_account_keeps_a_tombstone_only(store: Arc<dyn Store>) {
     assert!(store.conversations(&alice.id, None, 10).await.unwrap().is_empty());
     assert_eq!(store.conversations(&bob.id, None, 10).await.unwrap().len(), 1);
     assert!(store.blocked_users(&alice.id).await.unwrap().is_empty());
+    assert!(store.count_verification_attempt(&alice.id).await.unwrap().is_none(), "code erased");
     // The number can be registered again.
     user(&*store, "+12025550143").await;
+}
+
+/// A user whose number is not verified yet.
+async fn unverified(store: &dyn Store, number: &str) -> User {
+    let new = NewUser {
+        phone_number: phone(number),
+        username: Username::parse("claimant").unwrap(),
+        password_hash: PasswordHash::new("$2b$04$hash".into()),
+        phone_verified: false,
+    };
+    store.create_user(new).await.unwrap()
+}
+
+fn pending(hash: &str, now: DateTime<Utc>) -> PendingCode {
+    PendingCode { code_hash: hash.into(), expires_at: now + Duration::minutes(10), attempts: 0 }
+}
+
+async fn verification_codes_count_every_try_and_go_with_verification(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    let claimant = unverified(&*store, "+12025550143").await;
+    assert!(!claimant.phone_verified);
+    assert!(!store.user_by_id(&claimant.id).await.unwrap().unwrap().phone_verified);
+    assert!(store.count_verification_attempt(&claimant.id).await.unwrap().is_none(), "no code");
+
+    store.save_verification_code(&claimant.id, pending("first", now)).await.unwrap();
+    let counted = store.count_verification_attempt(&claimant.id).await.unwrap().unwrap();
+    assert_eq!((counted.code_hash.as_str(), counted.attempts), ("first", 1));
+    let expiry = pending("first", now).expires_at;
+    assert_eq!(counted.expires_at.timestamp_millis(), expiry.timestamp_millis(), "to the ms");
+    assert_eq!(store.count_verification_attempt(&claimant.id).await.unwrap().unwrap().attempts, 2);
+
+    // A new code replaces the old one, tries and all.
+    store.save_verification_code(&claimant.id, pending("second", now)).await.unwrap();
+    let tries = (0..10).map(|_| {
+        let (store, id) = (store.clone(), claimant.id.clone());
+        tokio::spawn(async move { store.count_verification_attempt(&id).await })
+    });
+    let mut counts: Vec<u32> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.unwrap().unwrap().unwrap().attempts)
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=10).collect::<Vec<_>>(), "concurrent tries each count once");
+
+    assert!(store.mark_phone_verified(&claimant.id).await.unwrap());
+    assert!(store.user_by_id(&claimant.id).await.unwrap().unwrap().phone_verified);
+    assert!(store.count_verification_attempt(&claimant.id).await.unwrap().is_none(), "used up");
+    assert!(!store.mark_phone_verified(&UserId::new("nobody")).await.unwrap());
+}
+
+async fn stale_unverified_accounts_are_released_whole(store: Arc<dyn Store>) {
+    let verified = user(&*store, "+12025550140").await;
+    let squatter = unverified(&*store, "+12025550143").await;
+    let other_claim = unverified(&*store, "+12025550144").await;
+    let now = Utc::now();
+    let session = day_session(&*store, &squatter, now).await;
+    store.save_verification_code(&squatter.id, pending("hash", now)).await.unwrap();
+    store.block(&squatter.id, &verified.id, now).await.unwrap();
+    let later = now + Duration::seconds(1);
+
+    // Claims younger than the cut-off stay.
+    let too_early = now - Duration::hours(1);
+    assert!(store.release_unverified(too_early, None).await.unwrap().is_empty());
+    assert!(store.user_by_id(&squatter.id).await.unwrap().is_some());
+
+    // One number's claim goes, with everything hanging off it.
+    let ended = store.release_unverified(later, Some(&squatter.phone_number)).await.unwrap();
+    assert_eq!(ended, vec![session.id.clone()]);
+    assert!(store.user_by_id(&squatter.id).await.unwrap().is_none());
+    assert!(store.user_by_phone(&squatter.phone_number).await.unwrap().is_none());
+    assert!(store.session(&session.id).await.unwrap().is_none());
+    assert!(store.count_verification_attempt(&squatter.id).await.unwrap().is_none());
+    assert!(store.blocked_users(&squatter.id).await.unwrap().is_empty());
+    assert!(store.user_by_id(&other_claim.id).await.unwrap().is_some(), "other numbers stay");
+    // The number is free for its owner.
+    user(&*store, "+12025550143").await;
+
+    // Without a number, every stale claim goes, and verified accounts never do.
+    store.release_unverified(later, None).await.unwrap();
+    assert!(store.user_by_id(&other_claim.id).await.unwrap().is_none());
+    assert!(store.user_by_id(&verified.id).await.unwrap().is_some());
+    assert!(store.user_by_phone(&phone("+12025550143")).await.unwrap().is_some());
 }

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     ClientMessageId, Message, MessageContent, MessageId, NewMessage, NewSession, NewUser,
-    PasswordHash, PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
+    PasswordHash, PendingCode, PhoneNumber, Session, SessionId, User, UserCredentials, UserId,
+    Username,
 };
 
 /// The id a client sent, if it can be one of ours.
@@ -57,9 +58,17 @@ pub struct UserDocument {
     /// Set when the account was deleted (a tombstone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<bson::DateTime>,
+    /// Absent (true) on accounts made before phone verification existed; index
+    /// `users_unverified` finds the false ones.
+    #[serde(default = "verified_by_default")]
+    pub phone_verified: bool,
 }
 
 fn shows_presence_by_default() -> bool {
+    true
+}
+
+fn verified_by_default() -> bool {
     true
 }
 
@@ -74,6 +83,7 @@ impl UserDocument {
             last_seen_at: None,
             shows_presence: true,
             deleted_at: None,
+            phone_verified: user.phone_verified,
         }
     }
 
@@ -91,8 +101,38 @@ impl UserDocument {
                 last_seen_at: self.last_seen_at.map(from_bson_date),
                 shows_presence: self.shows_presence,
                 deleted_at: self.deleted_at.map(from_bson_date),
+                phone_verified: self.phone_verified,
             },
             password_hash: self.password_hash,
+        }
+    }
+}
+
+/// `verification_codes` collection: one pending code per user, `_id` the user's id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CodeDocument {
+    #[serde(rename = "_id")]
+    pub user_id: ObjectId,
+    pub code_hash: String,
+    pub expires_at: bson::DateTime,
+    pub attempts: i64,
+}
+
+impl CodeDocument {
+    pub fn new(user_id: ObjectId, code: PendingCode) -> Self {
+        CodeDocument {
+            user_id,
+            code_hash: code.code_hash,
+            expires_at: to_bson_date(code.expires_at),
+            attempts: i64::from(code.attempts),
+        }
+    }
+
+    pub fn into_pending(self) -> PendingCode {
+        PendingCode {
+            code_hash: self.code_hash,
+            expires_at: from_bson_date(self.expires_at),
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
         }
     }
 }
@@ -237,6 +277,7 @@ mod tests {
             phone_number: PhoneNumber::parse("+12025550143").unwrap(),
             username: Username::parse("alice").unwrap(),
             password_hash: PasswordHash::new("$2b$04$hash".into()),
+            phone_verified: true,
         };
         let document = UserDocument::new(new, at(1_700_000_000_123));
         let stored = bson::to_document(&document).unwrap();

@@ -27,8 +27,9 @@ use tokio::sync::Mutex;
 
 use self::{
     documents::{
-        ConversationDocument, CounterDocument, MessageDocument, SessionDocument, UserDocument,
-        conversation_document_id, conversation_key, idempotency_key, object_id, to_bson_date,
+        CodeDocument, ConversationDocument, CounterDocument, MessageDocument, SessionDocument,
+        UserDocument, conversation_document_id, conversation_key, idempotency_key, object_id,
+        to_bson_date,
     },
     errors::{is_duplicate_key, store_error},
 };
@@ -37,7 +38,7 @@ use crate::{
     config::MongoConfig,
     domain::{
         Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash,
-        PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
+        PendingCode, PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
     },
 };
 
@@ -64,6 +65,7 @@ pub struct MongoStore {
     counters: Collection<CounterDocument>,
     conversations: Collection<ConversationDocument>,
     blocks: Collection<Document>,
+    codes: Collection<CodeDocument>,
     /// When every index was last seen in place (`None` until they have been created).
     indexes_seen: Mutex<Option<Instant>>,
     /// How long that sighting is trusted ([`INDEX_RECHECK`]).
@@ -105,6 +107,7 @@ impl MongoStore {
             counters: database.collection("counters"),
             conversations: database.collection("conversations"),
             blocks: database.collection("blocks"),
+            codes: database.collection("verification_codes"),
             database,
             indexes_seen: Mutex::new(None),
             index_recheck: INDEX_RECHECK,
@@ -188,8 +191,20 @@ impl MongoStore {
                     .build(),
             )
             .build();
+        let unverified = IndexModel::builder()
+            .keys(doc! { "created_at": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("users_unverified".to_string())
+                    .partial_filter_expression(doc! { "phone_verified": false })
+                    .build(),
+            )
+            .build();
         self.users
-            .create_indexes([unique(doc! { "phone_number": 1 }, "phone_number_unique", false)])
+            .create_indexes([
+                unique(doc! { "phone_number": 1 }, "phone_number_unique", false),
+                unverified,
+            ])
             .await
             .map_err(store_error)?;
         self.sessions
@@ -578,6 +593,79 @@ impl Store for MongoStore {
         }
         let blocks = doc! { "$or": [{ "blocker": id }, { "blocked": id }] };
         self.blocks.delete_many(blocks).await.map_err(store_error)?;
+        self.codes.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
+        Ok(ended)
+    }
+
+    async fn save_verification_code(&self, user_id: &UserId, code: PendingCode) -> StoreResult<()> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(()) };
+        let document = CodeDocument::new(id, code);
+        self.codes
+            .replace_one(doc! { "_id": id }, &document)
+            .upsert(true)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn count_verification_attempt(
+        &self,
+        user_id: &UserId,
+    ) -> StoreResult<Option<PendingCode>> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(None) };
+        let counted = self
+            .codes
+            .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "attempts": 1 } })
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?;
+        Ok(counted.map(CodeDocument::into_pending))
+    }
+
+    async fn mark_phone_verified(&self, user_id: &UserId) -> StoreResult<bool> {
+        let Some(id) = object_id(user_id.as_str()) else { return Ok(false) };
+        self.codes.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
+        let live = doc! { "_id": id, "deleted_at": { "$exists": false } };
+        let update = doc! { "$set": { "phone_verified": true } };
+        let updated = self.users.update_one(live, update).await.map_err(store_error)?;
+        Ok(updated.matched_count > 0)
+    }
+
+    async fn release_unverified(
+        &self,
+        created_before: DateTime<Utc>,
+        phone_number: Option<&PhoneNumber>,
+    ) -> StoreResult<Vec<SessionId>> {
+        let mut filter =
+            doc! { "phone_verified": false, "created_at": { "$lt": to_bson_date(created_before) } };
+        if let Some(number) = phone_number {
+            filter.insert("phone_number", number.as_str());
+        }
+        let claims: Vec<UserDocument> = self
+            .users
+            .find(filter)
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        let mut ended = Vec::new();
+        for claim in claims {
+            let id = claim.id;
+            // The user goes first, and only if still unverified: a verification racing with
+            // this keeps its account whole. The rest is idempotent clean-up after it.
+            let unverified = doc! { "_id": id, "phone_verified": false };
+            let removed = self.users.delete_one(unverified).await.map_err(store_error)?;
+            if removed.deleted_count == 0 {
+                continue;
+            }
+            ended.extend(self.delete_user_sessions(&UserId::new(id.to_hex())).await?);
+            self.codes.delete_one(doc! { "_id": id }).await.map_err(store_error)?;
+            let lines = doc! { "$or": [{ "owner": id }, { "other": id }] };
+            self.conversations.delete_many(lines).await.map_err(store_error)?;
+            let blocks = doc! { "$or": [{ "blocker": id }, { "blocked": id }] };
+            self.blocks.delete_many(blocks).await.map_err(store_error)?;
+        }
         Ok(ended)
     }
 

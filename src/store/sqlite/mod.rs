@@ -35,8 +35,8 @@ use self::{
 };
 use super::{Constraint, Inserted, Store, StoreError, StoreResult};
 use crate::domain::{
-    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PhoneNumber,
-    Session, SessionId, User, UserCredentials, UserId, Username,
+    Conversation, Message, MessageId, NewMessage, NewSession, NewUser, PasswordHash, PendingCode,
+    PhoneNumber, Session, SessionId, User, UserCredentials, UserId, Username,
 };
 
 /// SQLite-backed [`Store`].
@@ -238,10 +238,12 @@ impl Store for SqliteStore {
                     last_seen_at: None,
                     shows_presence: true,
                     deleted_at: None,
+                    phone_verified: user.phone_verified,
                 };
                 c.prepare_cached(
-                    "INSERT INTO users (id, phone_number, username, password_hash, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO users
+                         (id, phone_number, username, password_hash, created_at, phone_verified)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .and_then(|mut insert| {
                     insert.execute(params![
@@ -249,7 +251,8 @@ impl Store for SqliteStore {
                         stored.phone_number.as_str(),
                         stored.username.as_str(),
                         user.password_hash.as_str(),
-                        millis(stored.created_at)
+                        millis(stored.created_at),
+                        stored.phone_verified
                     ])
                 })
                 .map_err(|error| {
@@ -423,6 +426,109 @@ impl Store for SqliteStore {
                     .map_err(sql)?;
                 c.execute("DELETE FROM blocks WHERE blocker_id = ?1 OR blocked_id = ?1", [&id])
                     .map_err(sql)?;
+                c.execute("DELETE FROM verification_codes WHERE user_id = ?1", [&id])
+                    .map_err(sql)?;
+                Ok(ended)
+            })
+            .await
+    }
+
+    async fn save_verification_code(&self, user_id: &UserId, code: PendingCode) -> StoreResult<()> {
+        let params = vec![
+            user_id.to_string().into(),
+            code.code_hash.into(),
+            millis(code.expires_at).into(),
+            i64::from(code.attempts).into(),
+        ];
+        let upsert = "INSERT OR REPLACE INTO verification_codes
+                          (user_id, code_hash, expires_at, attempts) VALUES (?1, ?2, ?3, ?4)";
+        self.execute(upsert, params).await.map(drop)
+    }
+
+    async fn count_verification_attempt(
+        &self,
+        user_id: &UserId,
+    ) -> StoreResult<Option<PendingCode>> {
+        let id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE verification_codes SET attempts = attempts + 1 WHERE user_id = ?1
+                     RETURNING code_hash, expires_at, attempts",
+                )
+                .and_then(|mut update| {
+                    update
+                        .query_row([&id], |row| {
+                            Ok(PendingCode {
+                                code_hash: row.get(0)?,
+                                expires_at: time(row.get(1)?),
+                                attempts: row.get(2)?,
+                            })
+                        })
+                        .optional()
+                })
+                .map_err(sql)
+            })
+            .await
+    }
+
+    async fn mark_phone_verified(&self, user_id: &UserId) -> StoreResult<bool> {
+        let id = user_id.to_string();
+        self.writer
+            .write(move |c| {
+                c.execute("DELETE FROM verification_codes WHERE user_id = ?1", [&id])
+                    .map_err(sql)?;
+                let updated = c
+                    .execute(
+                        "UPDATE users SET phone_verified = 1 WHERE id = ?1 AND deleted_at IS NULL",
+                        [&id],
+                    )
+                    .map_err(sql)?;
+                Ok(updated > 0)
+            })
+            .await
+    }
+
+    async fn release_unverified(
+        &self,
+        created_before: DateTime<Utc>,
+        phone_number: Option<&PhoneNumber>,
+    ) -> StoreResult<Vec<SessionId>> {
+        let phone = phone_number.map(|number| number.as_str().to_string());
+        self.writer
+            .write(move |c| {
+                let users: Vec<String> = {
+                    let mut query = c
+                        .prepare_cached(
+                            "SELECT id FROM users WHERE phone_verified = 0 AND created_at < ?1
+                             AND (?2 IS NULL OR phone_number = ?2)",
+                        )
+                        .map_err(sql)?;
+                    let ids = query
+                        .query_map(params![millis(created_before), phone], |row| row.get(0))
+                        .map_err(sql)?;
+                    ids.collect::<rusqlite::Result<_>>().map_err(sql)?
+                };
+                let mut ended = Vec::new();
+                for id in users {
+                    let mut sessions = c
+                        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
+                        .map_err(sql)?;
+                    let ids = sessions
+                        .query_map([&id], |row| row.get::<_, String>(0).map(SessionId::new))
+                        .map_err(sql)?;
+                    ended.extend(ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)?);
+                    for statement in [
+                        "DELETE FROM verification_codes WHERE user_id = ?1",
+                        "DELETE FROM conversations WHERE owner_id = ?1 OR other_id = ?1",
+                        "DELETE FROM blocks WHERE blocker_id = ?1 OR blocked_id = ?1",
+                        "DELETE FROM users WHERE id = ?1",
+                    ] {
+                        c.prepare_cached(statement)
+                            .and_then(|mut delete| delete.execute([&id]))
+                            .map_err(sql)?;
+                    }
+                }
                 Ok(ended)
             })
             .await
@@ -742,6 +848,7 @@ mod tests {
                 phone_number: PhoneNumber::parse("+12025550143").unwrap(),
                 username: crate::domain::Username::parse("alice").unwrap(),
                 password_hash: PasswordHash::new("hash".into()),
+                phone_verified: true,
             })
             .await
             .unwrap();
@@ -767,6 +874,7 @@ mod tests {
                         .unwrap(),
                         username: crate::domain::Username::parse("someone").unwrap(),
                         password_hash: PasswordHash::new("hash".into()),
+                        phone_verified: true,
                     })
                     .await
             })
@@ -796,6 +904,7 @@ mod tests {
             phone_number: PhoneNumber::parse(phone).unwrap(),
             username: crate::domain::Username::parse("alice").unwrap(),
             password_hash: PasswordHash::new("hash".into()),
+            phone_verified: true,
         };
         let alice = store.create_user(new_user("+12025550143")).await.unwrap();
         let message = |n: usize| NewMessage {

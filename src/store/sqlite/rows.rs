@@ -83,13 +83,24 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE users ADD COLUMN deleted_at INTEGER;
 "#,
+    // Phone verification: accounts created before it existed count as verified.
+    r#"
+    ALTER TABLE users ADD COLUMN phone_verified INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX users_unverified ON users(created_at) WHERE phone_verified = 0;
+    CREATE TABLE verification_codes (
+        user_id    TEXT PRIMARY KEY,
+        code_hash  TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        attempts   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
-pub const USER_COLUMNS: &str =
-    "id, phone_number, username, created_at, last_seen_at, shows_presence, deleted_at";
+pub const USER_COLUMNS: &str = "id, phone_number, username, created_at, last_seen_at, \
+     shows_presence, deleted_at, phone_verified";
 /// Index of the first column after [`USER_COLUMNS`] in a query that selects more.
-pub const AFTER_USER_COLUMNS: usize = 7;
+pub const AFTER_USER_COLUMNS: usize = 8;
 pub const MESSAGE_COLUMNS: &str =
     "seq, id, sender_id, recipient_id, content, client_message_id, sent_at, delivered_at, read_at";
 /// [`MESSAGE_COLUMNS`] of the `messages` table aliased as `m`, for joins.
@@ -114,6 +125,7 @@ pub fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         last_seen_at: row.get::<_, Option<i64>>(4)?.map(time),
         shows_presence: row.get(5)?,
         deleted_at: row.get::<_, Option<i64>>(6)?.map(time),
+        phone_verified: row.get(7)?,
     })
 }
 
