@@ -84,13 +84,18 @@ impl Accounts {
         self.limits.check_auth(client, phone_number.as_str())?;
         let verify = self.verification.is_required();
         if verify {
-            let ended = self.verification.prepare_claim(client, &phone_number).await?;
+            let ended = self.verification.release_stale_claim(&phone_number).await?;
             self.sessions.announce_ended(&ended).await;
         }
         // Checked before hashing, so a taken number costs no bcrypt time; the store's unique
         // rule still decides a race.
         if self.store.user_by_phone(&phone_number).await?.is_some() {
             return Err(StoreError::Conflict(Constraint::PhoneNumber).into());
+        }
+        if verify {
+            // After the conflict check: a refused registration texts nobody, so it does not
+            // use up the number's texts.
+            self.limits.check_code_send(client, phone_number.as_str())?;
         }
         let password_hash = self.passwords.hash(&password).await?;
         let new_user = NewUser { phone_number, username, password_hash, phone_verified: !verify };

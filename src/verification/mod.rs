@@ -85,14 +85,12 @@ impl PhoneVerification {
         !user.phone_verified && user.created_at < Utc::now() - self.claim_ttl
     }
 
-    /// Before registering `phone_number`: counts the text about to be sent against the limits
-    /// and removes a stale unverified claim on the number. Returns the sessions that ended.
-    pub async fn prepare_claim(
+    /// Before registering `phone_number`: removes a stale unverified claim on it. Returns the
+    /// sessions that ended.
+    pub async fn release_stale_claim(
         &self,
-        client: ClientNetwork,
         phone_number: &PhoneNumber,
     ) -> AppResult<Vec<SessionId>> {
-        self.limits.check_code_send(client, phone_number.as_str())?;
         let stale_before = Utc::now() - self.claim_ttl;
         Ok(self.store.release_unverified(stale_before, Some(phone_number)).await?)
     }
@@ -207,4 +205,75 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::{sender::SendError, *};
+    use crate::{
+        config::Config,
+        domain::{NewUser, PasswordHash, Username},
+        testing::{World, limits},
+    };
+
+    /// Keeps what it is asked to send.
+    #[derive(Default)]
+    struct Outbox(Mutex<Vec<(String, String)>>);
+
+    #[async_trait]
+    impl CodeSender for Outbox {
+        async fn send(
+            &self,
+            phone: &PhoneNumber,
+            code: &VerificationCode,
+        ) -> Result<(), SendError> {
+            self.0.lock().unwrap().push((phone.as_str().into(), code.expose().into()));
+            Ok(())
+        }
+    }
+
+    async fn unverified(world: &World, phone: &str) -> User {
+        let new = NewUser {
+            phone_number: PhoneNumber::parse(phone).unwrap(),
+            username: Username::parse("claimant").unwrap(),
+            password_hash: PasswordHash::new("$2b$04$hash".into()),
+            phone_verified: false,
+        };
+        world.store.create_user(new).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_store_keeps_a_keyed_hash_bound_to_the_account_never_the_code() {
+        let world = World::new();
+        let outbox = Arc::new(Outbox::default());
+        let config = Config::from_lookup(|_| None).unwrap().phone_verification;
+        let service = |key: &[u8]| {
+            let sender: Arc<dyn CodeSender> = outbox.clone();
+            PhoneVerification::new(world.store.clone(), limits(|_| {}), Some(sender), key, &config)
+        };
+        let verification = service(b"server key");
+        let alice = unverified(&world, "+12025550143").await;
+        let bob = unverified(&world, "+12025550144").await;
+        verification.send_code(&alice).await.unwrap();
+        let code = outbox.0.lock().unwrap()[0].1.clone();
+        let code = VerificationCode::parse(&code).unwrap();
+
+        let stored = world.store.count_verification_attempt(&alice.id).await.unwrap().unwrap();
+        assert_eq!(stored.code_hash.len(), 64, "hex of HMAC-SHA256");
+        assert!(!stored.code_hash.contains(code.expose()));
+        // Another server key, or the same code on another account, gives another hash.
+        assert_ne!(service(b"other key").hash(&alice.id, &code), stored.code_hash);
+        assert_ne!(verification.hash(&bob.id, &code), stored.code_hash);
+        // Alice's hash copied onto Bob's account does not verify Bob with Alice's code.
+        world.store.save_verification_code(&bob.id, stored.clone()).await.unwrap();
+        let as_bob = world.viewer(&bob).await;
+        assert!(verification.verify(&as_bob, &code).await.is_err());
+
+        let as_alice = world.viewer(&alice).await;
+        assert!(verification.verify(&as_alice, &code).await.unwrap().phone_verified);
+    }
 }

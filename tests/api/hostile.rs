@@ -41,6 +41,7 @@ const MARK_READ: &str =
     "mutation($with: ID!, $upTo: ID!) { markRead(withUserId: $with, upTo: $upTo) { id } }";
 const SET_TYPING: &str =
     "mutation($with: ID!, $typing: Boolean!) { setTyping(withUserId: $with, typing: $typing) }";
+const VERIFY: &str = "mutation($code: String!) { verifyPhone(code: $code) { id } }";
 const CHAT_LIST: &str = "query($first: Int, $after: String) {
     conversations(first: $first, after: $after) { edges { cursor } } }";
 
@@ -727,6 +728,49 @@ fn catalogue(
             json!({ "id": bob.id }),
             Nobody,
             "UNAUTHENTICATED",
+        ),
+        probe(
+            "verifyPhone: no token",
+            "mutation { verifyPhone(code: \"123456\") { id } }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "verifyPhone: ten thousand digits",
+            VERIFY,
+            json!({ "code": "1".repeat(10_000) }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe("verifyPhone: letters", VERIFY, json!({ "code": "12a456" }), Alice, "BAD_USER_INPUT"),
+        probe(
+            "verifyPhone: digits of another script",
+            VERIFY,
+            json!({ "code": "١٢٣٤٥٦" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "verifyPhone: query operators",
+            VERIFY,
+            json!({ "code": "{\"$gt\": \"\"}" }),
+            Alice,
+            "BAD_USER_INPUT",
+        ),
+        probe(
+            "resendVerificationCode: no token",
+            "mutation { resendVerificationCode { expiresAt } }",
+            json!({}),
+            Nobody,
+            "UNAUTHENTICATED",
+        ),
+        probe(
+            "resendVerificationCode: already verified",
+            "mutation { resendVerificationCode { expiresAt } }",
+            json!({}),
+            Alice,
+            "BAD_USER_INPUT",
         ),
         probe("sessions: no token", "{ sessions { id } }", json!({}), Nobody, "UNAUTHENTICATED"),
         // sessions

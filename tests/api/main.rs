@@ -20,3 +20,4 @@ mod sessions;
 mod sign_in_limits;
 mod store_outage;
 mod subscriptions;
+mod verification;
