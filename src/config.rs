@@ -129,7 +129,7 @@ pub struct Limits {
     /// `setTyping` calls per second per user (`RATE_LIMIT_TYPING_PER_USER`).
     pub typing_per_second_per_user: u32,
     /// Account changes (`updateProfile`, `changePassword`, `blockUser`, `unblockUser`,
-    /// `deleteAccount`, `setPresenceVisible`) per minute per user
+    /// `deleteAccount`, `setPresenceVisible`, `verifyPhone`) per minute per user
     /// (`RATE_LIMIT_ACCOUNT_CHANGES_PER_USER`).
     pub account_changes_per_minute_per_user: u32,
     /// Verification codes sent per hour to one phone number

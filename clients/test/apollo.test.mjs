@@ -1,6 +1,7 @@
 // Apollo Client as a chat frontend sets it up: HttpLink for queries and mutations with the
 // token in a header, GraphQLWsLink for subscriptions with the token in connectionParams, split
 // by operation type; relay-style paging of the history with fetchMore.
+import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ApolloClient, HttpLink, InMemoryCache, gql, split } from '@apollo/client';
@@ -224,4 +225,91 @@ test('Apollo Client: ticks update live in the sender\'s cache, and another devic
   phoneEvents.stop();
   laptopEvents.stop();
   for (const client of [alice.client, bob.client, laptop]) client.stop();
+});
+
+/** A stand-in SMS gateway: receives the webhook's POSTs and keeps the codes by phone number. */
+async function startGateway() {
+  const texts = [];
+  const gateway = createServer((request, response) => {
+    let body = '';
+    request.on('data', (chunk) => (body += chunk));
+    request.on('end', () => {
+      texts.push({ body: JSON.parse(body), authorization: request.headers.authorization });
+      response.writeHead(200).end();
+    });
+  });
+  await new Promise((resolve) => gateway.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${gateway.address().port}/sms`,
+    texts,
+    lastCode: (phone) => texts.findLast((text) => text.body.phoneNumber === phone)?.body.code,
+    close: () => new Promise((resolve) => gateway.close(resolve)),
+  };
+}
+
+test('Apollo Client: sign-up with phone verification, the code arriving through the webhook', async () => {
+  const gateway = await startGateway();
+  const verifying = await startServer({
+    PHONE_VERIFICATION: 'webhook',
+    PHONE_VERIFICATION_WEBHOOK_URL: gateway.url,
+    PHONE_VERIFICATION_WEBHOOK_TOKEN: 'gateway-token',
+  });
+  const codeOf = (error) => error.errors?.[0]?.extensions?.code;
+  const signUpVerifying = async (username) => {
+    const user = { token: null, phone: phoneNumber() };
+    user.client = createApolloClient({ httpUrl: verifying.url, wsUrl: verifying.wsUrl, getToken: () => user.token });
+    const { data } = await user.client.mutate({
+      mutation: gql(ops.REGISTER),
+      variables: { input: { phoneNumber: user.phone, username, password: 'correct-horse-battery' } },
+    });
+    user.token = data.register.token;
+    user.id = data.register.profileId;
+    assert.equal(data.register.user.phoneVerified, false, 'the app shows the code screen');
+    return user;
+  };
+  const verify = (user, code) => user.client.mutate({ mutation: gql(ops.VERIFY_PHONE), variables: { code } });
+
+  const bob = await signUpVerifying('bob');
+  await verify(bob, gateway.lastCode(bob.phone));
+  const alice = await signUpVerifying('alice');
+  const text = gateway.texts.at(-1);
+  assert.deepEqual(Object.keys(text.body).sort(), ['code', 'phoneNumber']);
+  assert.equal(text.body.phoneNumber, alice.phone);
+  assert.match(text.body.code, /^\d{6}$/);
+  assert.equal(text.authorization, 'Bearer gateway-token');
+
+  // Until verified, sending is refused with a code the app can branch on.
+  const send = (user, to, content) =>
+    user.client.mutate({ mutation: gql(ops.SEND_MESSAGE), variables: { input: { recipientId: to.id, content } } });
+  await assert.rejects(send(alice, bob, 'too early'), (error) => codeOf(error) === 'PHONE_NOT_VERIFIED');
+  const me = await alice.client.query({ query: gql(ops.ME) });
+  assert.equal(me.data.me.phoneVerified, false);
+
+  // A mistyped code, then "send me a new code", then the right one.
+  const first = gateway.lastCode(alice.phone);
+  const mistyped = String((Number(first) + 1) % 1_000_000).padStart(6, '0');
+  await assert.rejects(verify(alice, mistyped), (error) => codeOf(error) === 'BAD_USER_INPUT');
+  const { data: resent } = await alice.client.mutate({ mutation: gql(ops.RESEND_VERIFICATION_CODE) });
+  assert.ok(Date.parse(resent.resendVerificationCode.expiresAt) > Date.now());
+  await waitUntil(() => gateway.texts.filter((t) => t.body.phoneNumber === alice.phone).length === 2, {
+    what: 'the second text',
+  });
+  const { data: verified } = await verify(alice, gateway.lastCode(alice.phone));
+  assert.equal(verified.verifyPhone.phoneVerified, true);
+  // The cached `me` was updated from the mutation's result (same User id), no refetch.
+  const cached = alice.client.readQuery({ query: gql(ops.ME) });
+  assert.equal(cached.me.phoneVerified, true);
+
+  // Now a full member: Bob receives her message live.
+  const received = [];
+  const subscription = bob.client
+    .subscribe({ query: gql(ops.MESSAGE_RECEIVED) })
+    .subscribe({ next: (result) => result.data && received.push(result.data.messageReceived) });
+  const sent = await send(alice, bob, 'verified and here');
+  await waitUntil(() => received.some((m) => m.id === sent.data.sendMessage.id), { what: 'the message to Bob' });
+
+  subscription.unsubscribe();
+  for (const user of [alice, bob]) user.client.stop();
+  await verifying.stop();
+  await gateway.close();
 });

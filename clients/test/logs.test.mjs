@@ -4,7 +4,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { register, startServer, waitUntil } from './support/server.mjs';
+import { gql, register, startServer, waitUntil } from './support/server.mjs';
 
 let server;
 before(async () => {
@@ -31,4 +31,22 @@ test('trace logs keep tokens and looked-up phone numbers out', async () => {
   assert.ok(!log.includes('12025550777'), 'a looked-up phone number is in the log');
   assert.ok(!log.includes(alice.token), 'a token is in the log');
   assert.ok(!log.includes(alice.token.split('.')[2]), 'a token signature is in the log');
+});
+
+test('PHONE_VERIFICATION=log: a developer reads the code in the log, and it verifies', async () => {
+  const dev = await startServer({ PHONE_VERIFICATION: 'log' });
+  try {
+    const alice = await register(dev, 'alice');
+    const line = await waitUntil(() => dev.log().split('\n').find((l) => /verification code.*code=|code=.*verification code/.test(l)), {
+      what: 'the code in the log',
+    });
+    const code = line.match(/code="?(\d{6})/)?.[1];
+    assert.ok(code, `no code in ${line}`);
+    const verify = 'mutation($code: String!) { verifyPhone(code: $code) { phoneVerified } }';
+    const body = await gql(dev, verify, { code }, alice.token);
+    assert.deepEqual(body, { data: { verifyPhone: { phoneVerified: true } } });
+    assert.ok(!dev.log().includes(alice.token), 'a token is in the log');
+  } finally {
+    await dev.stop();
+  }
 });

@@ -24,7 +24,8 @@ impl VerificationMutation {
     /// `resendVerificationCode`); spaces and dashes in `code` are ignored. From then on the
     /// account can send, be found by number and receive. Each code is good for a few minutes
     /// and 5 tries; a wrong, expired or used-up code is `BAD_USER_INPUT` and the message says
-    /// which. On an account already verified it changes nothing and returns the user.
+    /// which. On an account already verified it changes nothing and returns the user. Limited
+    /// per caller with the other account changes (`RATE_LIMITED`).
     async fn verify_phone(
         &self,
         ctx: &Context<'_>,

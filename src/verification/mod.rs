@@ -131,9 +131,12 @@ impl PhoneVerification {
     /// Checks `code` against the caller's pending one and, if it is right, marks their number
     /// verified. Every try counts, right or wrong; a code is dead after
     /// [`PendingCode::MAX_ATTEMPTS`] tries or once it expires. Verifying a verified account
-    /// changes nothing (a retried request succeeds again).
+    /// changes nothing (a retried request succeeds again). Limited per caller like other
+    /// account changes.
     #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
     pub async fn verify(&self, viewer: &Viewer, code: &VerificationCode) -> AppResult<User> {
+        // Each try writes (its count), so tries are limited per caller besides per code.
+        self.limits.check_account_change(viewer.user_id.as_str())?;
         let user = self.caller(viewer).await?;
         if user.phone_verified {
             return Ok(user);

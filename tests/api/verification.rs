@@ -238,6 +238,17 @@ async fn a_code_dies_after_five_tries_and_a_new_one_replaces_it() {
     }
     let body = verify(&app, &alice, &second).await;
     assert_eq!(body["data"]["verifyPhone"]["phoneVerified"], true, "{body}");
+
+    // Tries are also limited per caller (10 account changes a minute by default).
+    let mut limited = false;
+    for _ in 0..10 {
+        let body = verify(&app, &alice, &second).await;
+        if body["errors"][0]["extensions"]["code"] == "RATE_LIMITED" {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "verifyPhone is rate limited per caller");
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@ const document = parse(readFileSync(new URL('../../operations/chat.graphql', imp
 const byName = Object.fromEntries(document.definitions.map((definition) => [definition.name.value, print(definition)]));
 
 export const REGISTER = byName.Register;
+export const VERIFY_PHONE = byName.VerifyPhone;
+export const RESEND_VERIFICATION_CODE = byName.ResendVerificationCode;
+export const ME = byName.Me;
 export const SEND_MESSAGE = byName.SendMessage;
 export const MARK_DELIVERED = byName.MarkDelivered;
 export const LOGOUT = byName.Logout;
