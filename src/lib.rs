@@ -14,7 +14,7 @@
 //!          schema                        GraphQL types and resolvers, one module per domain
 //!            │
 //!   accounts sessions messages users     services: one per domain, each holding what it uses
-//!   typing presence
+//!   typing presence verification
 //!            │
 //!   store     bus     rate_limits        storage trait (SQLite, MongoDB); live fan-out; limits
 //!            │
