@@ -50,6 +50,21 @@ pub struct Config {
     pub mongo: Option<MongoConfig>,
     /// Whether and how phone numbers are verified; see [`VerificationConfig`].
     pub phone_verification: VerificationConfig,
+    /// Redis, when `REDIS_URL` is set: instances share live events through it.
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` (`REDIS_URL`). May hold a password, so it is
+    /// a [`Secret`].
+    pub url: Secret<String>,
+    /// Put before every channel name (`REDIS_CHANNEL_PREFIX`), so deployments can share one
+    /// Redis (pub/sub channels are not separated by database number).
+    pub channel_prefix: String,
+    /// How long a Redis command or connection attempt may take (`REDIS_TIMEOUT`).
+    pub timeout: Duration,
 }
 
 /// Phone verification: new accounts prove they own their number with a one-time code.
@@ -262,8 +277,17 @@ impl Config {
                 "must be at least PHONE_VERIFICATION_CODE_TTL, or codes would outlive accounts",
             ));
         }
+        let redis = match get("REDIS_URL") {
+            Some(url) => Some(RedisConfig {
+                url: Secret::new(url.trim().to_string()),
+                channel_prefix: get("REDIS_CHANNEL_PREFIX").unwrap_or_else(|| "chatapp:".into()),
+                timeout: duration("REDIS_TIMEOUT", Duration::from_secs(2))?,
+            }),
+            None => None,
+        };
         Ok(Config {
             mongo,
+            redis,
             phone_verification,
             trusted_proxies: match get("TRUST_PROXY").map(|v| v.trim().to_ascii_lowercase()) {
                 None => 0,

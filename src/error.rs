@@ -129,6 +129,12 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<crate::bus::BusError> for AppError {
+    fn from(error: crate::bus::BusError) -> Self {
+        AppError::ServiceUnavailable(error.to_string())
+    }
+}
+
 impl From<StoreError> for async_graphql::Error {
     fn from(error: StoreError) -> Self {
         AppError::from(error).into()

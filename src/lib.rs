@@ -73,7 +73,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     accounts::{Accounts, passwords::PasswordHasher},
-    bus::{InProcessBus, MessageBus},
+    bus::{InProcessBus, MessageBus, redis::RedisBus},
     config::{CodeDelivery, Config},
     error::StartupError,
     messages::Messaging,
@@ -125,7 +125,7 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
 /// `config`'s store settings are ignored.
 pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, StartupError> {
     let secret = signing_secret(config)?;
-    let bus: Arc<dyn MessageBus> = Arc::new(InProcessBus::new());
+    let bus = open_bus(config)?;
     let tokens = Arc::new(TokenService::new(&secret, config.jwt_ttl));
     let limits = Arc::new(RateLimits::new(&config.limits));
     let passwords = PasswordHasher::new(
@@ -163,7 +163,8 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
     purge_expired_sessions_periodically(&store);
     let schema = schema::build(services, &config.limits);
     let shutdown = Shutdown::default();
-    let router = http::router(schema, sessions, presence, store.clone(), shutdown.clone(), config);
+    let backends = (store.clone(), bus.clone());
+    let router = http::router(schema, sessions, presence, backends, shutdown.clone(), config);
     Ok(App {
         router,
         store,
@@ -171,6 +172,14 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         shutdown_timeout: config.shutdown_timeout,
         connection_limits: config.connection_limits,
     })
+}
+
+/// Redis when `REDIS_URL` is set (instances share live events), else the in-process bus.
+fn open_bus(config: &Config) -> Result<Arc<dyn MessageBus>, StartupError> {
+    match &config.redis {
+        None => Ok(Arc::new(InProcessBus::new())),
+        Some(redis) => Ok(Arc::new(RedisBus::connect(redis).map_err(StartupError::Invalid)?)),
+    }
 }
 
 /// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.
@@ -281,6 +290,14 @@ fn purge_expired_sessions_periodically(store: &Arc<dyn Store>) {
 }
 
 fn signing_secret(config: &Config) -> Result<Vec<u8>, StartupError> {
+    if config.redis.is_some() && config.jwt_secret.is_none() {
+        // Each instance would generate its own secret and refuse the others' tokens.
+        return Err(StartupError::Invalid(
+            "REDIS_URL is set, so several instances may serve these clients: set the same \
+             JWT_SECRET on every one (generate one with `openssl rand -base64 48`)"
+                .into(),
+        ));
+    }
     if let Some(secret) = &config.jwt_secret {
         if secret.expose().len() < TokenService::MIN_SECRET_BYTES {
             return Err(StartupError::Invalid(format!(

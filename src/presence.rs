@@ -166,8 +166,8 @@ mod tests {
         world.message(&alice, &bob, "hi").await;
         let limits = crate::testing::limits(|_| {});
         let presence = Presence::new(world.store.clone(), world.bus.clone(), limits);
-        let mut bobs = world.bus.subscribe_events(&bob.id);
-        let mut carols = world.bus.subscribe_events(&carol.id);
+        let mut bobs = world.bus.subscribe_events(&bob.id).await.unwrap();
+        let mut carols = world.bus.subscribe_events(&carol.id).await.unwrap();
 
         let phone = presence.connected(&alice.id);
         assert_eq!(presence_event(&mut bobs).await, (alice.id.clone(), true, false));

@@ -129,7 +129,7 @@ mod tests {
         let as_alice = world.viewer(&alice).await;
         let typing =
             Typing::new(world.store.clone(), world.bus.clone(), crate::testing::limits(|_| {}));
-        let mut bobs = world.bus.subscribe_events(&bob.id);
+        let mut bobs = world.bus.subscribe_events(&bob.id).await.unwrap();
 
         typing.set(&as_alice, &bob.id, true).await.unwrap();
         assert_eq!(next(&mut bobs), Some((alice.id.clone(), true)));

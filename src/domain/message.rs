@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 
 use super::{InvalidInput, MessageId, User, UserId};
 
-/// A stored message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored message. Serializable so a multi-instance bus can carry it between servers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// Opaque, store-assigned id.
     pub id: MessageId,
@@ -52,7 +52,8 @@ pub enum MessageStatus {
 
 /// Something a user's open connections hear live: what happened to their own messages (state
 /// on the message, visible by querying later) and who is typing to them (never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable so a multi-instance bus can carry it between servers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChatEvent {
     /// The user sent this message (from any of their devices).
     MessageSent(Message),
@@ -106,7 +107,8 @@ pub struct NewMessage {
 }
 
 /// The text of a message: not blank, at most [`MessageContent::MAX_CHARS`] characters, no NUL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct MessageContent(String);
 
 impl MessageContent {
@@ -153,7 +155,8 @@ impl MessageContent {
 
 /// A sender's idempotency key for a message: 1 to [`ClientMessageId::MAX_CHARS`] characters,
 /// no control characters. Sending again with the same key returns the first message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct ClientMessageId(String);
 
 impl ClientMessageId {

@@ -4,7 +4,9 @@
 //! else imports it. Client input becomes these types once, at the edge (the GraphQL inputs
 //! convert with `TryFrom`); past that point a `PhoneNumber` or a `MessageContent` is proof that
 //! the rules were checked. Values read back from the store are trusted (`from_stored`): the
-//! store only ever holds values that were parsed on the way in.
+//! store only ever holds values that were parsed on the way in. The same goes for the values
+//! a multi-instance bus carries between servers (they `Deserialize` without re-checking): only
+//! servers publish on it, and only values they had parsed or read from the store.
 
 mod ids;
 mod message;

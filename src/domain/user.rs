@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 
 use super::{InvalidInput, PasswordHash, UserId};
 
-/// A registered user, as stored (never carries the password hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A registered user, as stored (never carries the password hash). Serializable so a
+/// multi-instance bus can carry it between servers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     /// Opaque, store-assigned id.
     pub id: UserId,
@@ -64,7 +65,8 @@ pub struct UserCredentials {
 ///
 /// Parsed and validated with `phonenumber` (a port of Google's libphonenumber), so any common
 /// formatting of one number is the same account, and numbers no country issues are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
@@ -109,7 +111,8 @@ impl PhoneNumber {
 
 /// A display name: 2 to 32 characters after trimming, no control, zero-width or
 /// text-direction characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Username(String);
 
 impl Username {

@@ -26,6 +26,7 @@ use tower_http::{
 
 use self::{graphql::request_error, negotiation::ResponseFormat};
 use crate::{
+    bus::MessageBus,
     client_address::ClientAddress,
     config::Config,
     cors::AllowedOrigins,
@@ -52,6 +53,8 @@ struct AppState {
     schema: AppSchema,
     /// Pinged by `/healthz`.
     store: Arc<dyn Store>,
+    /// Reported by `/healthz`.
+    bus: Arc<dyn MessageBus>,
     /// What every websocket shares: schema, sessions, per-user counts, settings, shutdown.
     websocket: websocket::Shared,
     /// Reverse proxies appending to `X-Forwarded-For` (`TRUST_PROXY`).
@@ -69,7 +72,7 @@ pub fn router(
     schema: AppSchema,
     sessions: Sessions,
     presence: Presence,
-    store: Arc<dyn Store>,
+    (store, bus): (Arc<dyn Store>, Arc<dyn MessageBus>),
     shutdown: Shutdown,
     config: &Config,
 ) -> Router {
@@ -99,6 +102,7 @@ pub fn router(
         .with_state(AppState {
             schema,
             store,
+            bus,
             websocket,
             trusted_proxies: config.trusted_proxies,
             max_batch: config.limits.graphql_max_batch,
@@ -262,16 +266,23 @@ fn is_same_origin(headers: &HeaderMap, origin: &str) -> bool {
     host.is_some_and(|host| origin_host == Some(host))
 }
 
-/// `GET /healthz`: 200 when the store answers, 503 when it does not.
+/// `GET /healthz`: 200 when the store answers, 503 when it does not (the instance cannot serve
+/// anything). The bus is reported too: with Redis down the instance still serves (sends are
+/// stored, subscriptions replay and catch up later), so it is `degraded`, still 200.
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.store.kind();
+    let bus = state.bus.health();
+    let bus_report = json!({ "kind": bus.kind, "up": bus.up });
     match state.store.ping().await {
-        Ok(()) => Json(json!({ "status": "ok", "store": store })).into_response(),
+        Ok(()) => {
+            let status = if bus.up { "ok" } else { "degraded" };
+            Json(json!({ "status": status, "store": store, "bus": bus_report })).into_response()
+        }
         Err(error) => {
             tracing::warn!(%error, "health check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "store": store })),
+                Json(json!({ "status": "unavailable", "store": store, "bus": bus_report })),
             )
                 .into_response()
         }

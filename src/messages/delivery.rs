@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::{
-    bus::{BusEvent, BusSubscription, MessageBus},
+    bus::{BusEvent, BusResult, BusSubscription, MessageBus},
     domain::{Message, UserId},
     store::{Store, StoreResult},
 };
@@ -51,14 +51,14 @@ const COMPACT_AFTER: usize = 4096;
 
 /// All messages for `user_id`: first the unacknowledged backlog oldest first, then live ones.
 ///
-/// Listening starts when this function is called, before the stream is first polled.
-pub fn replay_then_live(
+/// Listening has started when this returns, before the stream is first polled.
+pub async fn replay_then_live(
     store: Arc<dyn Store>,
     bus: &dyn MessageBus,
     user_id: UserId,
-) -> impl Stream<Item = StoreResult<Message>> + Send + use<> {
-    let live = bus.subscribe(&user_id);
-    stream(StoreBacklog { store, user_id }, live)
+) -> BusResult<impl Stream<Item = StoreResult<Message>> + Send + use<>> {
+    let live = bus.subscribe(&user_id).await?;
+    Ok(stream(StoreBacklog { store, user_id }, live))
 }
 
 /// Where the backlog comes from: one user's unacknowledged messages in the store.
@@ -370,7 +370,8 @@ mod tests {
                 }
             }
         }));
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
+        let mut stream =
+            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
         let seqs = take_unique(&mut stream, BACKLOG as usize + 50).await;
         assert_eq!(seqs[..BACKLOG as usize], (1..=BACKLOG).collect::<Vec<_>>());
         // And nothing more is queued: the next item would be a duplicate or a hang.
@@ -381,7 +382,8 @@ mod tests {
     async fn messages_committed_below_the_read_position_arrive_once_after_a_lag() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
+        let mut stream =
+            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
         inbox.add(2, "read first");
         assert_eq!(take_unique(&mut stream, 1).await, vec![2]);
         // seq 1 commits late (as MongoDB may) and its live event is lost in a lag.
@@ -398,7 +400,8 @@ mod tests {
     async fn a_pass_forgets_acknowledged_messages_but_never_resends_them() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream = Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob"))));
+        let mut stream =
+            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
         let total = 3 * COMPACT_AFTER as i64;
         for seq in 1..=total {
             publish(&bus, inbox.add(seq, "live")).await;

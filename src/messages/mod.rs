@@ -245,21 +245,29 @@ impl Messaging {
     /// Events about the viewer's own messages, live, for as long as the stream is held:
     /// messages they sent from any device, and status changes of messages they sent. `None`
     /// marks where events were dropped because the connection fell behind.
-    pub fn events(&self, viewer: &Viewer) -> impl Stream<Item = Option<Arc<ChatEvent>>> + use<> {
+    pub async fn events(
+        &self,
+        viewer: &Viewer,
+    ) -> AppResult<impl Stream<Item = Option<Arc<ChatEvent>>> + use<>> {
         use futures::StreamExt;
-        self.bus.subscribe_events(&viewer.user_id).filter_map(|event| async move {
+        let events = self.bus.subscribe_events(&viewer.user_id).await?;
+        Ok(events.filter_map(|event| async move {
             match event {
                 BusEvent::Chat(event) => Some(Some(event)),
                 BusEvent::Lagged => Some(None),
                 BusEvent::Message(_) | BusEvent::SessionEnded => None,
             }
-        })
+        }))
     }
 
     /// Every message for `viewer`: the unacknowledged backlog, then live ones (see
-    /// [`delivery`]). Listening starts when this returns.
-    pub fn subscribe(&self, viewer: &Viewer) -> impl Stream<Item = StoreResult<Message>> + use<> {
-        delivery::replay_then_live(self.store.clone(), self.bus.as_ref(), viewer.user_id.clone())
+    /// [`delivery`]). Listening has started when this returns.
+    pub async fn subscribe(
+        &self,
+        viewer: &Viewer,
+    ) -> AppResult<impl Stream<Item = StoreResult<Message>> + use<>> {
+        let user = viewer.user_id.clone();
+        Ok(delivery::replay_then_live(self.store.clone(), self.bus.as_ref(), user).await?)
     }
 }
 
@@ -295,7 +303,7 @@ mod tests {
         let world = World::new();
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
         let sender = world.viewer(&alice).await;
-        let mut inbox = world.bus.subscribe(&bob.id);
+        let mut inbox = world.bus.subscribe(&bob.id).await.unwrap();
         let messaging = messaging(&world);
 
         let sent = messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
@@ -388,8 +396,8 @@ mod tests {
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
         let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
         let messaging = messaging(&world);
-        let mut alices = Box::pin(messaging.events(&as_alice));
-        let mut bobs = Box::pin(messaging.events(&as_bob));
+        let mut alices = Box::pin(messaging.events(&as_alice).await.unwrap());
+        let mut bobs = Box::pin(messaging.events(&as_bob).await.unwrap());
 
         let sent = messaging.send(&as_alice, request(&bob.id, "hi", None)).await.unwrap();
         assert_eq!(next(&mut alices), Some(ChatEvent::MessageSent(sent.clone())));
@@ -422,7 +430,7 @@ mod tests {
         let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
         let messaging = messaging(&world);
         let missed = messaging.send(&as_alice, request(&bob.id, "while away", None)).await.unwrap();
-        let mut stream = Box::pin(messaging.subscribe(&as_bob));
+        let mut stream = Box::pin(messaging.subscribe(&as_bob).await.unwrap());
         assert_eq!(stream.next().await.unwrap().unwrap(), missed);
         let live = messaging.send(&as_alice, request(&bob.id, "now", None)).await.unwrap();
         assert_eq!(stream.next().await.unwrap().unwrap(), live);

@@ -163,7 +163,7 @@ impl EventSubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = ChatEventNode> + use<>> {
         let viewer = ctx.viewer().await?;
-        Ok(ctx.service::<Messaging>()?.events(&viewer).map(ChatEventNode::from))
+        Ok(ctx.service::<Messaging>()?.events(&viewer).await?.map(ChatEventNode::from))
     }
 }
 

@@ -218,7 +218,7 @@ impl MessageSubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
         let viewer = ctx.viewer().await?;
-        let stream = ctx.service::<Messaging>()?.subscribe(&viewer);
+        let stream = ctx.service::<Messaging>()?.subscribe(&viewer).await?;
         Ok(stream.map(|item| item.map_err(Into::into)))
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use self::tokens::{TokenError, TokenService};
 use crate::{
-    bus::{BusSubscription, MessageBus},
+    bus::{BusEvent, BusSubscription, MessageBus},
     domain::{NewSession, Session, SessionId, User, Viewer},
     error::{AppError, AppResult},
     store::Store,
@@ -78,11 +78,15 @@ impl Sessions {
     pub async fn authenticate_and_watch(
         &self,
         token: &str,
-    ) -> Result<(Viewer, BusSubscription), AuthError> {
+    ) -> Result<(Viewer, SessionWatch), AuthError> {
         let claims = self.tokens.verify(token)?;
         let session_id = SessionId::new(claims.sid);
-        let watch = self.bus.watch_session(&session_id);
+        let events =
+            self.bus.watch_session(&session_id).await.map_err(|error| {
+                AuthError::Store(AppError::ServiceUnavailable(error.to_string()))
+            })?;
         let viewer = self.check(&session_id, &claims.sub).await?;
+        let watch = SessionWatch { events, session_id, store: self.store.clone() };
         Ok((viewer, watch))
     }
 
@@ -168,6 +172,35 @@ impl Sessions {
             self.bus.end_sessions(std::slice::from_ref(session_id)).await;
         }
         Ok(())
+    }
+}
+
+/// Listens for the end of one session (for a websocket held open under it).
+pub struct SessionWatch {
+    events: BusSubscription,
+    session_id: SessionId,
+    store: Arc<dyn Store>,
+}
+
+impl SessionWatch {
+    /// Resolves once the session has ended: its end was announced, or the bus lagged (the
+    /// announcement may have been lost, say while Redis restarted) and the store no longer
+    /// has it. Never resolves if the bus closes: a closed bus is not a logout.
+    pub async fn ended(&mut self) {
+        use futures::StreamExt;
+        while let Some(event) = self.events.next().await {
+            match event {
+                BusEvent::SessionEnded => return,
+                BusEvent::Lagged => match self.store.session(&self.session_id).await {
+                    Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    // Cannot tell now; the next lag or announcement asks again.
+                    Err(error) => tracing::warn!(%error, "cannot check a session after a lag"),
+                },
+                BusEvent::Message(_) | BusEvent::Chat(_) => {}
+            }
+        }
+        std::future::pending().await
     }
 }
 
@@ -295,9 +328,28 @@ mod tests {
         assert_eq!((&viewer.user_id, &viewer.session_id), (&alice.id, &started.session.id));
 
         sessions.logout(&viewer, false).await.unwrap();
-        assert!(matches!(watch.next().await, Some(BusEvent::SessionEnded)));
+        watch.ended().await;
         let after = sessions.authenticate(&started.token).await.unwrap_err();
         assert!(matches!(after, AuthError::Invalid), "an ended session is final: {after:?}");
+    }
+
+    #[tokio::test]
+    async fn after_a_lag_a_watch_asks_the_store_whether_its_session_still_exists() {
+        use futures::{FutureExt, StreamExt, stream};
+        let world = World::new();
+        let alice = world.user("+12025550143").await;
+        let started = sessions(&world).start(&alice).await.unwrap();
+        let lags = || stream::iter([BusEvent::Lagged, BusEvent::Lagged]).chain(stream::pending());
+        let mut watch = SessionWatch {
+            events: Box::pin(lags()),
+            session_id: started.session.id.clone(),
+            store: world.store.clone(),
+        };
+        assert!(watch.ended().now_or_never().is_none(), "a lag alone is not a logout");
+        // Ended while its announcement was lost (say Redis was down): the next lag finds out.
+        world.store.delete_session(&started.session.id).await.unwrap();
+        watch.events = Box::pin(lags());
+        watch.ended().await;
     }
 
     #[tokio::test]
@@ -312,7 +364,7 @@ mod tests {
         let (_, mut laptop_watch) = sessions.authenticate_and_watch(&laptop.token).await.unwrap();
 
         sessions.logout(&viewer, true).await.unwrap();
-        assert!(matches!(laptop_watch.next().await, Some(BusEvent::SessionEnded)));
+        laptop_watch.ended().await;
         assert!(sessions.authenticate(&laptop.token).await.is_err());
         assert!(sessions.authenticate(&bobs.token).await.is_ok(), "bob is still signed in");
     }
@@ -334,7 +386,7 @@ mod tests {
         let someone_elses = sessions.revoke(&as_alice, &bobs.session.id).await.unwrap_err();
         assert_eq!(someone_elses.code(), "NOT_FOUND");
         assert!(sessions.authenticate(&bobs.token).await.is_ok());
-        let mut watch = world.bus.watch_session(&second.session.id);
+        let mut watch = world.bus.watch_session(&second.session.id).await.unwrap();
         sessions.revoke(&as_alice, &second.session.id).await.unwrap();
         assert!(matches!(watch.next().await, Some(BusEvent::SessionEnded)));
         assert!(sessions.authenticate(&second.token).await.is_err());

@@ -26,12 +26,11 @@ use tokio_stream::StreamMap;
 
 use self::protocol::{ClientMessage, Outgoing, Protocol, close};
 use crate::{
-    bus::BusSubscription,
     client_address::ClientAddress,
     domain::Viewer,
     presence::{Presence, PresenceGuard},
     schema::AppSchema,
-    sessions::{self, AuthError, RequestAuth, Sessions},
+    sessions::{self, AuthError, RequestAuth, SessionWatch, Sessions},
     shutdown::Shutdown,
 };
 
@@ -204,7 +203,7 @@ struct Connection {
     /// Whether `connection_init` was received (a second one is refused even if the first failed).
     initialised: bool,
     /// Fires when the caller's session is ended.
-    session_watch: Option<BusSubscription>,
+    session_watch: Option<SessionWatch>,
     /// Fires when the caller's token expires.
     expiry: Option<Pin<Box<Sleep>>>,
     /// Running operations by client-chosen id.
@@ -437,16 +436,10 @@ impl Connection {
     }
 }
 
-/// Resolves when the watched session ends; never, if nothing is watched. A session topic only
-/// carries its end (a lag can only mean that, too); a closed bus is not a logout.
-async fn session_ended(watch: &mut Option<BusSubscription>) {
+/// Resolves when the watched session ends; never, if nothing is watched.
+async fn session_ended(watch: &mut Option<SessionWatch>) {
     match watch {
-        Some(events) => {
-            if events.next().await.is_some() {
-                return;
-            }
-            std::future::pending().await
-        }
+        Some(watch) => watch.ended().await,
         None => std::future::pending().await,
     }
 }

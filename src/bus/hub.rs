@@ -1,0 +1,165 @@
+//! The local half of every bus: one broadcast channel per topic that has subscribers in this
+//! process. [`InProcessBus`](super::InProcessBus) is a hub alone; the Redis bus feeds a hub
+//! from Redis and keeps its Redis subscriptions to the hub's topics.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use super::{BusEvent, BusSubscription};
+
+/// Called with a topic's key when its last local subscriber has gone.
+pub type OnEmpty = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A topic with local subscribers.
+struct Entry {
+    sender: broadcast::Sender<BusEvent>,
+    /// Whether events published anywhere reach `sender` yet (always, in process; once Redis
+    /// confirmed the subscription, with Redis).
+    ready: watch::Sender<bool>,
+}
+
+type Entries = Arc<Mutex<HashMap<String, Entry>>>;
+
+/// Topics by key (`inbox:<user>`, `events:<user>`, `session:<id>`). A std mutex: held only for
+/// map operations, never across an `.await`. An entry goes when its last subscriber does.
+#[derive(Clone)]
+pub struct Hub {
+    entries: Entries,
+    on_empty: Option<OnEmpty>,
+}
+
+/// A new local subscription, and how to wait until it hears everything published.
+pub struct Listening {
+    /// The subscriber's stream.
+    pub subscription: BusSubscription,
+    /// Becomes true once the topic is fed.
+    pub ready: watch::Receiver<bool>,
+    /// Whether this subscription created the topic (the first local subscriber).
+    pub created: bool,
+}
+
+impl Hub {
+    /// An empty hub; `on_empty` hears of every topic whose last subscriber left.
+    pub fn new(on_empty: Option<OnEmpty>) -> Self {
+        Hub { entries: Arc::default(), on_empty }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Subscribes to `key`, creating the topic (not yet ready unless `ready`) if needed.
+    pub fn listen(&self, key: &str, capacity: usize, ready: bool) -> Listening {
+        let (receiver, ready, created) = {
+            let mut entries = self.entries();
+            let created = !entries.contains_key(key);
+            let entry = entries.entry(key.to_string()).or_insert_with(|| Entry {
+                sender: broadcast::channel(capacity).0,
+                ready: watch::channel(ready).0,
+            });
+            (entry.sender.subscribe(), entry.ready.subscribe(), created)
+        };
+        let subscription = Box::pin(HubSubscription {
+            inner: BroadcastStream::new(receiver),
+            _cleanup: Cleanup { hub: self.clone(), key: key.to_string() },
+        });
+        Listening { subscription, ready, created }
+    }
+
+    /// Hands `event` to `key`'s local subscribers, if any.
+    pub fn send(&self, key: &str, event: BusEvent) {
+        if let Some(entry) = self.entries().get(key) {
+            // An error only means nobody is listening right now.
+            let _ = entry.sender.send(event);
+        }
+    }
+
+    /// Hands `event` to every topic's subscribers (a [`BusEvent::Lagged`] after events may
+    /// have been missed).
+    pub fn send_all(&self, event: BusEvent) {
+        for entry in self.entries().values() {
+            let _ = entry.sender.send(event.clone());
+        }
+    }
+
+    /// Every topic with local subscribers.
+    pub fn keys(&self) -> Vec<String> {
+        self.entries().keys().cloned().collect()
+    }
+
+    /// Whether `key` has local subscribers.
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries().contains_key(key)
+    }
+
+    /// Marks `key` as fed.
+    pub fn mark_ready(&self, key: &str) {
+        if let Some(entry) = self.entries().get(key) {
+            entry.ready.send_replace(true);
+        }
+    }
+
+    /// Marks every topic as fed.
+    pub fn mark_all_ready(&self) {
+        for entry in self.entries().values() {
+            entry.ready.send_replace(true);
+        }
+    }
+
+    /// Number of topics with local subscribers.
+    pub fn topic_count(&self) -> usize {
+        self.entries().len()
+    }
+
+    fn release(&self, key: &str) {
+        let removed = {
+            let mut entries = self.entries();
+            let empty = entries.get(key).is_some_and(|entry| entry.sender.receiver_count() == 0);
+            empty && entries.remove(key).is_some()
+        };
+        if removed && let Some(on_empty) = &self.on_empty {
+            on_empty(key);
+        }
+    }
+}
+
+/// One subscriber's end of a topic.
+struct HubSubscription {
+    /// Declared first so the receiver is dropped before [`Cleanup`] counts receivers.
+    inner: BroadcastStream<BusEvent>,
+    _cleanup: Cleanup,
+}
+
+impl Stream for HubSubscription {
+    type Item = BusEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|event| match event {
+                Ok(event) => event,
+                Err(BroadcastStreamRecvError::Lagged(_)) => BusEvent::Lagged,
+            })
+        })
+    }
+}
+
+/// Removes a topic once its last subscriber has gone, so the map does not grow with every
+/// user who ever connected.
+struct Cleanup {
+    hub: Hub,
+    key: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.hub.release(&self.key);
+    }
+}

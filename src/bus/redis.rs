@@ -1,0 +1,408 @@
+//! The bus across server instances: Redis pub/sub feeding each instance's [`Hub`].
+//!
+//! Each instance keeps one pub/sub connection, subscribed to exactly the topics its local
+//! subscribers listen to (the first local subscriber of a topic subscribes it in Redis and
+//! waits for Redis to confirm, so "listening has begun" holds across instances; the last one to
+//! leave unsubscribes), and one connection for `PUBLISH`. One task owns the pub/sub connection
+//! and applies subscription changes in the order they were asked for.
+//!
+//! Redis is never the truth, so its failures cost liveness, not messages:
+//! - the pub/sub connection drops (Redis restarts, the network breaks): every local subscriber
+//!   hears [`BusEvent::Lagged`] at once, the task reconnects with backoff, re-subscribes every
+//!   topic, and then sends every subscriber another `Lagged`: they re-read the store after
+//!   listening has resumed, so nothing sent meanwhile is missed;
+//! - while it is down, new subscriptions are accepted (they read the store and hear a `Lagged`
+//!   when Redis is back) and `/healthz` reports the bus down;
+//! - a `PUBLISH` fails: the event goes to this instance's own subscribers directly, and its
+//!   topic is remembered; once publishing works again, each remembered topic gets a `Lagged`
+//!   on every instance (checked every second), so another instance's subscriber that never lost
+//!   its own connection still re-reads the store.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use redis::{AsyncCommands, Client, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use super::{
+    BusError, BusEvent, BusHealth, BusResult, BusSubscription, MessageBus, Topic,
+    hub::{Hub, OnEmpty},
+    wire,
+};
+use crate::{
+    config::RedisConfig,
+    domain::{ChatEvent, Message, SessionId, UserId},
+};
+
+/// How often the pub/sub connection is pinged; a connection that does not answer within the
+/// timeout is treated as lost (a dead peer sends no FIN).
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// First and longest wait between reconnection attempts.
+const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// How often topics whose events could not be published are retried.
+const DEBT_RETRY: Duration = Duration::from_secs(1);
+
+/// A change to the pub/sub connection's subscriptions; the topic's key.
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// Live events shared by every instance through Redis.
+pub struct RedisBus {
+    hub: Hub,
+    commands: mpsc::UnboundedSender<Command>,
+    publisher: ConnectionManager,
+    /// Put before every topic key to make a Redis channel name (`REDIS_CHANNEL_PREFIX`).
+    prefix: Arc<str>,
+    /// Whether the pub/sub connection is up and subscribed.
+    up: Arc<AtomicBool>,
+    /// Topics whose events could not be published; each gets a `Lagged` once publishing works.
+    debt: Arc<Mutex<HashSet<String>>>,
+    timeout: Duration,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl RedisBus {
+    /// A bus on the Redis at `config.url`. Does not wait for Redis: the connections are made
+    /// in the background, and the bus works (degraded, see the module docs) until they are.
+    pub fn connect(config: &RedisConfig) -> Result<Self, String> {
+        let client = Client::open(config.url.expose().as_str())
+            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_DELAYS.1);
+        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+        let (commands, queue) = mpsc::unbounded_channel();
+        let unsubscribe = commands.clone();
+        let on_empty: OnEmpty = Arc::new(move |key: &str| {
+            let _ = unsubscribe.send(Command::Unsubscribe(key.to_string()));
+        });
+        let hub = Hub::new(Some(on_empty));
+        let prefix: Arc<str> = config.channel_prefix.as_str().into();
+        let up = Arc::new(AtomicBool::new(false));
+        let subscriber = Subscriber {
+            client,
+            hub: hub.clone(),
+            prefix: prefix.clone(),
+            up: up.clone(),
+            timeout: config.timeout,
+        };
+        tracing::info!(redis = %subscriber.client.get_connection_info().addr(), "using Redis for live events");
+        let mut bus = RedisBus {
+            hub,
+            commands,
+            publisher,
+            prefix,
+            up,
+            debt: Arc::default(),
+            timeout: config.timeout,
+            tasks: Vec::new(),
+        };
+        bus.tasks.push(tokio::spawn(subscriber.run(queue)));
+        bus.tasks.push(tokio::spawn(settle_debt_periodically(bus.debt_settler())));
+        Ok(bus)
+    }
+
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Publishes `event` on `key`; on failure delivers it locally and remembers the topic.
+    async fn publish_to(&self, key: String, event: BusEvent) {
+        let payload = wire::encode(&event);
+        if self.debt_settler().publish(&self.channel(&key), payload).await {
+            self.debt_settler().settle().await;
+        } else {
+            self.hub.send(&key, event);
+            let mut debt = self.debt.lock().unwrap_or_else(|p| p.into_inner());
+            if debt.is_empty() {
+                tracing::warn!("cannot publish to Redis; other instances catch up when it is back");
+            }
+            debt.insert(key);
+        }
+    }
+
+    fn debt_settler(&self) -> DebtSettler {
+        DebtSettler {
+            publisher: self.publisher.clone(),
+            debt: Arc::downgrade(&self.debt),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+        }
+    }
+
+    async fn listen(&self, topic: Topic<'_>) -> BusResult<BusSubscription> {
+        let key = topic.key();
+        let listening = self.hub.listen(&key, topic.capacity(), false);
+        if listening.created {
+            self.commands
+                .send(Command::Subscribe(key))
+                .map_err(|_| BusError("the Redis subscriber has stopped".into()))?;
+        }
+        let mut ready = listening.ready;
+        match tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(listening.subscription),
+            _ => Err(BusError("Redis did not confirm the subscription in time".into())),
+        }
+    }
+}
+
+/// Publishes with a timeout, and pays off the topics owed a `Lagged`.
+#[derive(Clone)]
+struct DebtSettler {
+    publisher: ConnectionManager,
+    debt: std::sync::Weak<Mutex<HashSet<String>>>,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl DebtSettler {
+    async fn publish(&self, channel: &str, payload: Vec<u8>) -> bool {
+        let mut connection = self.publisher.clone();
+        let published = connection.publish::<_, _, i64>(channel, payload);
+        matches!(tokio::time::timeout(self.timeout, published).await, Ok(Ok(_)))
+    }
+
+    /// Sends a `Lagged` to every topic owed one; those that still fail stay owed. Returns
+    /// false once the bus is gone.
+    async fn settle(&self) -> bool {
+        let Some(debt) = self.debt.upgrade() else { return false };
+        let owed: Vec<String> = {
+            let mut debt = debt.lock().unwrap_or_else(|p| p.into_inner());
+            debt.drain().collect()
+        };
+        if owed.is_empty() {
+            return true;
+        }
+        let lagged = wire::encode(&BusEvent::Lagged);
+        let mut unpaid = Vec::new();
+        for key in owed {
+            if !self.publish(&format!("{}{key}", self.prefix), lagged.clone()).await {
+                unpaid.push(key);
+            }
+        }
+        if unpaid.is_empty() {
+            tracing::info!("publishing to Redis works again; missed topics told to catch up");
+        }
+        debt.lock().unwrap_or_else(|p| p.into_inner()).extend(unpaid);
+        true
+    }
+}
+
+async fn settle_debt_periodically(settler: DebtSettler) {
+    let mut every = tokio::time::interval(DEBT_RETRY);
+    loop {
+        every.tick().await;
+        if !settler.settle().await {
+            return;
+        }
+    }
+}
+
+/// Owns the pub/sub connection.
+struct Subscriber {
+    client: Client,
+    hub: Hub,
+    prefix: Arc<str>,
+    up: Arc<AtomicBool>,
+    timeout: Duration,
+}
+
+impl Subscriber {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut delay = RECONNECT_DELAYS.0;
+        loop {
+            match self.connect_and_serve(&mut commands).await {
+                Served::Stopped => return,
+                Served::Lost => {
+                    delay = RECONNECT_DELAYS.0;
+                    if self.up.swap(false, Ordering::SeqCst) {
+                        tracing::warn!("lost the Redis subscription connection; reconnecting");
+                    }
+                    self.hub.send_all(BusEvent::Lagged);
+                }
+                Served::Unreachable(error) => {
+                    if self.up.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(%error, "Redis is unreachable; live events wait for it");
+                    }
+                    // Degraded: subscriptions are accepted now and told to re-read later.
+                    self.hub.mark_all_ready();
+                    let pause = tokio::time::sleep(delay);
+                    tokio::pin!(pause);
+                    loop {
+                        tokio::select! {
+                            () = &mut pause => break,
+                            command = commands.recv() => match command {
+                                None => return,
+                                Some(_) => self.hub.mark_all_ready(),
+                            },
+                        }
+                    }
+                    delay = (delay * 2).min(RECONNECT_DELAYS.1);
+                }
+            }
+        }
+    }
+
+    async fn connect_and_serve(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Served {
+        let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await
+        {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(error)) => return Served::Unreachable(error.to_string()),
+            Err(_) => return Served::Unreachable("connection timed out".into()),
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let keys = self.hub.keys();
+        if !keys.is_empty() {
+            let channels: Vec<String> = keys.iter().map(|key| self.channel(key)).collect();
+            match tokio::time::timeout(self.timeout, sink.subscribe(channels)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Served::Unreachable(error.to_string()),
+                Err(_) => return Served::Unreachable("subscribing timed out".into()),
+            }
+        }
+        // Listening to every topic again: whatever was published while we were not, the
+        // subscribers find in the store.
+        if !self.up.swap(true, Ordering::SeqCst) {
+            tracing::info!("subscribed to Redis; live events flow between instances");
+        }
+        self.hub.mark_all_ready();
+        self.hub.send_all(BusEvent::Lagged);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(first) = command else { return Served::Stopped };
+                    let mut keys = vec![first];
+                    while let Ok(command) = commands.try_recv() {
+                        keys.push(command);
+                    }
+                    if !self.apply(&mut sink, keys).await {
+                        return Served::Lost;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => {
+                        let channel = message.get_channel_name();
+                        if let Some(key) = channel.strip_prefix(&*self.prefix) {
+                            self.hub.send(key, wire::decode(message.get_payload_bytes()));
+                        }
+                    }
+                    None => return Served::Lost,
+                },
+                _ = ping.tick() => {
+                    let pong = sink.ping::<String>();
+                    if !matches!(tokio::time::timeout(self.timeout, pong).await, Ok(Ok(_))) {
+                        return Served::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings Redis in line with the hub for every key the commands name (the hub decides:
+    /// a topic unsubscribed and subscribed again stays subscribed). Returns false if the
+    /// connection failed.
+    async fn apply(&self, sink: &mut redis::aio::PubSubSink, commands: Vec<Command>) -> bool {
+        let mut wanted = Vec::new();
+        let mut unwanted = Vec::new();
+        let mut seen = HashSet::new();
+        for command in commands {
+            let (Command::Subscribe(key) | Command::Unsubscribe(key)) = command;
+            if seen.insert(key.clone()) {
+                if self.hub.contains(&key) { wanted.push(key) } else { unwanted.push(key) }
+            }
+        }
+        let timeout = self.timeout;
+        if !unwanted.is_empty() {
+            let channels: Vec<String> = unwanted.iter().map(|key| self.channel(key)).collect();
+            if !matches!(
+                tokio::time::timeout(timeout, sink.unsubscribe(channels)).await,
+                Ok(Ok(()))
+            ) {
+                return false;
+            }
+        }
+        if !wanted.is_empty() {
+            let channels: Vec<String> = wanted.iter().map(|key| self.channel(key)).collect();
+            if !matches!(tokio::time::timeout(timeout, sink.subscribe(channels)).await, Ok(Ok(())))
+            {
+                return false;
+            }
+            for key in &wanted {
+                self.hub.mark_ready(key);
+            }
+        }
+        true
+    }
+
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+/// How a pub/sub connection ended.
+enum Served {
+    /// The bus was dropped.
+    Stopped,
+    /// It was up and broke.
+    Lost,
+    /// It could not be made.
+    Unreachable(String),
+}
+
+#[async_trait]
+impl MessageBus for RedisBus {
+    async fn publish(&self, message: Arc<Message>) {
+        let key = Topic::Inbox(&message.recipient_id).key();
+        self.publish_to(key, BusEvent::Message(message)).await;
+    }
+
+    async fn publish_event(&self, user_id: &UserId, event: Arc<ChatEvent>) {
+        self.publish_to(Topic::Events(user_id).key(), BusEvent::Chat(event)).await;
+    }
+
+    async fn end_sessions(&self, session_ids: &[SessionId]) {
+        for session_id in session_ids {
+            self.publish_to(Topic::Session(session_id).key(), BusEvent::SessionEnded).await;
+        }
+    }
+
+    async fn subscribe(&self, user_id: &UserId) -> BusResult<BusSubscription> {
+        self.listen(Topic::Inbox(user_id)).await
+    }
+
+    async fn subscribe_events(&self, user_id: &UserId) -> BusResult<BusSubscription> {
+        self.listen(Topic::Events(user_id)).await
+    }
+
+    async fn watch_session(&self, session_id: &SessionId) -> BusResult<BusSubscription> {
+        self.listen(Topic::Session(session_id)).await
+    }
+
+    fn health(&self) -> BusHealth {
+        let owed = !self.debt.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        BusHealth { kind: "redis", up: self.up.load(Ordering::SeqCst) && !owed }
+    }
+}
