@@ -67,6 +67,8 @@ pub struct RedisBus {
     up: Arc<AtomicBool>,
     /// Topics whose events could not be published; each gets a `Lagged` once publishing works.
     debt: Arc<Mutex<HashSet<String>>>,
+    /// Whether publishing works (false from a failure until the settler gets through).
+    publishing: Arc<AtomicBool>,
     timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -115,6 +117,7 @@ impl RedisBus {
             prefix,
             up,
             debt: Arc::default(),
+            publishing: Arc::new(AtomicBool::new(true)),
             timeout: config.timeout,
             tasks: Vec::new(),
         };
@@ -128,24 +131,27 @@ impl RedisBus {
     }
 
     /// Publishes `event` on `key`; on failure delivers it locally and remembers the topic.
+    /// While publishing is failing, it is not tried at all (the settler probes every second),
+    /// so a send waits for no Redis timeout.
     async fn publish_to(&self, key: String, event: BusEvent) {
-        let payload = wire::encode(&event);
-        if self.debt_settler().publish(&self.channel(&key), payload).await {
-            self.debt_settler().settle().await;
-        } else {
-            self.hub.send(&key, event);
-            let mut debt = self.debt.lock().unwrap_or_else(|p| p.into_inner());
-            if debt.is_empty() {
+        let settler = self.debt_settler();
+        if settler.publishing.load(Ordering::SeqCst) {
+            if settler.publish(&self.channel(&key), wire::encode(&event)).await {
+                return;
+            }
+            if settler.publishing.swap(false, Ordering::SeqCst) {
                 tracing::warn!("cannot publish to Redis; other instances catch up when it is back");
             }
-            debt.insert(key);
         }
+        self.hub.send(&key, event);
+        self.debt.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
     }
 
     fn debt_settler(&self) -> DebtSettler {
         DebtSettler {
             publisher: self.publisher.clone(),
             debt: Arc::downgrade(&self.debt),
+            publishing: self.publishing.clone(),
             prefix: self.prefix.clone(),
             timeout: self.timeout,
         }
@@ -172,6 +178,7 @@ impl RedisBus {
 struct DebtSettler {
     publisher: ConnectionManager,
     debt: std::sync::Weak<Mutex<HashSet<String>>>,
+    publishing: Arc<AtomicBool>,
     prefix: Arc<str>,
     timeout: Duration,
 }
@@ -194,17 +201,22 @@ impl DebtSettler {
         if owed.is_empty() {
             return true;
         }
+        // Publishing reopens only once every topic owed a lag has had it, so none is passed by
+        // a newer event that would hide the gap.
         let lagged = wire::encode(&BusEvent::Lagged);
         let mut unpaid = Vec::new();
         for key in owed {
-            if !self.publish(&format!("{}{key}", self.prefix), lagged.clone()).await {
+            if !unpaid.is_empty()
+                || !self.publish(&format!("{}{key}", self.prefix), lagged.clone()).await
+            {
                 unpaid.push(key);
             }
         }
-        if unpaid.is_empty() {
+        let paid = unpaid.is_empty();
+        debt.lock().unwrap_or_else(|p| p.into_inner()).extend(unpaid);
+        if paid && !self.publishing.swap(true, Ordering::SeqCst) {
             tracing::info!("publishing to Redis works again; missed topics told to catch up");
         }
-        debt.lock().unwrap_or_else(|p| p.into_inner()).extend(unpaid);
         true
     }
 }
@@ -402,7 +414,7 @@ impl MessageBus for RedisBus {
     }
 
     fn health(&self) -> BusHealth {
-        let owed = !self.debt.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-        BusHealth { kind: "redis", up: self.up.load(Ordering::SeqCst) && !owed }
+        let publishing = self.publishing.load(Ordering::SeqCst);
+        BusHealth { kind: "redis", up: self.up.load(Ordering::SeqCst) && publishing }
     }
 }

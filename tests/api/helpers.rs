@@ -111,6 +111,32 @@ pub async fn spawn_app_with(data_dir: Arc<TempDir>, settings: &[(&str, &str)]) -
     serve_app(app, data_dir).await
 }
 
+/// `count` servers on one store and one Redis, as instances behind a load balancer would be:
+/// they share the token secret and Redis (under a channel prefix of their own), nothing else.
+pub async fn spawn_instances(
+    count: usize,
+    redis_url: &str,
+    settings: &[(&str, &str)],
+) -> Vec<TestApp> {
+    let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let prefix = format!("it{}:", uuid::Uuid::new_v4().simple());
+    let mut all = vec![
+        ("REDIS_URL", redis_url),
+        ("REDIS_CHANNEL_PREFIX", prefix.as_str()),
+        ("JWT_SECRET", "a-secret-every-instance-of-this-test-shares"),
+    ];
+    all.extend_from_slice(settings);
+    let config = test_config(&data_dir, &all);
+    let first = chatapp::build(&config).await.expect("app builds");
+    let store = first.store.clone();
+    let mut apps = vec![serve_app(first, data_dir.clone()).await];
+    for _ in 1..count {
+        let app = chatapp::build_with_store(&config, store.clone()).expect("app builds");
+        apps.push(serve_app(app, data_dir.clone()).await);
+    }
+    apps
+}
+
 /// Starts a server on the store the suite would use, as `wrap` returns it (to inject faults).
 pub async fn spawn_app_wrapping_store(
     wrap: impl FnOnce(Arc<dyn chatapp::store::Store>) -> Arc<dyn chatapp::store::Store>,

@@ -11,7 +11,8 @@ async fn healthz_reports_a_reachable_store() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     // The store in use: SQLite by default, MongoDB when the suite runs with TEST_MONGO_URI.
-    assert_eq!(body, json!({ "status": "ok", "store": app.store.kind() }));
+    let bus = json!({ "kind": "in-process", "up": true });
+    assert_eq!(body, json!({ "status": "ok", "store": app.store.kind(), "bus": bus }));
 }
 
 #[tokio::test]

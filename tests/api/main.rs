@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod messages;
 mod protocol;
+mod scale_out;
 mod sessions;
 mod sign_in_limits;
 mod store_outage;

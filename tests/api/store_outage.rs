@@ -22,7 +22,7 @@ async fn an_unreachable_mongodb_fails_fast_with_service_unavailable() {
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 503);
     let body: Value = health.json().await.unwrap();
-    assert_eq!(body, json!({ "status": "unavailable", "store": "mongodb" }));
+    assert_eq!((&body["status"], &body["store"]), (&json!("unavailable"), &json!("mongodb")));
 
     for _ in 0..3 {
         let started = Instant::now();
