@@ -22,6 +22,17 @@ pub enum ClientNetwork {
     Unknown,
 }
 
+impl std::fmt::Display for ClientNetwork {
+    /// The key's text form (for keys kept outside this process, such as in Redis).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientNetwork::V4(address) => write!(f, "{address}"),
+            ClientNetwork::V6Prefix(prefix) => write!(f, "{prefix:016x}::/64"),
+            ClientNetwork::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
 impl ClientAddress {
     /// The key for per-client limits.
     pub fn network(self) -> ClientNetwork {

@@ -78,7 +78,7 @@ use crate::{
     error::StartupError,
     messages::Messaging,
     presence::Presence,
-    rate_limits::RateLimits,
+    rate_limits::{RateLimits, redis::RedisLimits},
     sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
@@ -127,7 +127,11 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
     let secret = signing_secret(config)?;
     let bus = open_bus(config)?;
     let tokens = Arc::new(TokenService::new(&secret, config.jwt_ttl));
-    let limits = Arc::new(RateLimits::new(&config.limits));
+    let shared_limits = match &config.redis {
+        Some(redis) => Some(RedisLimits::connect(redis).map_err(StartupError::Invalid)?),
+        None => None,
+    };
+    let limits = Arc::new(RateLimits::new(&config.limits, shared_limits));
     let passwords = PasswordHasher::new(
         config.bcrypt_cost,
         config.limits.bcrypt_concurrency,

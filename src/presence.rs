@@ -72,7 +72,7 @@ impl Presence {
 
     /// Sets whether the caller shows their presence to the people they chat with.
     pub async fn set_visible(&self, viewer: &Viewer, visible: bool) -> AppResult<()> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         Ok(self.store.set_shows_presence(&viewer.user_id, visible).await?)
     }
 

@@ -79,5 +79,5 @@ impl World {
 pub fn limits(adjust: impl FnOnce(&mut Limits)) -> Arc<RateLimits> {
     let mut limits = Config::from_lookup(|_| None).unwrap().limits;
     adjust(&mut limits);
-    Arc::new(RateLimits::new(&limits))
+    Arc::new(RateLimits::new(&limits, None))
 }

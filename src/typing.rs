@@ -47,7 +47,7 @@ impl Typing {
     /// Tells `with`'s connections that the caller is (or stopped) typing to them. A `true`
     /// ends by itself after [`TYPING_LASTS`] without a refresh; only changes are announced.
     pub async fn set(&self, viewer: &Viewer, with: &UserId, typing: bool) -> AppResult<()> {
-        self.limits.check_typing(viewer.user_id.as_str())?;
+        self.limits.check_typing(viewer.user_id.as_str()).await?;
         if with == &viewer.user_id {
             return Err(AppError::BadUserInput("you cannot type to yourself".into()));
         }

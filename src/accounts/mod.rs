@@ -81,7 +81,7 @@ impl Accounts {
         registration: Registration,
     ) -> AppResult<SignedIn> {
         let Registration { phone_number, username, password } = registration;
-        self.limits.check_auth(client, phone_number.as_str())?;
+        self.limits.check_auth(client, phone_number.as_str()).await?;
         let verify = self.verification.is_required();
         if verify {
             let ended = self.verification.release_stale_claim(&phone_number).await?;
@@ -95,7 +95,7 @@ impl Accounts {
         if verify {
             // After the conflict check: a refused registration texts nobody, so it does not
             // use up the number's texts.
-            self.limits.check_code_send(client, phone_number.as_str())?;
+            self.limits.check_code_send(client, phone_number.as_str()).await?;
         }
         let password_hash = self.passwords.hash(&password).await?;
         let new_user = NewUser { phone_number, username, password_hash, phone_verified: !verify };
@@ -119,8 +119,8 @@ impl Accounts {
         password: Password,
     ) -> AppResult<SignedIn> {
         let limits = &self.limits;
-        limits.check_auth(client, phone_number.as_str())?;
-        limits.check_login_backoff(client, phone_number.as_str())?;
+        limits.check_auth(client, phone_number.as_str()).await?;
+        limits.check_login_backoff(client, phone_number.as_str()).await?;
         let credentials = self.store.credentials_by_phone(&phone_number).await?;
         let matched = match &credentials {
             Some(credentials) => {
@@ -133,11 +133,11 @@ impl Accounts {
             Some(credentials)
                 if matched && !self.verification.is_stale_claim(&credentials.user) =>
             {
-                limits.record_login_success(phone_number.as_str());
+                limits.record_login_success(phone_number.as_str()).await;
                 self.sign_in(credentials.user).await
             }
             _ => {
-                limits.record_login_failure(client, phone_number.as_str());
+                limits.record_login_failure(client, phone_number.as_str()).await;
                 Err(bad_credentials())
             }
         }
@@ -155,7 +155,7 @@ impl Accounts {
         current: Password,
         new: Password,
     ) -> AppResult<usize> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         self.check_password(client, viewer, &current).await?;
         let hash = self.passwords.hash(&new).await?;
         self.store.set_password_hash(&viewer.user_id, hash).await?;
@@ -173,7 +173,7 @@ impl Accounts {
         viewer: &Viewer,
         password: Password,
     ) -> AppResult<()> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         self.check_password(client, viewer, &password).await?;
         let ended = self.store.delete_account(&viewer.user_id, chrono::Utc::now()).await?;
         self.sessions.announce_ended(&ended).await;
@@ -191,14 +191,14 @@ impl Accounts {
         let user =
             self.store.user_by_id(&viewer.user_id).await?.ok_or_else(AppError::unauthenticated)?;
         let phone = user.phone_number.as_str();
-        self.limits.check_login_backoff(client, phone)?;
+        self.limits.check_login_backoff(client, phone).await?;
         let credentials = self
             .store
             .credentials_by_phone(&user.phone_number)
             .await?
             .ok_or_else(AppError::unauthenticated)?;
         if !self.passwords.verify(password, &credentials.password_hash).await? {
-            self.limits.record_login_failure(client, phone);
+            self.limits.record_login_failure(client, phone).await;
             return Err(AppError::BadUserInput("the password is not correct".into()));
         }
         Ok(())

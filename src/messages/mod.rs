@@ -78,7 +78,7 @@ impl Messaging {
     /// nothing.
     #[tracing::instrument(skip_all, fields(sender = %viewer.user_id))]
     pub async fn send(&self, viewer: &Viewer, request: SendRequest) -> AppResult<Message> {
-        self.limits.check_send(viewer.user_id.as_str())?;
+        self.limits.check_send(viewer.user_id.as_str()).await?;
         if request.recipient_id == viewer.user_id {
             return Err(AppError::BadUserInput("you cannot send a message to yourself".into()));
         }

@@ -35,7 +35,7 @@ impl Directory {
     /// chat with (a `ProfileChanged` on their `chatEvents`).
     #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
     pub async fn update_profile(&self, viewer: &Viewer, username: Username) -> AppResult<User> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         let user = self
             .store
             .set_username(&viewer.user_id, username)
@@ -69,7 +69,7 @@ impl Directory {
     /// longer see the caller's presence or typing. Blocking twice is harmless.
     #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
     pub async fn block(&self, viewer: &Viewer, id: &UserId) -> AppResult<()> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         if id == &viewer.user_id {
             return Err(AppError::BadUserInput("you cannot block yourself".into()));
         }
@@ -81,7 +81,7 @@ impl Directory {
 
     /// Lifts the caller's block of `id`; returns whether there was one.
     pub async fn unblock(&self, viewer: &Viewer, id: &UserId) -> AppResult<bool> {
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         Ok(self.store.unblock(&viewer.user_id, id).await?)
     }
 
@@ -102,7 +102,7 @@ impl Directory {
     /// caller. Limited per caller (`RATE_LIMITED`), so the directory cannot be scraped by trying
     /// numbers; refused (`PHONE_NOT_VERIFIED`) to a caller who has not verified their own.
     pub async fn by_phone(&self, viewer: &Viewer, phone: &PhoneNumber) -> AppResult<Option<User>> {
-        self.limits.check_lookup(viewer.user_id.as_str())?;
+        self.limits.check_lookup(viewer.user_id.as_str()).await?;
         // An account that has not proven its own number may not look up others' (throwaway
         // sign-ups would otherwise be a way to test which numbers are registered).
         if self.store.user_by_id(&viewer.user_id).await?.is_some_and(|me| !me.phone_verified) {

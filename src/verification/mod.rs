@@ -124,7 +124,7 @@ impl PhoneVerification {
     /// client address.
     pub async fn resend(&self, client: ClientNetwork, viewer: &Viewer) -> AppResult<CodeSent> {
         let user = self.unverified_caller(viewer).await?;
-        self.limits.check_code_send(client, user.phone_number.as_str())?;
+        self.limits.check_code_send(client, user.phone_number.as_str()).await?;
         self.send_code(&user).await
     }
 
@@ -136,7 +136,7 @@ impl PhoneVerification {
     #[tracing::instrument(skip_all, fields(user = %viewer.user_id))]
     pub async fn verify(&self, viewer: &Viewer, code: &VerificationCode) -> AppResult<User> {
         // Each try writes (its count), so tries are limited per caller besides per code.
-        self.limits.check_account_change(viewer.user_id.as_str())?;
+        self.limits.check_account_change(viewer.user_id.as_str()).await?;
         let user = self.caller(viewer).await?;
         if user.phone_verified {
             return Ok(user);

@@ -168,3 +168,30 @@ async fn a_redis_restart_mid_traffic_loses_and_duplicates_nothing() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn limits_hold_across_instances() {
+    let Some(redis) = RedisServer::start("scale_out: shared limits") else { return };
+    let settings = [("RATE_LIMIT_LOOKUPS_PER_USER", "4"), ("LOGIN_FAILURES_BEFORE_BACKOFF", "2")];
+    let apps = spawn_instances(3, redis.url(), &settings).await;
+    let alice = apps[0].register("+12025550143", "alice").await;
+
+    // Four look-ups a minute in all, wherever they land: not four per instance.
+    let lookup = "{ userByPhoneNumber(phoneNumber: \"+12025550199\") { id } }";
+    for n in 0..4 {
+        let body = apps[n % 3].graphql(lookup, json!({}), Some(&alice.token)).await;
+        assert!(body["errors"].is_null(), "look-up {n}: {body}");
+    }
+    let limited = apps[1].graphql(lookup, json!({}), Some(&alice.token)).await;
+    assert_eq!(crate::helpers::error_code(&limited), "RATE_LIMITED", "{limited}");
+
+    // Wrong passwords on A and on B put the guesser in backoff on C too.
+    let wrong =
+        json!({ "input": { "phoneNumber": "+12025550143", "password": "not-the-password" } });
+    for app in &apps[..2] {
+        let body = app.operation("Login", wrong.clone(), None).await;
+        assert_eq!(crate::helpers::error_code(&body), "UNAUTHENTICATED", "{body}");
+    }
+    let body = apps[2].operation("Login", wrong, None).await;
+    assert_eq!(crate::helpers::error_code(&body), "RATE_LIMITED", "{body}");
+}
