@@ -77,7 +77,7 @@ use crate::{
     config::{CodeDelivery, Config},
     error::StartupError,
     messages::Messaging,
-    presence::Presence,
+    presence::{Presence, counts::ConnectionCounts},
     rate_limits::{RateLimits, redis::RedisLimits},
     sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
@@ -138,7 +138,11 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         config.limits.bcrypt_max_queue,
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
-    let presence = Presence::new(store.clone(), bus.clone(), limits.clone());
+    let counts = match &config.redis {
+        Some(redis) => ConnectionCounts::shared(redis).map_err(StartupError::Invalid)?,
+        None => ConnectionCounts::local(),
+    };
+    let presence = Presence::new(store.clone(), bus.clone(), limits.clone(), counts);
     let verification = PhoneVerification::new(
         store.clone(),
         limits.clone(),

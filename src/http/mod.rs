@@ -36,7 +36,7 @@ use crate::{
     sessions::{self, RequestAuth, Sessions},
     shutdown::Shutdown,
     store::Store,
-    websocket::{self, ConnectionRegistry, WebsocketSettings, protocol::Protocol},
+    websocket::{self, WebsocketSettings, protocol::Protocol},
 };
 
 /// How long browsers may cache a CORS preflight answer (Chrome caps it at two hours).
@@ -80,11 +80,11 @@ pub fn router(
         schema: schema.clone(),
         sessions,
         presence,
-        registry: ConnectionRegistry::new(config.limits.ws_max_connections_per_user),
         settings: WebsocketSettings {
             init_timeout: config.ws_init_timeout,
             ping_interval: config.ws_ping_interval,
             max_subscriptions: config.limits.ws_max_subscriptions,
+            max_connections_per_user: config.limits.ws_max_connections_per_user,
             max_message_bytes: config.limits.ws_max_message_bytes,
         },
         shutdown,

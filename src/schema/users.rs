@@ -84,7 +84,7 @@ impl UserNode {
         if !self.shows_presence_to_caller(ctx).await? {
             return Ok(None);
         }
-        Ok(Some(ctx.service::<Presence>()?.is_online(&self.user.id)))
+        Ok(Some(ctx.service::<Presence>()?.is_online(&self.user.id).await))
     }
 
     /// When the user's last connection closed (null if it never did). Visible under the same

@@ -9,12 +9,7 @@
 
 pub mod protocol;
 
-use std::{
-    collections::HashMap,
-    pin::Pin,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{pin::Pin, time::Duration};
 
 use async_graphql::Response;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -46,50 +41,8 @@ pub struct WebsocketSettings {
     pub max_subscriptions: usize,
     /// Largest message or frame accepted (`WS_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
-}
-
-/// Counts open, authenticated websockets per user, to enforce `WS_MAX_CONNECTIONS_PER_USER`.
-#[derive(Clone)]
-pub struct ConnectionRegistry {
-    /// Counts by user id. A std mutex: held only to bump a counter.
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
-    max_per_user: usize,
-}
-
-/// One admitted connection; gives its place back when dropped.
-pub struct ConnectionSlot {
-    registry: ConnectionRegistry,
-    user_id: String,
-}
-
-impl ConnectionRegistry {
-    /// A registry admitting `max_per_user` connections per user.
-    pub fn new(max_per_user: usize) -> Self {
-        ConnectionRegistry { per_user: Arc::default(), max_per_user }
-    }
-
-    /// Takes a place for `user_id`, or `None` if the user already has the most allowed.
-    pub fn admit(&self, user_id: &str) -> Option<ConnectionSlot> {
-        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(user_id.to_string()).or_insert(0);
-        if *count >= self.max_per_user {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot { registry: self.clone(), user_id: user_id.to_string() })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut counts = self.registry.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&self.user_id) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.user_id);
-            }
-        }
-    }
+    /// Open websockets per user, on all instances together (`WS_MAX_CONNECTIONS_PER_USER`).
+    pub max_connections_per_user: usize,
 }
 
 /// Whether a read failed because the client sent more than `WS_MAX_MESSAGE_BYTES`. axum does
@@ -132,8 +85,6 @@ pub struct Shared {
     pub schema: AppSchema,
     /// Authenticates `connection_init` and watches for the session's end.
     pub sessions: Sessions,
-    /// Open websockets per user.
-    pub registry: ConnectionRegistry,
     /// Counts the connection towards its user being online.
     pub presence: Presence,
     /// Timeouts and limits.
@@ -149,7 +100,7 @@ pub async fn serve(
     shared: Shared,
     client: ClientAddress,
 ) {
-    let Shared { schema, sessions, registry, presence, settings, shutdown } = shared;
+    let Shared { schema, sessions, presence, settings, shutdown } = shared;
     // Counted until the goodbye is written, so shutdown waits for it.
     let _open = shutdown.connection_opened();
     let mut connection = Connection {
@@ -157,12 +108,11 @@ pub async fn serve(
         client,
         schema,
         sessions,
-        registry,
         presence,
         online: None,
         shutdown,
-        slot: None,
         max_subscriptions: settings.max_subscriptions,
+        max_connections_per_user: settings.max_connections_per_user,
         viewer: None,
         initialised: false,
         session_watch: None,
@@ -191,13 +141,13 @@ struct Connection {
     client: ClientAddress,
     schema: AppSchema,
     sessions: Sessions,
-    registry: ConnectionRegistry,
-    /// This connection's place among its user's connections, once authenticated.
-    slot: Option<ConnectionSlot>,
     presence: Presence,
-    /// Keeps the user online while this connection is open, once authenticated.
+    /// This connection's place among its user's connections (keeping them online), once
+    /// authenticated.
     online: Option<PresenceGuard>,
     max_subscriptions: usize,
+    /// Open websockets allowed per user, on all instances together.
+    max_connections_per_user: usize,
     /// The authenticated caller, from `connection_init` on.
     viewer: Option<Viewer>,
     /// Whether `connection_init` was received (a second one is refused even if the first failed).
@@ -327,8 +277,9 @@ impl Connection {
         self.initialised = true;
         match self.authenticate(&payload).await {
             Ok(viewer) => {
-                self.slot = self.registry.admit(viewer.user_id.as_str());
-                if self.slot.is_none() {
+                self.online =
+                    self.presence.connect(&viewer.user_id, self.max_connections_per_user).await;
+                if self.online.is_none() {
                     return Err(Stop::close(
                         close::TOO_MANY_CONNECTIONS,
                         "Too many open connections for this user",
@@ -336,7 +287,6 @@ impl Connection {
                 }
                 let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
                 self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
-                self.online = Some(self.presence.connected(&viewer.user_id));
                 self.viewer = Some(viewer);
                 let mut replies = vec![protocol::ack()];
                 if self.protocol == Protocol::Legacy {

@@ -195,3 +195,48 @@ async fn limits_hold_across_instances() {
     let body = apps[2].operation("Login", wrong, None).await;
     assert_eq!(crate::helpers::error_code(&body), "RATE_LIMITED", "{body}");
 }
+
+#[tokio::test]
+async fn presence_and_the_connection_cap_count_every_instance() {
+    let Some(redis) = RedisServer::start("scale_out: presence and connection cap") else { return };
+    let apps = spawn_instances(3, redis.url(), &[("WS_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let alice = apps[0].register("+12025550143", "alice").await;
+    let bob = apps[1].register("+12025550144", "bob").await;
+    // Bob listens for events on B (the set-up gives Alice and Bob a conversation).
+    let mut bobs = apps[1].events_connection(&bob, &alice).await;
+    assert_eq!(online(&apps[2], &bob, &alice).await, false);
+
+    // Alice connects on A: Bob hears it on B, and C knows it.
+    let on_a = apps[0].ws(&alice).await;
+    let event = bobs.next_event("events").await;
+    assert_eq!(
+        (event["__typename"].as_str(), &event["online"]),
+        (Some("PresenceChanged"), &json!(true))
+    );
+    assert_eq!(online(&apps[2], &bob, &alice).await, true);
+
+    // Two connections at most, counted over every instance: the third, on C, is refused.
+    let on_b = apps[1].ws(&alice).await;
+    let mut third =
+        crate::helpers::WsClient::connect(&apps[2], "graphql-transport-ws").await.unwrap();
+    third
+        .send_json(json!({ "type": "connection_init", "payload": { "token": alice.token } }))
+        .await;
+    assert_eq!(third.recv().await, Incoming::Closed(Some(1008)));
+
+    // Closing one keeps her online; closing the last one takes her offline everywhere.
+    on_a.close().await;
+    on_b.close().await;
+    let event = bobs.next_event("events").await;
+    assert_eq!(event["online"], false, "one offline event, after the last connection: {event}");
+    assert_eq!(online(&apps[2], &bob, &alice).await, false);
+    // And her places are free again.
+    let _again = apps[2].ws(&alice).await;
+}
+
+/// `user`'s `online` as `viewer` sees it through `app`.
+async fn online(app: &TestApp, viewer: &TestUser, user: &TestUser) -> Value {
+    let query = "query($id: ID!) { user(id: $id) { online } }";
+    let body = app.graphql(query, json!({ "id": user.id }), Some(&viewer.token)).await;
+    body["data"]["user"]["online"].clone()
+}

@@ -1,16 +1,16 @@
 //! Presence: who is online (has a connection open, on any device) and when they were last
 //! seen, announced live to the people they chat with.
 //!
-//! Online state is counted per process: with several instances it needs the shared bus (the
-//! scale-out issue); the last-seen time is in the store, so it is right either way.
+//! Connections are counted across instances when Redis is configured ([`counts`]); the same
+//! count enforces `WS_MAX_CONNECTIONS_PER_USER`. The last-seen time is in the store.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+pub mod counts;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use self::counts::{ConnectionCounts, Counted};
 use crate::{
     bus::MessageBus,
     domain::{ChatEvent, UserId, Viewer},
@@ -32,42 +32,43 @@ pub struct Presence {
     bus: Arc<dyn MessageBus>,
     /// The per-user limit on account changes (the privacy setting is one).
     limits: Arc<RateLimits>,
-    /// Open connections per user. A std mutex: held only for map updates.
-    open: Arc<Mutex<HashMap<UserId, usize>>>,
+    /// Open connections per user, on every instance.
+    counts: ConnectionCounts,
 }
 
 /// Held by an open connection; dropping it closes the connection's share of the presence.
 pub struct PresenceGuard {
     presence: Presence,
     user: UserId,
+    counted: Counted,
 }
 
 impl Presence {
-    /// The service over `store`, announcing through `bus`.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, limits: Arc<RateLimits>) -> Self {
-        Presence { store, bus, limits, open: Arc::default() }
+    /// The service over `store`, announcing through `bus`, counting in `counts`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn MessageBus>,
+        limits: Arc<RateLimits>,
+        counts: ConnectionCounts,
+    ) -> Self {
+        Presence { store, bus, limits, counts }
     }
 
-    /// A connection of `user` was opened; the user is online until the returned guard (and
-    /// every other one of theirs) is dropped.
-    pub fn connected(&self, user: &UserId) -> PresenceGuard {
-        let first = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            let count = open.entry(user.clone()).or_insert(0);
-            *count += 1;
-            *count == 1
-        };
-        if first {
+    /// Admits a connection of `user` unless they have `max` open already (on all instances);
+    /// the user is online until the returned guard (and every other one of theirs) is dropped.
+    pub async fn connect(&self, user: &UserId, max: usize) -> Option<PresenceGuard> {
+        let (counted, total) = self.counts.open(user, max).await?;
+        if total == 1 {
             // Off the connection's path: its acknowledgement does not wait for the partners.
             let (presence, user) = (self.clone(), user.clone());
             tokio::spawn(async move { presence.announce(&user, true, None).await });
         }
-        PresenceGuard { presence: self.clone(), user: user.clone() }
+        Some(PresenceGuard { presence: self.clone(), user: user.clone(), counted })
     }
 
-    /// Whether `user` has a connection open.
-    pub fn is_online(&self, user: &UserId) -> bool {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).contains_key(user)
+    /// Whether `user` has a connection open on any instance.
+    pub async fn is_online(&self, user: &UserId) -> bool {
+        self.counts.is_online(user).await
     }
 
     /// Sets whether the caller shows their presence to the people they chat with.
@@ -76,31 +77,21 @@ impl Presence {
         Ok(self.store.set_shows_presence(&viewer.user_id, visible).await?)
     }
 
-    fn disconnected(&self, user: &UserId) {
-        let last = {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            match open.get_mut(user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
-                    false
-                }
-                Some(_) => open.remove(user).is_some(),
-                None => false,
-            }
-        };
+    fn disconnected(&self, user: &UserId, counted: Counted) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        if last {
-            let (presence, user) = (self.clone(), user.clone());
-            runtime.spawn(async move {
-                // Milliseconds, as the stores keep it, so the event and a later query agree.
-                let now = Utc::now();
-                let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-                if let Err(error) = presence.store.record_last_seen(&user, now).await {
-                    tracing::warn!(%error, "cannot record when a user was last seen");
-                }
-                presence.announce(&user, false, Some(now)).await;
-            });
-        }
+        let (presence, user) = (self.clone(), user.clone());
+        runtime.spawn(async move {
+            if presence.counts.close(&user, counted).await > 0 {
+                return;
+            }
+            // Milliseconds, as the stores keep it, so the event and a later query agree.
+            let now = Utc::now();
+            let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+            if let Err(error) = presence.store.record_last_seen(&user, now).await {
+                tracing::warn!(%error, "cannot record when a user was last seen");
+            }
+            presence.announce(&user, false, Some(now)).await;
+        });
     }
 
     /// Tells `user`'s most recent conversation partners, unless the user hides their presence.
@@ -132,7 +123,7 @@ impl Presence {
 
 impl Drop for PresenceGuard {
     fn drop(&mut self) {
-        self.presence.disconnected(&self.user);
+        self.presence.disconnected(&self.user, self.counted);
     }
 }
 
@@ -155,6 +146,16 @@ mod tests {
         }
     }
 
+    /// The next presence event if one is ready once the spawned work has run.
+    async fn presence_event_or_none(
+        events: &mut crate::bus::BusSubscription,
+    ) -> Option<(UserId, bool, bool)> {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        futures::FutureExt::now_or_never(presence_event(events))
+    }
+
     #[tokio::test]
     async fn online_while_any_connection_is_open_and_partners_hear_it() {
         let world = World::new();
@@ -165,18 +166,21 @@ mod tests {
         ];
         world.message(&alice, &bob, "hi").await;
         let limits = crate::testing::limits(|_| {});
-        let presence = Presence::new(world.store.clone(), world.bus.clone(), limits);
+        let counts = ConnectionCounts::local();
+        let presence = Presence::new(world.store.clone(), world.bus.clone(), limits, counts);
         let mut bobs = world.bus.subscribe_events(&bob.id).await.unwrap();
         let mut carols = world.bus.subscribe_events(&carol.id).await.unwrap();
 
-        let phone = presence.connected(&alice.id);
+        let phone = presence.connect(&alice.id, 2).await.unwrap();
         assert_eq!(presence_event(&mut bobs).await, (alice.id.clone(), true, false));
-        let laptop = presence.connected(&alice.id);
+        let laptop = presence.connect(&alice.id, 2).await.unwrap();
+        assert!(presence.connect(&alice.id, 2).await.is_none(), "two connections at most");
         drop(phone);
-        assert!(presence.is_online(&alice.id), "the laptop is still connected");
+        assert_eq!(presence_event_or_none(&mut bobs).await, None, "the laptop is still there");
+        assert!(presence.is_online(&alice.id).await, "the laptop is still connected");
         drop(laptop);
-        assert!(!presence.is_online(&alice.id));
         assert_eq!(presence_event(&mut bobs).await, (alice.id.clone(), false, true));
+        assert!(!presence.is_online(&alice.id).await);
         let seen = world.store.user_by_id(&alice.id).await.unwrap().unwrap().last_seen_at;
         assert!(seen.is_some(), "last seen is stored");
         assert!(futures::FutureExt::now_or_never(carols.next()).is_none(), "only partners hear it");
@@ -184,7 +188,7 @@ mod tests {
         // Hidden presence is not announced.
         let as_alice = world.viewer(&alice).await;
         presence.set_visible(&as_alice, false).await.unwrap();
-        drop(presence.connected(&alice.id));
+        drop(presence.connect(&alice.id, 2).await);
         // The announcements are spawned; on this single-threaded runtime they have run once
         // the test yields (each is a couple of store reads, no waiting).
         for _ in 0..20 {

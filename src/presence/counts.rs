@@ -1,0 +1,245 @@
+//! Open connections per user, across every instance: what `WS_MAX_CONNECTIONS_PER_USER` and
+//! `User.online` count.
+//!
+//! Always counted in this process. With Redis, also in one hash per user (`conn:<user>`: a
+//! field per instance holding that instance's count) beside a hash of instance heartbeats
+//! (`instances`: id -> alive-until, refreshed every [`HEARTBEAT`]). A total only adds the
+//! fields of live instances and drops the others, so an instance that dies (`kill -9`, a lost
+//! host) stops counting within [`INSTANCE_TTL`] instead of keeping its users online forever.
+//! Each change is one atomic script on Redis's clock. While Redis fails, counts are this
+//! process's (the limit then holds per instance; online is still true wherever the user is
+//! connected here).
+//!
+//! Redis Cluster: a script touches the user's key and the heartbeat hash, so both must live on
+//! one node; run the shared state on a single primary (with replicas, Sentinel), or give the
+//! prefix a hash tag (`REDIS_CHANNEL_PREFIX={chatapp}:`).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use redis::{Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+
+use crate::{config::RedisConfig, domain::UserId};
+
+/// How often an instance renews its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a heartbeat keeps an instance's counts alive.
+pub const INSTANCE_TTL: Duration = Duration::from_secs(30);
+
+/// Sums the live instances' counts in KEYS[1] (dropping dead ones), given heartbeats KEYS[2].
+/// Shared by the scripts below; `now` is a local set before it.
+const SUM_LIVE: &str = r"
+local function live_total()
+  local fields = redis.call('HGETALL', KEYS[1])
+  local total = 0
+  for i = 1, #fields, 2 do
+    local alive = tonumber(redis.call('HGET', KEYS[2], fields[i]) or 0)
+    if alive > now then
+      total = total + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', KEYS[1], fields[i])
+    end
+  end
+  return total
+end
+";
+
+/// ARGV: instance id, alive-for ms, most allowed. Returns the total after admitting, or -1.
+const OPEN: &str = r"
+local total = live_total()
+if total >= tonumber(ARGV[3]) then
+  return -1
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return total + 1
+";
+
+/// ARGV: instance id, alive-for ms. Returns the total after closing.
+const CLOSE: &str = r"
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return live_total()
+";
+
+/// ARGV: instance id, alive-for ms. Returns the total.
+const COUNT: &str = r"
+return live_total()
+";
+
+/// Every script first renews this instance's heartbeat (so its own counts are never dropped
+/// as dead, even before the first periodic renewal) and reads Redis's clock.
+fn script(body: &str) -> Script {
+    let prelude = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[2]))
+";
+    Script::new(&format!("{prelude}{SUM_LIVE}{body}"))
+}
+
+/// Open connections per user.
+#[derive(Clone)]
+pub struct ConnectionCounts {
+    /// This process's connections. A std mutex: held only for map updates.
+    local: Arc<Mutex<HashMap<UserId, usize>>>,
+    shared: Option<Arc<RedisCounts>>,
+}
+
+/// Where a connection was counted, so its close goes to the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Here and in Redis.
+    Shared,
+    /// Here only (no Redis, or Redis failed at the time).
+    Local,
+}
+
+impl ConnectionCounts {
+    /// Counts kept in this process only.
+    pub fn local() -> Self {
+        ConnectionCounts { local: Arc::default(), shared: None }
+    }
+
+    /// Counts shared through the Redis of `config`; starts the heartbeat.
+    pub fn shared(config: &RedisConfig) -> Result<Self, String> {
+        let shared = Arc::new(RedisCounts::connect(config)?);
+        tokio::spawn(heartbeat(Arc::downgrade(&shared)));
+        Ok(ConnectionCounts { local: Arc::default(), shared: Some(shared) })
+    }
+
+    /// Counts a new connection of `user` unless they already have `max` open; returns where it
+    /// was counted and the user's total after it.
+    pub async fn open(&self, user: &UserId, max: usize) -> Option<(Counted, usize)> {
+        if let Some(shared) = &self.shared
+            && let Some(total) = shared.run(&shared.open, user, Some(max)).await
+        {
+            // -1: refused.
+            let total = usize::try_from(total).ok()?;
+            self.add_local(user);
+            return Some((Counted::Shared, total));
+        }
+        let mut local = self.lock();
+        let count = local.entry(user.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some((Counted::Local, *count))
+    }
+
+    /// Uncounts a connection; returns the user's total after it (0: they went offline).
+    pub async fn close(&self, user: &UserId, counted: Counted) -> usize {
+        let local_left = {
+            let mut local = self.lock();
+            match local.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    *count
+                }
+                Some(_) => {
+                    local.remove(user);
+                    0
+                }
+                None => 0,
+            }
+        };
+        if counted == Counted::Shared
+            && let Some(shared) = &self.shared
+            && let Some(total) = shared.run(&shared.close, user, None).await
+        {
+            return usize::try_from(total).unwrap_or(0).max(local_left);
+        }
+        local_left
+    }
+
+    /// Whether `user` has a connection open on any instance.
+    pub async fn is_online(&self, user: &UserId) -> bool {
+        if self.lock().contains_key(user) {
+            return true;
+        }
+        match &self.shared {
+            Some(shared) => shared.run(&shared.count, user, None).await.is_some_and(|n| n > 0),
+            None => false,
+        }
+    }
+
+    fn add_local(&self, user: &UserId) {
+        *self.lock().entry(user.clone()).or_insert(0) += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The Redis half of the counts.
+struct RedisCounts {
+    connection: ConnectionManager,
+    prefix: String,
+    /// This process's field in every user's hash.
+    instance: String,
+    timeout: Duration,
+    open: Script,
+    close: Script,
+    count: Script,
+}
+
+impl RedisCounts {
+    fn connect(config: &RedisConfig) -> Result<Self, String> {
+        let client = Client::open(config.url.expose().as_str())
+            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+        Ok(RedisCounts {
+            connection,
+            prefix: config.channel_prefix.clone(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
+            timeout: config.timeout,
+            open: script(OPEN),
+            close: script(CLOSE),
+            count: script(COUNT),
+        })
+    }
+
+    /// Runs `script` for `user`; `None` if Redis fails or is too slow.
+    async fn run(&self, script: &Script, user: &UserId, max: Option<usize>) -> Option<i64> {
+        let mut invocation = script.key(format!("{}conn:{user}", self.prefix));
+        invocation.key(format!("{}instances", self.prefix));
+        invocation.arg(&self.instance).arg(INSTANCE_TTL.as_millis() as u64);
+        if let Some(max) = max {
+            invocation.arg(max);
+        }
+        let mut connection = self.connection.clone();
+        let run = invocation.invoke_async::<i64>(&mut connection);
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "Redis connection counts unavailable; counting here");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("Redis connection counts timed out; counting here");
+                None
+            }
+        }
+    }
+}
+
+/// Renews the instance's heartbeat every [`HEARTBEAT`] while the counts exist.
+async fn heartbeat(counts: std::sync::Weak<RedisCounts>) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    loop {
+        every.tick().await;
+        let Some(counts) = counts.upgrade() else { return };
+        // Counting nobody renews the heartbeat as a side effect.
+        counts.run(&counts.count, &UserId::new("-"), None).await;
+    }
+}
