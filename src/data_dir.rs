@@ -32,8 +32,9 @@ pub fn create_private_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Proof that this process alone uses the data directory's embedded store; the lock is released
-/// when this is dropped (or the process dies, however it dies).
+/// Proof that this process may use the data directory's embedded store: alone, or (with
+/// Redis carrying live events between them) together with other processes that share it. The
+/// lock is released when this is dropped (or the process dies, however it dies).
 #[derive(Debug)]
 pub struct DirLock {
     _file: std::fs::File,
@@ -42,16 +43,19 @@ pub struct DirLock {
 /// Name of the lock file inside the data directory.
 const LOCK_FILE: &str = "chatapp.lock";
 
-/// Takes the data directory's exclusive lock, or says that another process holds it. Two
-/// servers on one SQLite database would each deliver only the messages sent through them.
-pub fn lock(dir: &Path) -> io::Result<Result<DirLock, String>> {
+/// Takes the data directory's lock, or says that another process holds it in a way that
+/// excludes this one. `shared` processes (those with `REDIS_URL`, whose live events reach each
+/// other) may run together; a process without it must be alone, since it would deliver live
+/// only the messages sent through it.
+pub fn lock(dir: &Path, shared: bool) -> io::Result<Result<DirLock, String>> {
     let path = dir.join(LOCK_FILE);
     create_private_file(&path)?;
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
-    match file.try_lock() {
+    let taken = if shared { file.try_lock_shared() } else { file.try_lock() };
+    match taken {
         Ok(()) => Ok(Ok(DirLock { _file: file })),
         Err(std::fs::TryLockError::WouldBlock) => Ok(Err(format!(
-            "another chatapp process is already using the data directory {} (it holds {}); stop it, or give this one its own DATA_DIR",
+            "another chatapp process is already using the data directory {} (it holds {}); stop it, give this one its own DATA_DIR, or set the same REDIS_URL on every process that shares it",
             dir.display(),
             path.display()
         ))),
@@ -102,10 +106,22 @@ mod tests {
     #[test]
     fn a_second_lock_on_one_directory_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let first = lock(dir.path()).unwrap().unwrap();
-        let refused = lock(dir.path()).unwrap().unwrap_err();
+        let first = lock(dir.path(), false).unwrap().unwrap();
+        let refused = lock(dir.path(), false).unwrap().unwrap_err();
         assert!(refused.contains("another chatapp process"), "{refused}");
+        assert!(lock(dir.path(), true).unwrap().is_err(), "nor may a sharing one join it");
         drop(first);
-        assert!(lock(dir.path()).unwrap().is_ok());
+        assert!(lock(dir.path(), false).unwrap().is_ok());
+    }
+
+    #[test]
+    fn sharing_processes_lock_together_and_keep_a_lone_one_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock(dir.path(), true).unwrap().unwrap();
+        let second = lock(dir.path(), true).unwrap().unwrap();
+        let refused = lock(dir.path(), false).unwrap().unwrap_err();
+        assert!(refused.contains("REDIS_URL"), "{refused}");
+        drop((first, second));
+        assert!(lock(dir.path(), false).unwrap().is_ok());
     }
 }

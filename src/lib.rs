@@ -197,8 +197,9 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
             context: format!("cannot lock the data directory {}", config.data_dir.display()),
             source,
         };
-        let lock =
-            data_dir::lock(&config.data_dir).map_err(io_error)?.map_err(StartupError::Invalid)?;
+        let lock = data_dir::lock(&config.data_dir, config.redis.is_some())
+            .map_err(io_error)?
+            .map_err(StartupError::Invalid)?;
         let database = config.data_dir.join(DATABASE_FILE);
         data_dir::create_private_file(&database).map_err(|source| StartupError::Io {
             context: format!("cannot create {}", database.display()),

@@ -240,3 +240,56 @@ async fn online(app: &TestApp, viewer: &TestUser, user: &TestUser) -> Value {
     let body = app.graphql(query, json!({ "id": user.id }), Some(&viewer.token)).await;
     body["data"]["user"]["online"].clone()
 }
+
+/// With Redis, processes on one host may share one SQLite data directory (each opens the
+/// database itself, as separate processes would); without Redis a second one is still refused.
+#[tokio::test]
+async fn processes_with_redis_may_share_one_sqlite_data_directory() {
+    use std::sync::Arc;
+
+    let Some(redis) = RedisServer::start("scale_out: shared data directory") else { return };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let prefix = format!("it{}:", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("REDIS_URL", redis.url()),
+        ("REDIS_CHANNEL_PREFIX", prefix.as_str()),
+        ("JWT_SECRET", "a-secret-every-instance-of-this-test-shares"),
+    ];
+    let a = crate::helpers::spawn_app_with(dir.clone(), &settings).await;
+    if a.store.kind() != "sqlite" {
+        return; // MongoDB is shared by design
+    }
+    let b = crate::helpers::spawn_app_with(dir.clone(), &settings).await;
+    let path = dir.path().display().to_string();
+    let alone = chatapp::config::Config::from_lookup(|name| match name {
+        "DATA_DIR" => Some(path.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let Err(refused) = chatapp::build(&alone).await else {
+        panic!("a process without Redis joined")
+    };
+    assert!(refused.to_string().contains("REDIS_URL"), "{refused}");
+
+    let alice = a.register("+12025550143", "alice").await;
+    let bob = b.register("+12025550144", "bob").await;
+    let mut bobs = b.ws(&bob).await;
+    b.subscribe_listening(&mut [(&mut bobs, "inbox")], &alice, &bob).await;
+    // Both processes write to the one database at once.
+    let url_a = a.url("/graphql");
+    let url_b = b.url("/graphql");
+    let sends = (0..40).map(|n| {
+        let (http, url, alice, bob) = (
+            a.http.clone(),
+            if n % 2 == 0 { url_a.clone() } else { url_b.clone() },
+            alice.clone(),
+            bob.clone(),
+        );
+        async move { send_via(&http, &url, &alice, &bob, n).await }
+    });
+    futures::future::join_all(sends).await;
+    let mut received = receive(&mut bobs, 40).await;
+    received.sort();
+    received.dedup();
+    assert_eq!(received.len(), 40, "every message once, whichever process stored it");
+}

@@ -143,18 +143,38 @@ fn checkpoint_in_background(connection: Connection) -> std::io::Result<mpsc::Sen
     Ok(keep_running)
 }
 
+/// Applies the migrations not yet applied, one transaction each. Each takes the write lock
+/// before it reads the version, so processes starting together on one database (sharing it
+/// with `REDIS_URL`) apply each migration once: the others wait, then see it done.
 fn migrate(connection: &Connection) -> StoreResult<()> {
-    let version: i64 =
-        connection.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(internal)?;
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        connection
-            .execute_batch(&format!(
-                "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
-                index + 1
-            ))
-            .map_err(internal)?;
+    loop {
+        connection.execute_batch("BEGIN IMMEDIATE").map_err(internal)?;
+        let applied = connection
+            .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+            .map_err(internal)
+            .and_then(|version| {
+                let Some(migration) = MIGRATIONS.get(version.max(0) as usize) else {
+                    return Ok(false);
+                };
+                let next = version.max(0) + 1;
+                connection
+                    .execute_batch(&format!("{migration}; PRAGMA user_version = {next};"))
+                    .map_err(internal)?;
+                Ok(true)
+            });
+        match applied {
+            Ok(more) => {
+                connection.execute_batch("COMMIT").map_err(internal)?;
+                if !more {
+                    return Ok(());
+                }
+            }
+            Err(error) => {
+                let _ = connection.execute_batch("ROLLBACK");
+                return Err(error);
+            }
+        }
     }
-    Ok(())
 }
 
 fn internal(error: impl std::fmt::Display) -> StoreError {
@@ -837,6 +857,25 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_opening_one_new_database_together_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let opening: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(drop))
+            })
+            .collect();
+        for opened in opening {
+            opened.join().unwrap().expect("every opener succeeds");
+        }
+        let connection = Connection::open(&path).unwrap();
+        let version: i64 =
+            connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
 
     #[tokio::test]
     async fn reopening_keeps_data_and_does_not_rerun_migrations() {
