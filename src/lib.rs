@@ -44,6 +44,7 @@
 pub mod accounts;
 pub mod bus;
 pub mod client_address;
+pub mod cluster;
 pub mod config;
 pub mod cors;
 pub mod data_dir;
@@ -74,6 +75,7 @@ use tokio::net::TcpListener;
 use crate::{
     accounts::{Accounts, passwords::PasswordHasher},
     bus::{InProcessBus, MessageBus, redis::RedisBus},
+    cluster::Cluster,
     config::{CodeDelivery, Config},
     error::StartupError,
     messages::Messaging,
@@ -125,12 +127,16 @@ pub async fn build(config: &Config) -> Result<App, StartupError> {
 /// `config`'s store settings are ignored.
 pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, StartupError> {
     let secret = signing_secret(config)?;
-    let bus = open_bus(config)?;
-    let tokens = Arc::new(TokenService::new(&secret, config.jwt_ttl));
-    let shared_limits = match &config.redis {
-        Some(redis) => Some(RedisLimits::connect(redis).map_err(StartupError::Invalid)?),
+    let cluster = match &config.redis {
+        Some(redis) => Some(Cluster::connect(redis).map_err(StartupError::Invalid)?),
         None => None,
     };
+    let bus: Arc<dyn MessageBus> = match &cluster {
+        Some(cluster) => Arc::new(RedisBus::new(cluster)),
+        None => Arc::new(InProcessBus::new()),
+    };
+    let tokens = Arc::new(TokenService::new(&secret, config.jwt_ttl));
+    let shared_limits = cluster.clone().map(RedisLimits::new);
     let limits = Arc::new(RateLimits::new(&config.limits, shared_limits));
     let passwords = PasswordHasher::new(
         config.bcrypt_cost,
@@ -138,8 +144,8 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         config.limits.bcrypt_max_queue,
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
-    let counts = match &config.redis {
-        Some(redis) => ConnectionCounts::shared(redis).map_err(StartupError::Invalid)?,
+    let counts = match &cluster {
+        Some(cluster) => ConnectionCounts::shared(cluster.clone()),
         None => ConnectionCounts::local(),
     };
     let presence = Presence::new(store.clone(), bus.clone(), limits.clone(), counts);
@@ -180,14 +186,6 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         shutdown_timeout: config.shutdown_timeout,
         connection_limits: config.connection_limits,
     })
-}
-
-/// Redis when `REDIS_URL` is set (instances share live events), else the in-process bus.
-fn open_bus(config: &Config) -> Result<Arc<dyn MessageBus>, StartupError> {
-    match &config.redis {
-        None => Ok(Arc::new(InProcessBus::new())),
-        Some(redis) => Ok(Arc::new(RedisBus::connect(redis).map_err(StartupError::Invalid)?)),
-    }
 }
 
 /// MongoDB when `MONGO_URI` is set, else the embedded SQLite store in the data directory.

@@ -29,7 +29,7 @@ use std::{
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::{AsyncCommands, Client, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, aio::ConnectionManager};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
@@ -38,7 +38,7 @@ use super::{
     wire,
 };
 use crate::{
-    config::RedisConfig,
+    cluster::Cluster,
     domain::{ChatEvent, Message, SessionId, UserId},
 };
 
@@ -82,48 +82,38 @@ impl Drop for RedisBus {
 }
 
 impl RedisBus {
-    /// A bus on the Redis at `config.url`. Does not wait for Redis: the connections are made
-    /// in the background, and the bus works (degraded, see the module docs) until they are.
-    pub fn connect(config: &RedisConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.expose().as_str())
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(RECONNECT_DELAYS.1);
-        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+    /// A bus on `cluster`'s Redis. Does not wait for Redis: the subscription connection is
+    /// made in the background, and the bus works (degraded, see the module docs) until it is.
+    pub fn new(cluster: &Cluster) -> Self {
         let (commands, queue) = mpsc::unbounded_channel();
         let unsubscribe = commands.clone();
         let on_empty: OnEmpty = Arc::new(move |key: &str| {
             let _ = unsubscribe.send(Command::Unsubscribe(key.to_string()));
         });
         let hub = Hub::new(Some(on_empty));
-        let prefix: Arc<str> = config.channel_prefix.as_str().into();
+        let prefix: Arc<str> = cluster.prefix.as_str().into();
         let up = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber {
-            client,
+            client: cluster.client.clone(),
             hub: hub.clone(),
             prefix: prefix.clone(),
             up: up.clone(),
-            timeout: config.timeout,
+            timeout: cluster.timeout,
         };
-        tracing::info!(redis = %subscriber.client.get_connection_info().addr(), "using Redis for live events");
         let mut bus = RedisBus {
             hub,
             commands,
-            publisher,
+            publisher: cluster.connection.clone(),
             prefix,
             up,
             debt: Arc::default(),
             publishing: Arc::new(AtomicBool::new(true)),
-            timeout: config.timeout,
+            timeout: cluster.timeout,
             tasks: Vec::new(),
         };
         bus.tasks.push(tokio::spawn(subscriber.run(queue)));
         bus.tasks.push(tokio::spawn(settle_debt_periodically(bus.debt_settler())));
-        Ok(bus)
+        bus
     }
 
     fn channel(&self, key: &str) -> String {

@@ -20,9 +20,9 @@ use std::{
     time::Duration,
 };
 
-use redis::{Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::Script;
 
-use crate::{config::RedisConfig, domain::UserId};
+use crate::{cluster::Cluster, domain::UserId};
 
 /// How often an instance renews its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -104,11 +104,11 @@ impl ConnectionCounts {
         ConnectionCounts { local: Arc::default(), shared: None }
     }
 
-    /// Counts shared through the Redis of `config`; starts the heartbeat.
-    pub fn shared(config: &RedisConfig) -> Result<Self, String> {
-        let shared = Arc::new(RedisCounts::connect(config)?);
+    /// Counts shared through `cluster`'s Redis; starts the heartbeat.
+    pub fn shared(cluster: Cluster) -> Self {
+        let shared = Arc::new(RedisCounts::new(cluster));
         tokio::spawn(heartbeat(Arc::downgrade(&shared)));
-        Ok(ConnectionCounts { local: Arc::default(), shared: Some(shared) })
+        ConnectionCounts { local: Arc::default(), shared: Some(shared) }
     }
 
     /// Counts a new connection of `user` unless they already have `max` open; returns where it
@@ -178,55 +178,34 @@ impl ConnectionCounts {
 
 /// The Redis half of the counts.
 struct RedisCounts {
-    connection: ConnectionManager,
-    prefix: String,
+    cluster: Cluster,
     /// This process's field in every user's hash.
     instance: String,
-    timeout: Duration,
     open: Script,
     close: Script,
     count: Script,
 }
 
 impl RedisCounts {
-    fn connect(config: &RedisConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.expose().as_str())
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        Ok(RedisCounts {
-            connection,
-            prefix: config.channel_prefix.clone(),
+    fn new(cluster: Cluster) -> Self {
+        RedisCounts {
+            cluster,
             instance: uuid::Uuid::new_v4().simple().to_string(),
-            timeout: config.timeout,
             open: script(OPEN),
             close: script(CLOSE),
             count: script(COUNT),
-        })
+        }
     }
 
     /// Runs `script` for `user`; `None` if Redis fails or is too slow.
     async fn run(&self, script: &Script, user: &UserId, max: Option<usize>) -> Option<i64> {
-        let mut invocation = script.key(format!("{}conn:{user}", self.prefix));
-        invocation.key(format!("{}instances", self.prefix));
-        invocation.arg(&self.instance).arg(INSTANCE_TTL.as_millis() as u64);
-        if let Some(max) = max {
-            invocation.arg(max);
-        }
-        let mut connection = self.connection.clone();
-        let run = invocation.invoke_async::<i64>(&mut connection);
-        match tokio::time::timeout(self.timeout, run).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(error)) => {
+        let keys = [self.cluster.key(&format!("conn:{user}")), self.cluster.key("instances")];
+        let mut args = vec![self.instance.clone(), INSTANCE_TTL.as_millis().to_string()];
+        args.extend(max.map(|max| max.to_string()));
+        match self.cluster.run(script, &keys, &args).await {
+            Ok(value) => Some(value),
+            Err(error) => {
                 tracing::warn!(%error, "Redis connection counts unavailable; counting here");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("Redis connection counts timed out; counting here");
                 None
             }
         }

@@ -16,10 +16,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use redis::{Client, Script, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::Script;
 
 use super::{FAILURE_MEMORY, Limit, MAX_BACKOFF, MAX_CONSECUTIVE_FAILURES};
-use crate::{client_address::ClientNetwork, config::RedisConfig};
+use crate::{client_address::ClientNetwork, cluster::Cluster};
 
 /// How long Redis is left alone after a failure.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
@@ -76,9 +76,7 @@ return math.max(latest - now, 0)
 
 /// Rate-limit state in Redis.
 pub struct RedisLimits {
-    connection: ConnectionManager,
-    prefix: String,
-    timeout: Duration,
+    cluster: Cluster,
     take: Script,
     fail: Script,
     backoff: Script,
@@ -91,25 +89,15 @@ fn unix_millis() -> u64 {
 }
 
 impl RedisLimits {
-    /// Limits on the Redis at `config.url`; connects lazily.
-    pub fn connect(config: &RedisConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.expose().as_str())
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        Ok(RedisLimits {
-            connection,
-            prefix: format!("{}limit:", config.channel_prefix),
-            timeout: config.timeout,
+    /// Limits kept in `cluster`'s Redis.
+    pub fn new(cluster: Cluster) -> Self {
+        RedisLimits {
+            cluster,
             take: Script::new(TAKE),
             fail: Script::new(FAIL),
             backoff: Script::new(BACKOFF),
             paused_until: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Runs `script`; `None` if Redis is paused, fails or is too slow.
@@ -117,21 +105,11 @@ impl RedisLimits {
         if unix_millis() < self.paused_until.load(Ordering::Relaxed) {
             return None;
         }
-        let mut invocation = script.key(key);
-        for arg in args {
-            invocation.arg(arg);
-        }
-        let mut connection = self.connection.clone();
-        let result = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection));
-        match result.await {
-            Ok(Ok(value)) => Some(value),
-            outcome => {
+        match self.cluster.run(script, &[key], args).await {
+            Ok(value) => Some(value),
+            Err(error) => {
                 let until = unix_millis() + PAUSE_AFTER_FAILURE.as_millis() as u64;
                 if self.paused_until.swap(until, Ordering::Relaxed) < unix_millis() {
-                    let error = match outcome {
-                        Ok(Err(error)) => error.to_string(),
-                        _ => "timed out".into(),
-                    };
                     tracing::warn!(%error, "Redis limits unavailable; limiting per instance");
                 }
                 None
@@ -143,7 +121,8 @@ impl RedisLimits {
     /// not, `None` if Redis could not be asked.
     pub async fn take(&self, limit: &Limit, key: &str) -> Option<Option<Duration>> {
         let args = [limit.interval.as_millis().max(1).to_string(), limit.burst.to_string()];
-        let wait = self.run(&self.take, format!("{}{}:{key}", self.prefix, limit.name), &args);
+        let wait =
+            self.run(&self.take, self.cluster.key(&format!("limit:{}:{key}", limit.name)), &args);
         wait.await.map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
     }
 
@@ -171,16 +150,16 @@ impl RedisLimits {
         if unix_millis() < self.paused_until.load(Ordering::Relaxed) {
             return;
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.cluster.connection.clone();
         let mut command = redis::cmd("DEL");
         command.arg(self.failures_key(phone));
         let delete = command.exec_async(&mut connection);
-        if !matches!(tokio::time::timeout(self.timeout, delete).await, Ok(Ok(()))) {
+        if !matches!(tokio::time::timeout(self.cluster.timeout, delete).await, Ok(Ok(()))) {
             tracing::warn!("cannot clear failed logins in Redis");
         }
     }
 
     fn failures_key(&self, phone: &str) -> String {
-        format!("{}failures:{phone}", self.prefix)
+        self.cluster.key(&format!("limit:failures:{phone}"))
     }
 }

@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use chatapp::{
     bus::{BusEvent, BusSubscription, INBOX_CAPACITY, InProcessBus, MessageBus, redis::RedisBus},
+    cluster::Cluster,
     config::RedisConfig,
     domain::{ChatEvent, Message, MessageContent, MessageId, SessionId, UserId},
     secret::Secret,
@@ -75,7 +76,12 @@ fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
 }
 
 fn redis_bus(server: &RedisServer, prefix: &str) -> Arc<dyn MessageBus> {
-    Arc::new(RedisBus::connect(&redis_config(server, prefix)).expect("bus"))
+    Arc::new(connect(&redis_config(server, prefix)))
+}
+
+/// One instance's bus on the Redis of `config`.
+fn connect(config: &RedisConfig) -> RedisBus {
+    RedisBus::new(&Cluster::connect(config).expect("a usable REDIS_URL"))
 }
 
 fn message(id: &str, recipient: &str) -> Arc<Message> {
@@ -209,8 +215,8 @@ async fn redis_restarts_cost_lags_never_silence() {
     }
     let prefix = fresh_prefix();
     let config = redis_config(&server, &prefix);
-    let a = RedisBus::connect(&config).unwrap();
-    let b = RedisBus::connect(&config).unwrap();
+    let a = connect(&config);
+    let b = connect(&config);
     let bob = UserId::new("bob");
     let mut on_a = a.subscribe(&bob).await.unwrap();
     let mut on_b = b.subscribe(&bob).await.unwrap();
@@ -258,8 +264,8 @@ async fn subscribing_while_redis_is_down_works_once_it_is_back() {
         return;
     }
     let config = redis_config(&server, &fresh_prefix());
-    let a = RedisBus::connect(&config).unwrap();
-    let b = RedisBus::connect(&config).unwrap();
+    let a = connect(&config);
+    let b = connect(&config);
     wait_until("b is up", || b.health().up).await;
     server.stop();
     wait_until("b sees Redis down", || !b.health().up).await;
