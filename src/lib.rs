@@ -84,7 +84,7 @@ use crate::{
     sessions::{Sessions, tokens::TokenService},
     shutdown::Shutdown,
     store::{Store, mongo::MongoStore, sqlite::SqliteStore},
-    typing::Typing,
+    typing::{Typing, indicators::Indicators},
     users::Directory,
     verification::{
         PhoneVerification,
@@ -169,7 +169,7 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         sessions: sessions.clone(),
         messaging: Messaging::new(store.clone(), bus.clone(), limits.clone()),
         directory: Directory::new(store.clone(), limits.clone(), bus.clone()),
-        typing: Typing::new(store.clone(), bus.clone(), limits.clone()),
+        typing: Typing::new(store.clone(), bus.clone(), limits.clone(), Indicators::new(cluster)),
         presence: presence.clone(),
         verification,
     };

@@ -99,6 +99,7 @@ impl RedisBus {
             prefix: prefix.clone(),
             up: up.clone(),
             timeout: cluster.timeout,
+            missed: AtomicBool::new(false),
         };
         let mut bus = RedisBus {
             hub,
@@ -228,6 +229,9 @@ struct Subscriber {
     prefix: Arc<str>,
     up: Arc<AtomicBool>,
     timeout: Duration,
+    /// Whether subscribers may have missed events since the connection was last up (it was
+    /// lost, or subscriptions were accepted while Redis was unreachable).
+    missed: AtomicBool,
 }
 
 impl Subscriber {
@@ -241,6 +245,7 @@ impl Subscriber {
                     if self.up.swap(false, Ordering::SeqCst) {
                         tracing::warn!("lost the Redis subscription connection; reconnecting");
                     }
+                    self.missed.store(true, Ordering::SeqCst);
                     self.hub.send_all(BusEvent::Lagged);
                 }
                 Served::Unreachable(error) => {
@@ -248,6 +253,7 @@ impl Subscriber {
                         tracing::warn!(%error, "Redis is unreachable; live events wait for it");
                     }
                     // Degraded: subscriptions are accepted now and told to re-read later.
+                    self.missed.store(true, Ordering::SeqCst);
                     self.hub.mark_all_ready();
                     let pause = tokio::time::sleep(delay);
                     tokio::pin!(pause);
@@ -289,7 +295,9 @@ impl Subscriber {
             tracing::info!("subscribed to Redis; live events flow between instances");
         }
         self.hub.mark_all_ready();
-        self.hub.send_all(BusEvent::Lagged);
+        if self.missed.swap(false, Ordering::SeqCst) {
+            self.hub.send_all(BusEvent::Lagged);
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
@@ -314,7 +322,8 @@ impl Subscriber {
                     None => return Served::Lost,
                 },
                 _ = ping.tick() => {
-                    let pong = sink.ping::<String>();
+                    // In subscribed mode Redis answers a PING with ["pong", ""], not "PONG": any answer will do.
+                    let pong = sink.ping::<redis::Value>();
                     if !matches!(tokio::time::timeout(self.timeout, pong).await, Ok(Ok(_))) {
                         return Served::Lost;
                     }

@@ -293,3 +293,41 @@ async fn processes_with_redis_may_share_one_sqlite_data_directory() {
     received.dedup();
     assert_eq!(received.len(), 40, "every message once, whichever process stored it");
 }
+
+/// Typing refreshes land on any instance: a refresh through B keeps an indicator started
+/// through A going past A's timer, and the end is announced once.
+#[tokio::test]
+async fn typing_indicators_hold_across_instances() {
+    let Some((_redis, apps)) = three_instances("scale_out: typing").await else { return };
+    let alice = apps[0].register("+12025550143", "alice").await;
+    let bob = apps[1].register("+12025550144", "bob").await;
+    let mut bobs = apps[2].events_connection(&bob, &alice).await;
+    let started = Instant::now();
+    set_typing(&apps[0], &alice, &bob, true).await;
+    assert_eq!(bobs.next_event("events").await["typing"], true);
+    // Half-way through, the refresh goes to B: no second "typing", and A's timer must not end it.
+    tokio::time::sleep(chatapp::typing::TYPING_LASTS / 2).await;
+    set_typing(&apps[1], &alice, &bob, true).await;
+    let ended = bobs.next_event("events").await;
+    assert_eq!(ended["typing"], false, "{ended}");
+    let lasted = started.elapsed();
+    assert!(
+        lasted >= chatapp::typing::TYPING_LASTS * 3 / 2 - Duration::from_millis(500),
+        "ended after {lasted:?}: the refresh through B did not count"
+    );
+    // Stopping through C is announced once.
+    set_typing(&apps[0], &alice, &bob, true).await;
+    assert_eq!(bobs.next_event("events").await["typing"], true);
+    set_typing(&apps[2], &alice, &bob, false).await;
+    set_typing(&apps[1], &alice, &bob, false).await;
+    assert_eq!(bobs.next_event("events").await["typing"], false);
+    bobs.expect_silence(Duration::from_millis(300)).await;
+}
+
+async fn set_typing(app: &TestApp, from: &TestUser, to: &TestUser, typing: bool) {
+    let query =
+        "mutation($with: ID!, $typing: Boolean!) { setTyping(withUserId: $with, typing: $typing) }";
+    let variables = json!({ "with": to.id, "typing": typing });
+    let body = app.graphql(query, variables, Some(&from.token)).await;
+    assert!(body["errors"].is_null(), "{body}");
+}

@@ -284,3 +284,25 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Redis only: a quiet subscription outlives the keep-alive pings without a lag. (Before: the
+/// reply to a PING in subscribed mode failed to parse, every ping counted as a lost connection,
+/// and every subscriber re-read the store every five seconds.)
+#[tokio::test]
+async fn quiet_subscriptions_survive_keepalive_pings() {
+    let Some(server) = RedisServer::start("quiet_subscriptions_survive_keepalive_pings") else {
+        return;
+    };
+    let config = redis_config(&server, &fresh_prefix());
+    let (a, b) = (connect(&config), connect(&config));
+    let mut quiet = b.subscribe(&UserId::new("gina")).await.unwrap();
+    wait_until("b is up", || b.health().up).await;
+    // Past the first keep-alive ping (every 5 s), with one second to spare.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(b.health().up);
+    a.publish(message("m1", "gina")).await;
+    match next(&mut quiet).await {
+        BusEvent::Message(message) => assert_eq!(message.id.as_str(), "m1"),
+        other => panic!("the first event after a quiet spell must be the message: {other:?}"),
+    }
+}

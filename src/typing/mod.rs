@@ -2,14 +2,11 @@
 //! refreshed, and then ends by itself (the other side hears `typing: false`), so a client that
 //! closes its tab mid-sentence does not leave "typing…" on the other screen.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+pub mod indicators;
 
-use tokio::time::Instant;
+use std::{sync::Arc, time::Duration};
 
+use self::indicators::{Ending, Indicators, Key};
 use crate::{
     bus::MessageBus,
     domain::{ChatEvent, UserId, Viewer},
@@ -31,17 +28,21 @@ pub struct Typing {
     bus: Arc<dyn MessageBus>,
     /// The per-user `setTyping` limit.
     limits: Arc<RateLimits>,
-    /// When each (typist, reader) indicator ends unless refreshed. A std mutex: held only for
-    /// map updates.
-    until: Arc<Mutex<HashMap<(UserId, UserId), Instant>>>,
+    /// Which (typist, reader) indicators are on, on every instance.
+    indicators: Indicators,
     /// [`TYPING_LASTS`], shorter in tests.
     lasts: Duration,
 }
 
 impl Typing {
-    /// The service over `store`, relaying through `bus`.
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, limits: Arc<RateLimits>) -> Self {
-        Typing { store, bus, limits, until: Arc::default(), lasts: TYPING_LASTS }
+    /// The service over `store`, relaying through `bus`, keeping indicators in `indicators`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bus: Arc<dyn MessageBus>,
+        limits: Arc<RateLimits>,
+        indicators: Indicators,
+    ) -> Self {
+        Typing { store, bus, limits, indicators, lasts: TYPING_LASTS }
     }
 
     /// Tells `with`'s connections that the caller is (or stopped) typing to them. A `true`
@@ -62,43 +63,27 @@ impl Typing {
             return Ok(());
         }
         let key = (viewer.user_id.clone(), with.clone());
-        let was_typing = {
-            let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-            let was_typing = until.get(&key).is_some_and(|end| *end > Instant::now());
-            if typing {
-                until.insert(key.clone(), Instant::now() + self.lasts);
-            } else {
-                until.remove(&key);
-            }
-            was_typing
-        };
+        let (was_typing, ending) = self.indicators.set(&key, typing, self.lasts).await;
         if typing != was_typing {
             self.announce(&key, typing).await;
         }
         if typing {
-            self.end_later(key);
+            self.end_later(key, ending);
         }
         Ok(())
     }
 
-    async fn announce(&self, (from, to): &(UserId, UserId), typing: bool) {
+    async fn announce(&self, (from, to): &Key, typing: bool) {
         let event = Arc::new(ChatEvent::TypingChanged { from: from.clone(), typing });
         self.bus.publish_event(to, event).await;
     }
 
     /// Announces `false` once the indicator runs out, unless a refresh moved its end.
-    fn end_later(&self, key: (UserId, UserId)) {
+    fn end_later(&self, key: Key, ending: Ending) {
         let typing = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(typing.lasts).await;
-            let expired = {
-                let mut until = typing.until.lock().unwrap_or_else(|p| p.into_inner());
-                match until.get(&key) {
-                    Some(end) if *end <= Instant::now() => until.remove(&key).is_some(),
-                    _ => false,
-                }
-            };
-            if expired {
+            if typing.indicators.expire(&key, ending).await {
                 typing.announce(&key, false).await;
             }
         });
@@ -127,8 +112,9 @@ mod tests {
         let world = World::new();
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
         let as_alice = world.viewer(&alice).await;
+        let limits = crate::testing::limits(|_| {});
         let typing =
-            Typing::new(world.store.clone(), world.bus.clone(), crate::testing::limits(|_| {}));
+            Typing::new(world.store.clone(), world.bus.clone(), limits, Indicators::new(None));
         let mut bobs = world.bus.subscribe_events(&bob.id).await.unwrap();
 
         typing.set(&as_alice, &bob.id, true).await.unwrap();
