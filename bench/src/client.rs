@@ -46,8 +46,18 @@ pub fn unique_phone_number() -> String {
 /// Where a send goes and how it travels.
 #[derive(Clone)]
 pub enum Target {
-    Chat { http: reqwest::Client, base_url: String },
-    Baseline { http: reqwest::Client, base_url: String },
+    /// A chatapp: messages are sent and users registered through `base_url`, recipients
+    /// subscribe through `receive_url` (the same server, or another instance of it).
+    Chat {
+        http: reqwest::Client,
+        base_url: String,
+        receive_url: String,
+        label: &'static str,
+    },
+    Baseline {
+        http: reqwest::Client,
+        base_url: String,
+    },
 }
 
 /// One sender's way to reach one recipient.
@@ -61,7 +71,23 @@ pub struct Route {
 
 impl Target {
     pub fn chat(base_url: &str) -> Self {
-        Target::Chat { http: http_client(), base_url: base_url.to_string() }
+        Target::Chat {
+            http: http_client(),
+            base_url: base_url.to_string(),
+            receive_url: base_url.to_string(),
+            label: "chatapp",
+        }
+    }
+
+    /// Two instances of one deployment: senders through `send_url`, recipients on
+    /// `receive_url`, so every message crosses the shared bus.
+    pub fn across(send_url: &str, receive_url: &str) -> Self {
+        Target::Chat {
+            http: http_client(),
+            base_url: send_url.to_string(),
+            receive_url: receive_url.to_string(),
+            label: "chatapp A->B",
+        }
     }
 
     pub fn baseline(base_url: &str) -> Self {
@@ -70,7 +96,7 @@ impl Target {
 
     pub fn name(&self) -> &'static str {
         match self {
-            Target::Chat { .. } => "chatapp",
+            Target::Chat { label, .. } => label,
             Target::Baseline { .. } => "baseline",
         }
     }
@@ -78,7 +104,7 @@ impl Target {
     /// Sends one message along `route`.
     pub async fn send(&self, route: &Route, content: &str) -> anyhow::Result<()> {
         match self {
-            Target::Chat { http, base_url } => {
+            Target::Chat { http, base_url, .. } => {
                 // Only success matters here, so the answer is not parsed unless it is an error
                 // (parsing costs the load generator CPU the server under test would not get).
                 let input = json!({ "recipientId": route.recipient, "content": content });
@@ -127,9 +153,10 @@ impl Target {
         }
     }
 
-    fn chat_url(&self) -> &str {
+    fn receive_url(&self) -> &str {
         match self {
-            Target::Chat { base_url, .. } | Target::Baseline { base_url, .. } => base_url,
+            Target::Chat { receive_url, .. } => receive_url,
+            Target::Baseline { base_url, .. } => base_url,
         }
     }
 
@@ -140,7 +167,9 @@ impl Target {
         variables: Value,
         token: Option<&str>,
     ) -> anyhow::Result<Value> {
-        let Target::Chat { http, base_url } = self else { bail!("GraphQL needs the chat target") };
+        let Target::Chat { http, base_url, .. } = self else {
+            bail!("GraphQL needs the chat target")
+        };
         let body = json!({ "query": operations::operation(operation), "variables": variables });
         let mut request = http.post(format!("{base_url}/graphql")).json(&body);
         if let Some(token) = token {
@@ -175,7 +204,7 @@ impl Target {
 
     /// Opens a graphql-transport-ws connection for `token` and starts `messageReceived`.
     pub async fn subscribe(&self, token: &str) -> anyhow::Result<Ws> {
-        let url = format!("{}/graphql", self.chat_url().replacen("http", "ws", 1));
+        let url = format!("{}/graphql", self.receive_url().replacen("http", "ws", 1));
         let mut request = url.into_client_request()?;
         request
             .headers_mut()

@@ -43,11 +43,13 @@ struct Args {
     /// Process id of the --server-url server, for the idle-connection memory figures.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Scenarios to run, comma separated: delivery, baseline, idle, replay, storm, chatlist.
+    /// Scenarios to run, comma separated: delivery, multi (two instances over Redis: senders
+    /// through A, recipients on B; needs redis-server), baseline, idle, replay, storm,
+    /// chatlist.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "delivery,baseline,idle,replay,storm,chatlist"
+        default_value = "delivery,multi,baseline,idle,replay,storm,chatlist"
     )]
     scenarios: Vec<String>,
     /// Conversations of the one user whose chat list is read in the chatlist scenario.
@@ -141,6 +143,10 @@ async fn main() -> anyhow::Result<()> {
             server.stop().await;
         }
     }
+    if wants("multi") && args.server_url.is_none() {
+        eprintln!("multi-instance: {} pairs, senders through A, recipients on B", args.pairs);
+        report.delivery.extend(across_instances(&args).await?);
+    }
     if wants("baseline") {
         eprintln!("baseline: {} pairs", args.pairs);
         let server = Server::spawn_baseline().await?;
@@ -219,6 +225,26 @@ async fn fixed_rate_and_saturation(
     let saturated = pairs.measure(None, args.in_flight, duration).await;
     pairs.close();
     Ok([fixed, saturated])
+}
+
+/// Delivery between two instances on one data directory and one Redis (started here): every
+/// message is stored by A, published to Redis, and delivered by B.
+async fn across_instances(args: &Args) -> anyhow::Result<[DeliveryFigures; 2]> {
+    let redis = server::Redis::spawn().await?;
+    let data_dir = tempfile::tempdir()?;
+    let binary = args.server_bin.clone().unwrap_or_else(server::default_server_binary);
+    let env = [
+        ("BCRYPT_COST", "4".to_string()),
+        ("REDIS_URL", redis.url.clone()),
+        ("JWT_SECRET", "loadtest-secret-shared-by-both-instances".to_string()),
+        ("DATA_DIR", data_dir.path().display().to_string()),
+    ];
+    let a = Server::spawn(&binary, &env).await?;
+    let b = Server::spawn(&binary, &env).await?;
+    let figures = fixed_rate_and_saturation(args, &Target::across(&a.base_url, &b.base_url)).await;
+    a.stop().await;
+    b.stop().await;
+    figures
 }
 
 /// A fresh chatapp server with bcrypt at `bcrypt_cost`, or the external one.

@@ -119,6 +119,37 @@ impl Server {
     }
 }
 
+/// A private `redis-server` for the multi-instance scenario (no persistence), stopped when
+/// dropped.
+pub struct Redis {
+    pub url: String,
+    _child: Child,
+}
+
+impl Redis {
+    /// Starts `redis-server` (it must be on PATH) on a free port and waits until it listens.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start redis-server (install it: apt-get install redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on port {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Redis { url: format!("redis://127.0.0.1:{port}"), _child: child })
+    }
+}
+
 /// `VmRSS` of `pid` from `/proc/<pid>/status`.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
