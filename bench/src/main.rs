@@ -8,6 +8,7 @@ mod client;
 mod delivery;
 mod scenarios;
 mod server;
+mod wire;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -44,12 +45,12 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Scenarios to run, comma separated: delivery, multi (two instances over Redis: senders
-    /// through A, recipients on B; needs redis-server), baseline, idle, replay, storm,
-    /// chatlist.
+    /// through A, recipients on B; needs redis-server), wire (what a bus event costs, next to
+    /// the store read it saves), baseline, idle, replay, storm, chatlist.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "delivery,multi,baseline,idle,replay,storm,chatlist"
+        default_value = "delivery,multi,wire,baseline,idle,replay,storm,chatlist"
     )]
     scenarios: Vec<String>,
     /// Conversations of the one user whose chat list is read in the chatlist scenario.
@@ -107,6 +108,7 @@ struct Report {
     replay: Option<ReplayFigures>,
     storm: Option<StormFigures>,
     chat_list: Option<ChatListFigures>,
+    wire: Vec<wire::WireFigures>,
 }
 
 #[tokio::main]
@@ -146,6 +148,10 @@ async fn main() -> anyhow::Result<()> {
     if wants("multi") && args.server_url.is_none() {
         eprintln!("multi-instance: {} pairs, senders through A, recipients on B", args.pairs);
         report.delivery.extend(across_instances(&args).await?);
+    }
+    if wants("wire") {
+        eprintln!("wire: bus event size and cost, next to a store read by id");
+        report.wire = wire::measure().await?;
     }
     if wants("baseline") {
         eprintln!("baseline: {} pairs", args.pairs);
@@ -286,6 +292,12 @@ fn print_table(report: &Report) {
             d.sent,
             d.delivered,
             d.send_errors
+        );
+    }
+    for wire in &report.wire {
+        println!(
+            "wire: a {}-character message is a {} B event, encoded and decoded in {:.1} us; reading it by id from the embedded store instead: {:.1} us",
+            wire.content_chars, wire.event_bytes, wire.encode_decode_micros, wire.store_read_micros
         );
     }
     if let Some(idle) = &report.idle {
