@@ -142,6 +142,14 @@ async fn a_redis_restart_mid_traffic_loses_and_duplicates_nothing() {
     for n in 0..TOTAL {
         if n == 100 {
             redis.stop();
+            // The instances say so, and keep serving.
+            crate::helpers::wait_until("B reports the bus down", || async {
+                let health = apps[1].http.get(apps[1].url("/healthz")).send().await.unwrap();
+                let status = health.status();
+                let health: Value = health.json().await.unwrap();
+                status == 200 && health["status"] == "degraded" && health["bus"]["up"] == false
+            })
+            .await;
         }
         if n == 200 {
             redis.restart();
@@ -330,4 +338,19 @@ async fn set_typing(app: &TestApp, from: &TestUser, to: &TestUser, typing: bool)
     let variables = json!({ "with": to.id, "typing": typing });
     let body = app.graphql(query, variables, Some(&from.token)).await;
     assert!(body["errors"].is_null(), "{body}");
+}
+
+#[tokio::test]
+async fn redis_without_a_shared_token_secret_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let config = chatapp::config::Config::from_lookup(|name| match name {
+        "DATA_DIR" => Some(path.clone()),
+        "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
+        _ => None,
+    })
+    .unwrap();
+    let Err(error) = chatapp::build(&config).await else { panic!("started without JWT_SECRET") };
+    let message = error.to_string();
+    assert!(message.contains("JWT_SECRET") && message.contains("REDIS_URL"), "{message}");
 }
