@@ -492,6 +492,18 @@ mod tests {
     }
 
     #[test]
+    fn redis_is_off_unless_set_and_its_url_is_never_printed() {
+        assert!(config(&[]).unwrap().redis.is_none());
+        let url = "redis://:s3cret-redis-password@cache.internal:6379/0";
+        let config = config(&[("REDIS_URL", url), ("REDIS_TIMEOUT", "500ms")]).unwrap();
+        let redis = config.redis.as_ref().unwrap();
+        assert_eq!(redis.url.expose(), url);
+        assert_eq!(redis.channel_prefix, "chatapp:");
+        assert_eq!(redis.timeout, Duration::from_millis(500));
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
     fn cors_origins_are_a_list() {
         let listed = config(&[("CORS_ALLOWED_ORIGINS", "http://a.test, http://b.test")]).unwrap();
         assert!(listed.cors_allowed_origins.allows("http://b.test"));
