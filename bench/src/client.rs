@@ -52,7 +52,7 @@ pub enum Target {
         http: reqwest::Client,
         base_url: String,
         receive_url: String,
-        label: &'static str,
+        label: String,
     },
     Baseline {
         http: reqwest::Client,
@@ -70,12 +70,13 @@ pub struct Route {
 }
 
 impl Target {
-    pub fn chat(base_url: &str) -> Self {
+    /// A chatapp at `base_url`, named `label` in the results.
+    pub fn chat(base_url: &str, label: &str) -> Self {
         Target::Chat {
             http: http_client(),
             base_url: base_url.to_string(),
             receive_url: base_url.to_string(),
-            label: "chatapp",
+            label: label.to_string(),
         }
     }
 
@@ -86,7 +87,7 @@ impl Target {
             http: http_client(),
             base_url: send_url.to_string(),
             receive_url: receive_url.to_string(),
-            label: "chatapp A->B",
+            label: "chatapp A->B".to_string(),
         }
     }
 
@@ -94,7 +95,7 @@ impl Target {
         Target::Baseline { http: http_client(), base_url: base_url.to_string() }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Target::Chat { label, .. } => label,
             Target::Baseline { .. } => "baseline",

@@ -124,19 +124,29 @@ async fn main() -> anyhow::Result<()> {
         args.conversations = 30;
     }
     let wants = |name: &str| args.scenarios.iter().any(|s| s == name);
+    if let Some(url) = &args.server_url {
+        eprintln!(
+            "--server-url {url}: results are labelled {}. This tool neither starts nor configures \
+             that server, so --server-bin, --compare-bin and --storm-bcrypt-cost do not apply \
+             (the storm runs at the server's own BCRYPT_COST) and the multi scenario is skipped; \
+             idle memory needs --server-pid. The server must allow the load: raise RATE_LIMIT_*, \
+             WS_MAX_CONNECTIONS_PER_USER and BCRYPT_MAX_QUEUE.",
+            server::external_label(url)
+        );
+    }
     let duration = Duration::from_secs_f64(args.seconds);
     let mut report = Report::default();
 
     if wants("delivery") {
         eprintln!("delivery: {} pairs", args.pairs);
         let server = chat_server(&args, 4).await?;
-        let target = Target::chat(&server.base_url);
+        let target = Target::chat(&server.base_url, &server.label);
         report.delivery.extend(fixed_rate_and_saturation(&args, &target).await?);
         server.stop().await;
         if let Some(binary) = &args.compare_bin {
             eprintln!("delivery on {}: {} pairs", binary.display(), args.pairs);
             let server = Server::spawn(binary, &[("BCRYPT_COST", "4".to_string())]).await?;
-            let target = Target::chat(&server.base_url);
+            let target = Target::chat(&server.base_url, &server.label);
             let mut figures = fixed_rate_and_saturation(&args, &target).await?;
             for figure in &mut figures {
                 figure.target = "compare".to_string();
@@ -173,10 +183,11 @@ async fn main() -> anyhow::Result<()> {
         server.stop().await;
     }
     if wants("storm") {
-        eprintln!(
-            "login storm: {} workers at bcrypt cost {}",
-            args.storm_workers, args.storm_bcrypt_cost
-        );
+        let cost = match &args.server_url {
+            Some(_) => "the server's own bcrypt cost".to_string(),
+            None => format!("bcrypt cost {}", args.storm_bcrypt_cost),
+        };
+        eprintln!("login storm: {} workers at {cost}", args.storm_workers);
         let server = chat_server(&args, args.storm_bcrypt_cost).await?;
         let storm = scenarios::login_storm(
             &server,
@@ -185,7 +196,9 @@ async fn main() -> anyhow::Result<()> {
             args.storm_workers,
             duration,
         );
-        report.storm = Some(storm.await?);
+        let mut storm = storm.await?;
+        storm.bcrypt_cost = args.server_url.is_none().then_some(args.storm_bcrypt_cost);
+        report.storm = Some(storm);
         server.stop().await;
     }
 
@@ -334,8 +347,11 @@ fn print_table(report: &Report) {
         );
     }
     if let Some(storm) = &report.storm {
+        let cost = storm
+            .bcrypt_cost
+            .map_or("the server's own bcrypt cost".to_string(), |c| format!("bcrypt cost {c}"));
         println!(
-            "login storm: {} workers, {:.1} logins/s; delivery p99 {:.1} ms quiet -> {:.1} ms in the storm ({:.2}x); p50 {:.1} -> {:.1} ms",
+            "login storm: {} workers at {cost}, {:.1} logins/s; delivery p99 {:.1} ms quiet -> {:.1} ms in the storm ({:.2}x); p50 {:.1} -> {:.1} ms",
             storm.login_workers,
             storm.logins_per_second,
             storm.quiet.p99_ms,

@@ -54,7 +54,7 @@ pub struct IdleFigures {
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
 /// server's resident memory before and after.
 pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<IdleFigures> {
-    let target = Target::chat(&server.base_url);
+    let target = Target::chat(&server.base_url, &server.label);
     eprintln!("  registering {count} users");
     let users = register_many(&target, count, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -104,7 +104,7 @@ pub struct ReplayFigures {
 
 /// Queues `count` messages for one offline user, then subscribes and times the backlog.
 pub async fn replay(server: &Server, count: usize) -> anyhow::Result<ReplayFigures> {
-    let target = Target::chat(&server.base_url);
+    let target = Target::chat(&server.base_url, &server.label);
     let recipient = target.register().await?;
     let senders = register_many(&target, 16, 16).await?;
     eprintln!("  queueing {count} messages");
@@ -156,6 +156,8 @@ pub async fn replay(server: &Server, count: usize) -> anyhow::Result<ReplayFigur
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StormFigures {
+    /// The server's bcrypt cost, when this tool set it (`None`: an external server's own).
+    pub bcrypt_cost: Option<u32>,
     pub login_workers: usize,
     pub logins_per_second: f64,
     pub quiet: DeliveryFigures,
@@ -171,7 +173,7 @@ pub async fn login_storm(
     workers: usize,
     duration: Duration,
 ) -> anyhow::Result<StormFigures> {
-    let target = Target::chat(&server.base_url);
+    let target = Target::chat(&server.base_url, &server.label);
     let pairs = Pairs::open(&target, pairs).await?;
     let quiet = pairs.measure(Some(rate), 1, duration).await;
     let victims = register_many(&target, workers, 8).await?;
@@ -200,6 +202,7 @@ pub async fn login_storm(
     }
     pairs.close();
     Ok(StormFigures {
+        bcrypt_cost: None,
         login_workers: workers,
         logins_per_second,
         p99_ratio: storm.p99_ms / quiet.p99_ms.max(0.001),
@@ -234,7 +237,7 @@ pub struct ChatListFigures {
 /// reading their chat list: the first page, a page deep in the list, and a one-conversation
 /// list. If reading is O(page), the three are about the same.
 pub async fn chat_list(server: &Server, count: usize) -> anyhow::Result<ChatListFigures> {
-    let target = Target::chat(&server.base_url);
+    let target = Target::chat(&server.base_url, &server.label);
     let owner = target.register().await?;
     eprintln!("  registering {count} users");
     let friends = register_many(&target, count, 64).await?;

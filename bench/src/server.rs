@@ -17,6 +17,9 @@ pub struct Server {
     pub base_url: String,
     /// For memory readings from `/proc`; `None` for an external server without `--server-pid`.
     pub pid: Option<u32>,
+    /// What the results call it: `chatapp` for a server this tool started, else the external
+    /// server's host and port.
+    pub label: String,
     child: Option<Child>,
     _data_dir: Option<tempfile::TempDir>,
 }
@@ -24,12 +27,8 @@ pub struct Server {
 impl Server {
     /// An already running server.
     pub fn external(base_url: &str, pid: Option<u32>) -> Self {
-        Server {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            pid,
-            child: None,
-            _data_dir: None,
-        }
+        let base_url = base_url.trim_end_matches('/').to_string();
+        Server { label: external_label(&base_url), base_url, pid, child: None, _data_dir: None }
     }
 
     /// Starts `binary` on a free loopback port with `env` on top of benchmark defaults, and waits
@@ -66,6 +65,7 @@ impl Server {
         let server = Server {
             base_url: format!("http://127.0.0.1:{port}"),
             pid: child.id(),
+            label: "chatapp".to_string(),
             child: Some(child),
             _data_dir: Some(data_dir),
         };
@@ -86,6 +86,7 @@ impl Server {
         let server = Server {
             base_url: format!("http://127.0.0.1:{port}"),
             pid: child.id(),
+            label: "baseline".to_string(),
             child: Some(child),
             _data_dir: None,
         };
@@ -156,6 +157,13 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// An external server's name in the results: its host and port (`http://` and any path
+/// dropped), so figures from another stack are not labelled chatapp.
+pub fn external_label(base_url: &str) -> String {
+    let without_scheme = base_url.split_once("://").map_or(base_url, |(_, rest)| rest);
+    without_scheme.split('/').next().unwrap_or(without_scheme).to_string()
 }
 
 fn free_port() -> anyhow::Result<u16> {
