@@ -154,8 +154,10 @@ pub struct Limits {
     /// Verification codes sent per hour at the request of one client address
     /// (`RATE_LIMIT_VERIFICATION_PER_ADDRESS`): the cap on texts one client can cost us.
     pub verification_sends_per_hour_per_address: u32,
-    /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`); the rest queue, so a login storm
-    /// cannot take every core from message delivery.
+    /// bcrypt hashes running at once (`BCRYPT_CONCURRENCY`, one per core by default); the rest
+    /// queue. The hashing threads run at low priority (nice 10), so a login storm gets the CPU
+    /// delivery leaves idle; one thread on 2 cores kept delivery p99 at 1.06x in a storm but
+    /// capped sign-ins at 4.6/s, two threads give 8.1-8.3/s at 1.47x (BENCHMARKS.md).
     pub bcrypt_concurrency: usize,
     /// Password hashes running or queued at most (`BCRYPT_MAX_QUEUE`); past it, sign-ins are
     /// refused at once with `SERVICE_UNAVAILABLE` and `retryAfter`.
@@ -242,7 +244,7 @@ impl Config {
                 "RATE_LIMIT_VERIFICATION_PER_ADDRESS",
                 20,
             )? as u32,
-            bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", (cores / 2).max(1))?,
+            bcrypt_concurrency: positive("BCRYPT_CONCURRENCY", cores)?,
             bcrypt_max_queue: positive("BCRYPT_MAX_QUEUE", 32)?,
             graphql_max_depth: positive("GRAPHQL_MAX_DEPTH", 10)?,
             graphql_max_complexity: positive("GRAPHQL_MAX_COMPLEXITY", 2000)?,
