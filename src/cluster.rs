@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::{Client, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{Client, TlsCertificates, aio::ConnectionManager, aio::ConnectionManagerConfig};
 
 use crate::config::RedisConfig;
 
@@ -27,9 +27,24 @@ pub struct Cluster {
 
 impl Cluster {
     /// The Redis of `config`; connects lazily, so the server starts while Redis is down.
+    /// `rediss://` URLs connect over TLS (rustls), checking the server's certificate against
+    /// `REDIS_CA_CERT` when set, else the bundled Mozilla roots.
     pub fn connect(config: &RedisConfig) -> Result<Self, String> {
-        let client = Client::open(config.url.expose().as_str())
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
+        let url = config.url.expose().as_str();
+        let unusable = |error: redis::RedisError| format!("REDIS_URL is not usable: {error}");
+        let client = match &config.ca_cert {
+            None => Client::open(url).map_err(unusable)?,
+            Some(path) => {
+                if !url.starts_with("rediss://") {
+                    return Err("REDIS_CA_CERT is set, but REDIS_URL is not a rediss:// URL".into());
+                }
+                let pem = std::fs::read(path).map_err(|error| {
+                    format!("REDIS_CA_CERT {} cannot be read: {error}", path.display())
+                })?;
+                let certificates = TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                Client::build_with_tls(url, certificates).map_err(unusable)?
+            }
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

@@ -65,6 +65,9 @@ pub struct RedisConfig {
     pub channel_prefix: String,
     /// How long a Redis command or connection attempt may take (`REDIS_TIMEOUT`).
     pub timeout: Duration,
+    /// PEM file of the certificate authority a `rediss://` server's certificate must chain to
+    /// (`REDIS_CA_CERT`), for a private CA; unset, the bundled Mozilla roots are trusted.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Phone verification: new accounts prove they own their number with a one-time code.
@@ -284,6 +287,7 @@ impl Config {
                 url: Secret::new(url.trim().to_string()),
                 channel_prefix: get("REDIS_CHANNEL_PREFIX").unwrap_or_else(|| "chatapp:".into()),
                 timeout: duration("REDIS_TIMEOUT", Duration::from_secs(2))?,
+                ca_cert: get("REDIS_CA_CERT").map(PathBuf::from),
             }),
             None => None,
         };

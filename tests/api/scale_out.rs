@@ -354,3 +354,33 @@ async fn redis_without_a_shared_token_secret_is_refused_at_startup() {
     let message = error.to_string();
     assert!(message.contains("JWT_SECRET") && message.contains("REDIS_URL"), "{message}");
 }
+
+/// `rediss://` with `REDIS_CA_CERT`, through the settings: instances over TLS behave as one.
+#[tokio::test]
+async fn instances_share_a_redis_over_tls() {
+    let Some((redis, ca, _dir)) = RedisServer::start_tls("scale_out: TLS") else { return };
+    let ca = ca.display().to_string();
+    let apps = spawn_instances(2, redis.url(), &[("REDIS_CA_CERT", ca.as_str())]).await;
+    let alice = apps[0].register("+12025550143", "alice").await;
+    let bob = apps[1].register("+12025550144", "bob").await;
+    let mut bobs = apps[1].ws(&bob).await;
+    apps[1].subscribe_listening(&mut [(&mut bobs, "inbox")], &alice, &bob).await;
+    let sent = apps[0].send_ok(&alice, &bob, "over TLS").await;
+    assert_eq!(bobs.next_message("inbox").await["id"], sent["id"]);
+}
+
+#[tokio::test]
+async fn a_certificate_authority_for_a_plain_redis_url_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let config = chatapp::config::Config::from_lookup(|name| match name {
+        "DATA_DIR" => Some(path.clone()),
+        "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
+        "REDIS_CA_CERT" => Some("/etc/ssl/certs/ca.pem".into()),
+        "JWT_SECRET" => Some("a-secret-every-instance-of-this-test-shares".into()),
+        _ => None,
+    })
+    .unwrap();
+    let Err(error) = chatapp::build(&config).await else { panic!("started") };
+    assert!(error.to_string().contains("rediss://"), "{error}");
+}

@@ -72,6 +72,7 @@ fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
         url: Secret::new(server.url().to_string()),
         channel_prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
+        ca_cert: None,
     }
 }
 
@@ -305,4 +306,23 @@ async fn quiet_subscriptions_survive_keepalive_pings() {
         BusEvent::Message(message) => assert_eq!(message.id.as_str(), "m1"),
         other => panic!("the first event after a quiet spell must be the message: {other:?}"),
     }
+}
+
+/// Redis over TLS (`rediss://`): with the server's certificate authority in `REDIS_CA_CERT`
+/// the bus works; without it the certificate is refused (the bundled public roots do not
+/// include this private CA), so nothing is sent to an unverified server and the bus says down.
+#[tokio::test]
+async fn redis_over_tls_checks_the_servers_certificate() {
+    let Some((server, ca, _dir)) = RedisServer::start_tls("redis_over_tls") else { return };
+    let trusted = RedisConfig { ca_cert: Some(ca), ..redis_config(&server, &fresh_prefix()) };
+    let (a, b) = (connect(&trusted), connect(&trusted));
+    let mut on_b = b.subscribe(&UserId::new("hana")).await.unwrap();
+    wait_until("b is up over TLS", || b.health().up).await;
+    a.publish(message("m1", "hana")).await;
+    assert_eq!(next_message_id(&mut on_b).await, "m1");
+
+    let untrusted = connect(&redis_config(&server, &fresh_prefix()));
+    let _subscription = untrusted.subscribe(&UserId::new("ivan")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!untrusted.health().up, "connected to a server whose certificate nobody trusts");
 }
