@@ -17,12 +17,20 @@
 //!   typing presence verification
 //!            │
 //!   store     bus     rate_limits        storage trait (SQLite, MongoDB); live fan-out; limits
+//!            │         │         │
+//!            │       cluster ────┘         the Redis instances share (`REDIS_URL`), if any
 //!            │
 //!          domain                        ids, phone numbers, content, cursors: imports nothing
 //! ```
 //! Beside them, used from any layer: [`config`], [`error`] (the client-facing error and its
 //! `extensions.code`), [`client_address`], [`secret`], [`data_dir`], and the connection
 //! plumbing [`server`] (accept loop, header-read timeout, connection caps) and [`shutdown`].
+//!
+//! With `REDIS_URL`, several instances act as one: [`bus::redis`] carries live events between
+//! them, and the limits ([`rate_limits::redis`]), connection counts ([`presence::counts`]) and
+//! typing indicators ([`typing::indicators`]) keep their state in Redis, each falling back to
+//! this process's own while Redis fails. The store stays the only truth: whatever the bus
+//! misses, subscribers re-read from it.
 //!
 //! # Life of a message
 //! 1. `sendMessage` arrives over HTTP ([`http`], `http/graphql.rs`) or a websocket
