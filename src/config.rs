@@ -65,6 +65,10 @@ pub struct RedisConfig {
     pub channel_prefix: String,
     /// How long a Redis command or connection attempt may take (`REDIS_TIMEOUT`).
     pub timeout: Duration,
+    /// How long an instance counts as alive after its last heartbeat (`REDIS_INSTANCE_TTL`):
+    /// after a crash, its users stop counting as online, and are announced offline, within
+    /// about this long.
+    pub instance_ttl: Duration,
     /// PEM file of the certificate authority a `rediss://` server's certificate must chain to
     /// (`REDIS_CA_CERT`), for a private CA; unset, the bundled Mozilla roots are trusted.
     pub ca_cert: Option<PathBuf>,
@@ -288,6 +292,7 @@ impl Config {
                 channel_prefix: get("REDIS_CHANNEL_PREFIX").unwrap_or_else(|| "chatapp:".into()),
                 timeout: duration("REDIS_TIMEOUT", Duration::from_secs(2))?,
                 ca_cert: get("REDIS_CA_CERT").map(PathBuf::from),
+                instance_ttl: duration("REDIS_INSTANCE_TTL", Duration::from_secs(30))?,
             }),
             None => None,
         };

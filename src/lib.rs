@@ -152,9 +152,11 @@ pub fn build_with_store(config: &Config, store: Arc<dyn Store>) -> Result<App, S
         config.limits.bcrypt_max_queue,
     );
     let sessions = Sessions::new(store.clone(), bus.clone(), tokens);
-    let counts = match &cluster {
-        Some(cluster) => ConnectionCounts::shared(cluster.clone()),
-        None => ConnectionCounts::local(),
+    let counts = match (&cluster, &config.redis) {
+        (Some(cluster), Some(redis)) => {
+            ConnectionCounts::shared(cluster.clone(), redis.instance_ttl)
+        }
+        _ => ConnectionCounts::local(),
     };
     let presence = Presence::new(store.clone(), bus.clone(), limits.clone(), counts);
     let verification = PhoneVerification::new(

@@ -3,9 +3,12 @@
 //!
 //! Always counted in this process. With Redis, also in one hash per user (`conn:<user>`: a
 //! field per instance holding that instance's count) beside a hash of instance heartbeats
-//! (`instances`: id -> alive-until, refreshed every [`HEARTBEAT`]). A total only adds the
+//! (`instances`: id -> alive-until, renewed every third of `REDIS_INSTANCE_TTL`) and a set per
+//! instance of the users it has connections for (`users-of:<instance>`). A total only adds the
 //! fields of live instances and drops the others, so an instance that dies (`kill -9`, a lost
-//! host) stops counting within [`INSTANCE_TTL`] instead of keeping its users online forever.
+//! host) stops counting once its heartbeat runs out; and the first live instance to notice
+//! claims the dead one's set ([`ConnectionCounts::heartbeat`]), so its users who are now
+//! offline everywhere can be announced offline and their last-seen time recorded.
 //! Each change is one atomic script on Redis's clock. While Redis fails, counts are this
 //! process's (the limit then holds per instance; online is still true wherever the user is
 //! connected here).
@@ -23,11 +26,6 @@ use std::{
 use redis::Script;
 
 use crate::{cluster::Cluster, domain::UserId};
-
-/// How often an instance renews its heartbeat.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
-/// How long a heartbeat keeps an instance's counts alive.
-pub const INSTANCE_TTL: Duration = Duration::from_secs(30);
 
 /// Sums the live instances' counts in KEYS[1] (dropping dead ones), given heartbeats KEYS[2].
 /// Shared by the scripts below; `now` is a local set before it.
@@ -47,22 +45,47 @@ local function live_total()
 end
 ";
 
-/// ARGV: instance id, alive-for ms, most allowed. Returns the total after admitting, or -1.
+/// ARGV: instance id, alive-for ms, user, most allowed. Returns the total after admitting, or
+/// -1. KEYS[3]: this instance's set of users.
 const OPEN: &str = r"
 local total = live_total()
-if total >= tonumber(ARGV[3]) then
+if total >= tonumber(ARGV[4]) then
   return -1
 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SADD', KEYS[3], ARGV[3])
 return total + 1
 ";
 
-/// ARGV: instance id, alive-for ms. Returns the total after closing.
+/// ARGV: instance id, alive-for ms, user. Returns the total after closing.
 const CLOSE: &str = r"
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[3])
 end
 return live_total()
+";
+
+/// Renews this instance's heartbeat (KEYS[1]: the heartbeats; ARGV: instance id, alive-for ms,
+/// the `users-of:` key prefix), claims every instance whose heartbeat ran out (removing it, so
+/// exactly one live instance claims each) and returns the users those had connections for.
+const REAP: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+local beats = redis.call('HGETALL', KEYS[1])
+local orphans = {}
+for i = 1, #beats, 2 do
+  if tonumber(beats[i + 1]) <= now then
+    redis.call('HDEL', KEYS[1], beats[i])
+    local set = ARGV[3] .. beats[i]
+    for _, user in ipairs(redis.call('SMEMBERS', set)) do
+      table.insert(orphans, user)
+    end
+    redis.call('DEL', set)
+  end
+end
+return orphans
 ";
 
 /// ARGV: instance id, alive-for ms. Returns the total.
@@ -104,11 +127,36 @@ impl ConnectionCounts {
         ConnectionCounts { local: Arc::default(), shared: None }
     }
 
-    /// Counts shared through `cluster`'s Redis; starts the heartbeat.
-    pub fn shared(cluster: Cluster) -> Self {
-        let shared = Arc::new(RedisCounts::new(cluster));
-        tokio::spawn(heartbeat(Arc::downgrade(&shared)));
+    /// Counts shared through `cluster`'s Redis; an instance that has not renewed its heartbeat
+    /// for `instance_ttl` counts as dead. [`ConnectionCounts::heartbeat`] must be called every
+    /// [`ConnectionCounts::heartbeat_every`].
+    pub fn shared(cluster: Cluster, instance_ttl: Duration) -> Self {
+        let shared = Arc::new(RedisCounts::new(cluster, instance_ttl));
         ConnectionCounts { local: Arc::default(), shared: Some(shared) }
+    }
+
+    /// How often [`ConnectionCounts::heartbeat`] must run; `None` without Redis.
+    pub fn heartbeat_every(&self) -> Option<Duration> {
+        self.shared.as_ref().map(|shared| shared.instance_ttl / 3)
+    }
+
+    /// Renews this instance's heartbeat and returns the users of instances found dead
+    /// (claimed by this call alone): each may have gone offline without anyone announcing it.
+    pub async fn heartbeat(&self) -> Vec<UserId> {
+        let Some(shared) = &self.shared else { return Vec::new() };
+        let keys = [shared.cluster.key("instances")];
+        let args = [
+            shared.instance.clone(),
+            shared.instance_ttl.as_millis().to_string(),
+            shared.cluster.key("users-of:"),
+        ];
+        match shared.cluster.run::<Vec<String>>(&shared.reap, &keys, &args).await {
+            Ok(users) => users.into_iter().map(UserId::new).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the instance heartbeat in Redis");
+                Vec::new()
+            }
+        }
     }
 
     /// Counts a new connection of `user` unless they already have `max` open; returns where it
@@ -181,26 +229,40 @@ struct RedisCounts {
     cluster: Cluster,
     /// This process's field in every user's hash.
     instance: String,
+    /// How long a heartbeat keeps an instance alive (`REDIS_INSTANCE_TTL`).
+    instance_ttl: Duration,
     open: Script,
     close: Script,
     count: Script,
+    reap: Script,
 }
 
 impl RedisCounts {
-    fn new(cluster: Cluster) -> Self {
+    fn new(cluster: Cluster, instance_ttl: Duration) -> Self {
         RedisCounts {
             cluster,
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            instance_ttl,
             open: script(OPEN),
             close: script(CLOSE),
             count: script(COUNT),
+            reap: Script::new(REAP),
         }
     }
 
-    /// Runs `script` for `user`; `None` if Redis fails or is too slow.
+    /// Runs `script` for `user` (with `max` for admission); `None` if Redis fails or is too
+    /// slow.
     async fn run(&self, script: &Script, user: &UserId, max: Option<usize>) -> Option<i64> {
-        let keys = [self.cluster.key(&format!("conn:{user}")), self.cluster.key("instances")];
-        let mut args = vec![self.instance.clone(), INSTANCE_TTL.as_millis().to_string()];
+        let keys = [
+            self.cluster.key(&format!("conn:{user}")),
+            self.cluster.key("instances"),
+            self.cluster.key(&format!("users-of:{}", self.instance)),
+        ];
+        let mut args = vec![
+            self.instance.clone(),
+            self.instance_ttl.as_millis().to_string(),
+            user.to_string(),
+        ];
         args.extend(max.map(|max| max.to_string()));
         match self.cluster.run(script, &keys, &args).await {
             Ok(value) => Some(value),
@@ -209,16 +271,5 @@ impl RedisCounts {
                 None
             }
         }
-    }
-}
-
-/// Renews the instance's heartbeat every [`HEARTBEAT`] while the counts exist.
-async fn heartbeat(counts: std::sync::Weak<RedisCounts>) {
-    let mut every = tokio::time::interval(HEARTBEAT);
-    loop {
-        every.tick().await;
-        let Some(counts) = counts.upgrade() else { return };
-        // Counting nobody renews the heartbeat as a side effect.
-        counts.run(&counts.count, &UserId::new("-"), None).await;
     }
 }

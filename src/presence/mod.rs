@@ -25,7 +25,9 @@ pub const PRESENCE_FANOUT: usize = 200;
 
 /// Counts open connections per user and announces changes of presence.
 #[derive(Clone)]
-pub struct Presence {
+pub struct Presence(Arc<Inner>);
+
+struct Inner {
     /// Where last-seen times and the privacy setting are kept, and who chats with whom.
     store: Arc<dyn Store>,
     /// Carries presence changes to partners' connections.
@@ -51,13 +53,17 @@ impl Presence {
         limits: Arc<RateLimits>,
         counts: ConnectionCounts,
     ) -> Self {
-        Presence { store, bus, limits, counts }
+        let presence = Presence(Arc::new(Inner { store, bus, limits, counts }));
+        if let Some(every) = presence.0.counts.heartbeat_every() {
+            tokio::spawn(heartbeat(Arc::downgrade(&presence.0), every));
+        }
+        presence
     }
 
     /// Admits a connection of `user` unless they have `max` open already (on all instances);
     /// the user is online until the returned guard (and every other one of theirs) is dropped.
     pub async fn connect(&self, user: &UserId, max: usize) -> Option<PresenceGuard> {
-        let (counted, total) = self.counts.open(user, max).await?;
+        let (counted, total) = self.0.counts.open(user, max).await?;
         if total == 1 {
             // Off the connection's path: its acknowledgement does not wait for the partners.
             let (presence, user) = (self.clone(), user.clone());
@@ -68,41 +74,45 @@ impl Presence {
 
     /// Whether `user` has a connection open on any instance.
     pub async fn is_online(&self, user: &UserId) -> bool {
-        self.counts.is_online(user).await
+        self.0.counts.is_online(user).await
     }
 
     /// Sets whether the caller shows their presence to the people they chat with.
     pub async fn set_visible(&self, viewer: &Viewer, visible: bool) -> AppResult<()> {
-        self.limits.check_account_change(viewer.user_id.as_str()).await?;
-        Ok(self.store.set_shows_presence(&viewer.user_id, visible).await?)
+        self.0.limits.check_account_change(viewer.user_id.as_str()).await?;
+        Ok(self.0.store.set_shows_presence(&viewer.user_id, visible).await?)
     }
 
     fn disconnected(&self, user: &UserId, counted: Counted) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (presence, user) = (self.clone(), user.clone());
         runtime.spawn(async move {
-            if presence.counts.close(&user, counted).await > 0 {
-                return;
+            if presence.0.counts.close(&user, counted).await == 0 {
+                presence.went_offline(&user).await;
             }
-            // Milliseconds, as the stores keep it, so the event and a later query agree.
-            let now = Utc::now();
-            let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-            if let Err(error) = presence.store.record_last_seen(&user, now).await {
-                tracing::warn!(%error, "cannot record when a user was last seen");
-            }
-            presence.announce(&user, false, Some(now)).await;
         });
+    }
+
+    /// Records when `user` was last seen and tells their partners they went offline.
+    async fn went_offline(&self, user: &UserId) {
+        // Milliseconds, as the stores keep it, so the event and a later query agree.
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        if let Err(error) = self.0.store.record_last_seen(user, now).await {
+            tracing::warn!(%error, "cannot record when a user was last seen");
+        }
+        self.announce(user, false, Some(now)).await;
     }
 
     /// Tells `user`'s most recent conversation partners, unless the user hides their presence.
     async fn announce(&self, user: &UserId, online: bool, last_seen_at: Option<DateTime<Utc>>) {
         let partners = async {
-            let Some(found) = self.store.user_by_id(user).await? else { return Ok(Vec::new()) };
+            let Some(found) = self.0.store.user_by_id(user).await? else { return Ok(Vec::new()) };
             if !found.shows_presence {
                 return Ok(Vec::new());
             }
-            let blocked = self.store.blocked_users(user).await?;
-            let mut partners = self.store.conversations(user, None, PRESENCE_FANOUT).await?;
+            let blocked = self.0.store.blocked_users(user).await?;
+            let mut partners = self.0.store.conversations(user, None, PRESENCE_FANOUT).await?;
             partners.retain(|partner| !blocked.contains(&partner.with));
             Ok::<_, crate::store::StoreError>(partners)
         };
@@ -116,7 +126,28 @@ impl Presence {
         let event =
             Arc::new(ChatEvent::PresenceChanged { user: user.clone(), online, last_seen_at });
         for partner in partners {
-            self.bus.publish_event(&partner.with, event.clone()).await;
+            self.0.bus.publish_event(&partner.with, event.clone()).await;
+        }
+    }
+}
+
+/// Renews this instance's heartbeat every `every`, for as long as the service exists, and
+/// announces offline the users of instances that died (crashed, or lost their host) who have
+/// no connection left anywhere: nobody else would, since their sockets never closed cleanly.
+async fn heartbeat(presence: std::sync::Weak<Inner>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = presence.upgrade() else { return };
+        let presence = Presence(inner);
+        let orphans = presence.0.counts.heartbeat().await;
+        if !orphans.is_empty() {
+            tracing::warn!(users = orphans.len(), "an instance died; announcing its users offline");
+        }
+        for user in orphans {
+            if !presence.is_online(&user).await {
+                presence.went_offline(&user).await;
+            }
         }
     }
 }

@@ -365,7 +365,15 @@ impl WsClient {
         app: &TestApp,
         protocol: &str,
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{}/graphql", app.address).into_client_request()?;
+        Self::connect_to(app.address, protocol).await
+    }
+
+    /// Connects to `/graphql` at `address` (a server this suite did not start in-process).
+    pub async fn connect_to(
+        address: SocketAddr,
+        protocol: &str,
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("ws://{address}/graphql").into_client_request()?;
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(protocol).unwrap());

@@ -384,3 +384,70 @@ async fn a_certificate_authority_for_a_plain_redis_url_is_refused_at_startup() {
     let Err(error) = chatapp::build(&config).await else { panic!("started") };
     assert!(error.to_string().contains("rediss://"), "{error}");
 }
+
+/// An instance that crashes (SIGKILL: its sockets never say goodbye, its counts stay in Redis)
+/// leaves nobody online for good: once its heartbeat runs out, a live instance claims it,
+/// announces its users offline and records when they were last seen. B is a real process (the
+/// server binary) on A's data directory and Redis.
+#[tokio::test]
+async fn users_of_a_crashed_instance_are_announced_offline() {
+    use std::sync::Arc;
+
+    let Some(redis) = RedisServer::start("scale_out: crashed instance") else { return };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let prefix = format!("it{}:", uuid::Uuid::new_v4().simple());
+    let secret = "a-secret-every-instance-of-this-test-shares";
+    let settings = [
+        ("REDIS_URL", redis.url()),
+        ("REDIS_CHANNEL_PREFIX", prefix.as_str()),
+        ("JWT_SECRET", secret),
+        ("REDIS_INSTANCE_TTL", "1500ms"),
+    ];
+    let a = crate::helpers::spawn_app_with(dir.clone(), &settings).await;
+    if a.store.kind() != "sqlite" {
+        return; // B shares A's store through the data directory
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut b = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatapp"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("DATA_DIR", dir.path())
+        .envs(settings)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    let b_address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    crate::helpers::wait_until("B answers", || async {
+        let health = a.http.get(format!("http://{b_address}/healthz")).send().await;
+        health.is_ok_and(|response| response.status() == 200)
+    })
+    .await;
+
+    let alice = a.register("+12025550143", "alice").await;
+    let bob = a.register("+12025550144", "bob").await;
+    let mut bobs = a.events_connection(&bob, &alice).await;
+    let mut on_b =
+        crate::helpers::WsClient::connect_to(b_address, "graphql-transport-ws").await.unwrap();
+    assert_eq!(
+        on_b.init(json!({ "token": alice.token })).await,
+        Incoming::Json(json!({ "type": "connection_ack" }))
+    );
+    let came = bobs.next_event("events").await;
+    assert_eq!(
+        (came["__typename"].as_str(), &came["online"]),
+        (Some("PresenceChanged"), &json!(true))
+    );
+    assert_eq!(online(&a, &bob, &alice).await, true);
+
+    b.start_kill().unwrap();
+    b.wait().await.unwrap();
+    let offline = bobs.next_event("events").await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["lastSeenAt"].is_string(), "{offline}");
+    assert_eq!(online(&a, &bob, &alice).await, false);
+    drop(on_b);
+}

@@ -73,6 +73,7 @@ fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
         channel_prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
         ca_cert: None,
+        instance_ttl: Duration::from_secs(30),
     }
 }
 
