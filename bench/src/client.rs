@@ -205,12 +205,33 @@ impl Target {
 
     /// Opens a graphql-transport-ws connection for `token` and starts `messageReceived`.
     pub async fn subscribe(&self, token: &str) -> anyhow::Result<Ws> {
+        self.subscribe_from(token, None).await
+    }
+
+    /// [`Target::subscribe`] from local address `source` (another 127.0.0.x: one source
+    /// address has only about 28,000 ephemeral ports towards one server port).
+    pub async fn subscribe_from(
+        &self,
+        token: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Ws> {
         let url = format!("{}/graphql", self.receive_url().replacen("http", "ws", 1));
-        let mut request = url.into_client_request()?;
+        let mut request = url.clone().into_client_request()?;
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut ws = match source {
+            None => tokio_tungstenite::connect_async(request).await?.0,
+            Some(source) => {
+                let host = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+                let server: std::net::SocketAddr = host.parse().context("server address")?;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                let stream = socket.connect(server).await?;
+                let plain = MaybeTlsStream::Plain(stream);
+                tokio_tungstenite::client_async(request, plain).await?.0
+            }
+        };
         let init = json!({ "type": "connection_init", "payload": { "token": token } });
         ws.send(Message::text(init.to_string())).await?;
         match ws.next().await {

@@ -114,6 +114,7 @@ struct Report {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    raise_descriptor_limit();
     if let Some(Command::BaselineServer { port }) = args.command {
         return baseline::serve(port).await;
     }
@@ -215,10 +216,12 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("results written to {}", path.display());
     }
     let storm = report.storm.iter().flat_map(|storm| [&storm.quiet, &storm.storm]);
+    let idle = report.idle.iter().map(|idle| &idle.live_while_open);
     let lossy: Vec<_> = report
         .delivery
         .iter()
         .chain(storm)
+        .chain(idle)
         .filter(|d| d.delivered != d.sent || d.send_errors > 0)
         .collect();
     for d in &lossy {
@@ -231,6 +234,22 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("{} measurement(s) lost messages or had send errors", lossy.len());
     }
     Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit: each connection is a descriptor,
+/// and the servers this tool starts inherit the limit (they need one per connection too).
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!("cannot raise the open-file limit; large idle runs may fail");
+            }
+        }
+    }
 }
 
 /// The two delivery measurements on `target`: at the fixed `--rate`, then at saturation.
@@ -322,6 +341,15 @@ fn print_table(report: &Report) {
             idle.rss_before_bytes as f64 / 1048576.0,
             idle.rss_after_bytes as f64 / 1048576.0,
             idle.bytes_per_connection / 1024.0
+        );
+        let live = &idle.live_while_open;
+        println!(
+            "idle: meanwhile, live delivery at {:.0} msg/s between 20 other pairs: p50 {:.1} ms, p99 {:.1} ms ({} of {} delivered)",
+            live.offered_per_second.unwrap_or_default(),
+            live.p50_ms,
+            live.p99_ms,
+            live.delivered,
+            live.sent
         );
     }
     if let Some(replay) = &report.replay {

@@ -49,6 +49,8 @@ pub struct IdleFigures {
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub bytes_per_connection: f64,
+    /// Live delivery between 20 other pairs at 200 msg/s while every idle connection is open.
+    pub live_while_open: DeliveryFigures,
 }
 
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
@@ -61,8 +63,10 @@ pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<I
     let rss_before = server.rss_bytes().context("idle memory needs the server's pid")?;
     eprintln!("  opening {count} subscriptions");
     let started = Instant::now();
-    let opened: Vec<_> = stream::iter(&users)
-        .map(|user| target.subscribe(&user.token))
+    // Spread over 127.0.0.1..=127.0.0.8 (all loopback on Linux): ~28,000 ports each.
+    let source = |n: usize| Some(std::net::IpAddr::from([127, 0, 0, 1 + (n % 8) as u8]));
+    let opened: Vec<_> = stream::iter(users.iter().enumerate())
+        .map(|(n, user)| target.subscribe_from(&user.token, source(n)))
         .buffer_unordered(128)
         .collect()
         .await;
@@ -77,6 +81,10 @@ pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<I
     // Let the server finish starting every subscription and settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = server.rss_bytes().context("server memory")?;
+    eprintln!("  live delivery while they are open");
+    let pairs = Pairs::open(&target, 20).await?;
+    let live_while_open = pairs.measure(Some(200.0), 1, Duration::from_secs(5)).await;
+    pairs.close();
     let alive = holders.iter().filter(|holder| !holder.is_finished()).count();
     for holder in holders {
         holder.abort();
@@ -90,6 +98,7 @@ pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<I
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         bytes_per_connection: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+        live_while_open,
     })
 }
 
