@@ -236,20 +236,43 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises this process's open-file limit to its hard limit: each connection is a descriptor,
-/// and the servers this tool starts inherit the limit (they need one per connection too).
+/// Raises this process's open-file limit: each connection is a descriptor, and the servers
+/// this tool starts inherit the limit (they need one per connection too). As far as the kernel
+/// allows a process (`/proc/sys/fs/nr_open`) when permitted to raise the hard limit (root,
+/// `CAP_SYS_RESOURCE`), else up to the hard limit.
 fn raise_descriptor_limit() {
+    let kernel_max = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                eprintln!("cannot raise the open-file limit; large idle runs may fail");
-            }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = libc::rlimit { rlim_cur: kernel_max, rlim_max: kernel_max };
+        if kernel_max > limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            eprintln!("cannot raise the open-file limit; large idle runs may fail");
         }
     }
+}
+
+/// This process's open-file limit now.
+pub fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    // `rlim_t` is u64 on Linux x86-64, not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let current = limit.rlim_cur as u64;
+    current
 }
 
 /// The two delivery measurements on `target`: at the fixed `--rate`, then at saturation.

@@ -56,6 +56,15 @@ pub struct IdleFigures {
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
 /// server's resident memory before and after.
 pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<IdleFigures> {
+    let needed = count as u64 + 1024;
+    let limit = crate::open_file_limit();
+    if limit < needed {
+        bail!(
+            "{count} connections need about {needed} open files in this process and in the server; \
+             the limit is {limit} and could not be raised (raise the hard limit: `ulimit -Hn`, \
+             systemd LimitNOFILE=, or run with CAP_SYS_RESOURCE)"
+        );
+    }
     let target = Target::chat(&server.base_url, &server.label);
     eprintln!("  registering {count} users");
     let users = register_many(&target, count, 64).await?;
