@@ -200,6 +200,16 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
 
 /// Chat-list lines matching `condition` (on `conversations c`), each with its newest message
 /// and its unread count (counted on the `messages_unread` index).
+/// Ends every session of user `user_id` inside the current write; returns their ids.
+fn delete_sessions_of(c: &Connection, user_id: &str) -> StoreResult<Vec<SessionId>> {
+    let mut statement =
+        c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id").map_err(sql)?;
+    let ids = statement
+        .query_map([user_id], |row| row.get::<_, String>(0).map(SessionId::new))
+        .map_err(sql)?;
+    ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+}
+
 fn query_conversations(
     connection: &Connection,
     condition: &str,
@@ -406,15 +416,7 @@ impl Store for SqliteStore {
         let id = user_id.to_string();
         self.writer
             .write(move |c| {
-                let ended = {
-                    let mut statement = c
-                        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
-                        .map_err(sql)?;
-                    let ids = statement
-                        .query_map([&id], |row| row.get::<_, String>(0).map(SessionId::new))
-                        .map_err(sql)?;
-                    ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)?
-                };
+                let ended = delete_sessions_of(c, &id)?;
                 // The phone number column is unique and required: a placeholder that no parsed
                 // number can equal frees the real one.
                 c.execute(
@@ -531,13 +533,7 @@ impl Store for SqliteStore {
                 };
                 let mut ended = Vec::new();
                 for id in users {
-                    let mut sessions = c
-                        .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
-                        .map_err(sql)?;
-                    let ids = sessions
-                        .query_map([&id], |row| row.get::<_, String>(0).map(SessionId::new))
-                        .map_err(sql)?;
-                    ended.extend(ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)?);
+                    ended.extend(delete_sessions_of(c, &id)?);
                     for statement in [
                         "DELETE FROM verification_codes WHERE user_id = ?1",
                         "DELETE FROM conversations WHERE owner_id = ?1 OR other_id = ?1",
@@ -609,17 +605,7 @@ impl Store for SqliteStore {
 
     async fn delete_user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<SessionId>> {
         let user_id = user_id.to_string();
-        self.writer
-            .write(move |c| {
-                let mut statement = c
-                    .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id")
-                    .map_err(sql)?;
-                let ids = statement
-                    .query_map([user_id], |row| row.get::<_, String>(0).map(SessionId::new))
-                    .map_err(sql)?;
-                ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
-            })
-            .await
+        self.writer.write(move |c| delete_sessions_of(c, &user_id)).await
     }
 
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
