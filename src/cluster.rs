@@ -4,11 +4,21 @@
 //! connection that the bus's publishing, the rate limits, the connection counts and the typing
 //! indicators all use (the bus's subscriptions need a connection of their own). Every call
 //! through it has a timeout, so a Redis that hangs costs a request at most that long; callers
-//! fall back to this process's own state while Redis fails.
+//! fall back to this process's own state while Redis fails. After a failure, calls fail at
+//! once for [`PAUSE_AFTER_FAILURE`] without asking Redis (so requests do not each wait for a
+//! timeout), and an outage is logged once, not per call.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use redis::{Client, TlsCertificates, aio::ConnectionManager, aio::ConnectionManagerConfig};
+use redis::{
+    Client, Script, TlsCertificates, aio::ConnectionManager, aio::ConnectionManagerConfig,
+};
 
 use crate::config::RedisConfig;
 
@@ -23,6 +33,27 @@ pub struct Cluster {
     pub prefix: String,
     /// Longest any Redis call may take (`REDIS_TIMEOUT`).
     pub timeout: Duration,
+    /// Unix milliseconds before which [`Cluster::run`] does not ask Redis (after a failure).
+    paused_until: Arc<AtomicU64>,
+}
+
+/// How long Redis is left alone after a failed call.
+pub const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// Put before every script's body: `now`, Redis's clock in milliseconds, so instances whose
+/// clocks disagree still agree on expiry times.
+const CLOCK: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+";
+
+/// A script whose body may use `now` (Redis's clock, in milliseconds).
+pub fn script(body: &str) -> Script {
+    Script::new(&format!("{CLOCK}{body}"))
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Cluster {
@@ -58,6 +89,7 @@ impl Cluster {
             connection,
             prefix: config.channel_prefix.clone(),
             timeout: config.timeout,
+            paused_until: Arc::default(),
         })
     }
 
@@ -66,13 +98,17 @@ impl Cluster {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs `script` with `keys` and `args`, within the timeout.
+    /// Runs `script` with `keys` and `args`, within the timeout; fails at once while paused
+    /// after a failure.
     pub async fn run<T: redis::FromRedisValue>(
         &self,
-        script: &redis::Script,
+        script: &Script,
         keys: &[String],
         args: &[String],
     ) -> Result<T, String> {
+        if unix_millis() < self.paused_until.load(Ordering::Relaxed) {
+            return Err("paused after a failed call".into());
+        }
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key);
@@ -81,10 +117,20 @@ impl Cluster {
             invocation.arg(arg);
         }
         let mut connection = self.connection.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        let error = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", self.timeout),
+        };
+        let until = unix_millis() + PAUSE_AFTER_FAILURE.as_millis() as u64;
+        if self.paused_until.swap(until, Ordering::Relaxed) < unix_millis() {
+            tracing::warn!(%error, "Redis call failed; limits, counts and typing use this instance's own state until it answers");
         }
+        Err(error)
     }
 }

@@ -25,10 +25,13 @@ use std::{
 
 use redis::Script;
 
-use crate::{cluster::Cluster, domain::UserId};
+use crate::{
+    cluster::{self, Cluster},
+    domain::UserId,
+};
 
 /// Sums the live instances' counts in KEYS[1] (dropping dead ones), given heartbeats KEYS[2].
-/// Shared by the scripts below; `now` is a local set before it.
+/// Shared by the scripts below; `now` comes from [`cluster::script`].
 const SUM_LIVE: &str = r"
 local function live_total()
   local fields = redis.call('HGETALL', KEYS[1])
@@ -70,8 +73,6 @@ return live_total()
 /// the `users-of:` key prefix), claims every instance whose heartbeat ran out (removing it, so
 /// exactly one live instance claims each) and returns the users those had connections for.
 const REAP: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
 local beats = redis.call('HGETALL', KEYS[1])
 local orphans = {}
@@ -93,15 +94,11 @@ const COUNT: &str = r"
 return live_total()
 ";
 
-/// Every script first renews this instance's heartbeat (so its own counts are never dropped
-/// as dead, even before the first periodic renewal) and reads Redis's clock.
-fn script(body: &str) -> Script {
-    let prelude = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[2]))
-";
-    Script::new(&format!("{prelude}{SUM_LIVE}{body}"))
+/// Every count script first renews this instance's heartbeat (so its own counts are never
+/// dropped as dead, even before the first periodic renewal).
+fn count_script(body: &str) -> Script {
+    let renew = "redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[2]))";
+    cluster::script(&format!("{renew}\n{SUM_LIVE}{body}"))
 }
 
 /// Open connections per user.
@@ -150,13 +147,8 @@ impl ConnectionCounts {
             shared.instance_ttl.as_millis().to_string(),
             shared.cluster.key("users-of:"),
         ];
-        match shared.cluster.run::<Vec<String>>(&shared.reap, &keys, &args).await {
-            Ok(users) => users.into_iter().map(UserId::new).collect(),
-            Err(error) => {
-                tracing::warn!(%error, "cannot renew the instance heartbeat in Redis");
-                Vec::new()
-            }
-        }
+        let users = shared.cluster.run::<Vec<String>>(&shared.reap, &keys, &args).await;
+        users.unwrap_or_default().into_iter().map(UserId::new).collect()
     }
 
     /// Counts a new connection of `user` unless they already have `max` open; returns where it
@@ -243,15 +235,15 @@ impl RedisCounts {
             cluster,
             instance: uuid::Uuid::new_v4().simple().to_string(),
             instance_ttl,
-            open: script(OPEN),
-            close: script(CLOSE),
-            count: script(COUNT),
-            reap: Script::new(REAP),
+            open: count_script(OPEN),
+            close: count_script(CLOSE),
+            count: count_script(COUNT),
+            reap: cluster::script(REAP),
         }
     }
 
     /// Runs `script` for `user` (with `max` for admission); `None` if Redis fails or is too
-    /// slow.
+    /// slow (logged once per outage by [`Cluster::run`]).
     async fn run(&self, script: &Script, user: &UserId, max: Option<usize>) -> Option<i64> {
         let keys = [
             self.cluster.key(&format!("conn:{user}")),
@@ -264,12 +256,6 @@ impl RedisCounts {
             user.to_string(),
         ];
         args.extend(max.map(|max| max.to_string()));
-        match self.cluster.run(script, &keys, &args).await {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::warn!(%error, "Redis connection counts unavailable; counting here");
-                None
-            }
-        }
+        self.cluster.run(script, &keys, &args).await.ok()
     }
 }

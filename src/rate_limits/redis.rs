@@ -8,27 +8,22 @@
 //! after the last failure, so a successful login clears them with one `DEL`.
 //!
 //! Redis failing must not stop sign-ins: a call that fails or times out answers `None` and the
-//! caller uses its own in-process state; for a second after a failure Redis is not asked at
-//! all, so requests do not each wait for a timeout.
+//! caller uses its own in-process state ([`Cluster::run`] leaves Redis alone for a second
+//! after a failure, so requests do not each wait for a timeout).
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
 use redis::Script;
 
 use super::{FAILURE_MEMORY, Limit, MAX_BACKOFF, MAX_CONSECUTIVE_FAILURES};
-use crate::{client_address::ClientNetwork, cluster::Cluster};
-
-/// How long Redis is left alone after a failure.
-const PAUSE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+use crate::{
+    client_address::ClientNetwork,
+    cluster::{Cluster, script},
+};
 
 /// Takes a token from bucket KEYS[1] (ARGV: interval and burst, ms and count); returns 0, or
 /// the milliseconds to wait.
 const TAKE: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
@@ -44,8 +39,6 @@ return 0
 /// Records a failed login for network ARGV[1] in number hash KEYS[1] (ARGV: threshold,
 /// ceiling, longest backoff ms, memory ms).
 const FAIL: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local net = ARGV[1]
 local threshold = tonumber(ARGV[2])
 local ceiling = tonumber(ARGV[3])
@@ -65,10 +58,11 @@ redis.call('PEXPIRE', KEYS[1], math.max(keep, redis.call('PTTL', KEYS[1])))
 return 0
 ";
 
+/// Forgets number KEYS[1]'s failed logins.
+const CLEAR: &str = "return redis.call('DEL', KEYS[1])";
+
 /// Milliseconds until network ARGV[1] may try number KEYS[1] again (0: now).
 const BACKOFF: &str = r"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local blocked = redis.call('HMGET', KEYS[1], 'u:' .. ARGV[1], 'u')
 local latest = math.max(tonumber(blocked[1] or 0), tonumber(blocked[2] or 0))
 return math.max(latest - now, 0)
@@ -80,12 +74,7 @@ pub struct RedisLimits {
     take: Script,
     fail: Script,
     backoff: Script,
-    /// Unix milliseconds before which Redis is not asked (after a failure).
-    paused_until: AtomicU64,
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    clear: Script,
 }
 
 impl RedisLimits {
@@ -93,28 +82,16 @@ impl RedisLimits {
     pub fn new(cluster: Cluster) -> Self {
         RedisLimits {
             cluster,
-            take: Script::new(TAKE),
-            fail: Script::new(FAIL),
-            backoff: Script::new(BACKOFF),
-            paused_until: AtomicU64::new(0),
+            take: script(TAKE),
+            fail: script(FAIL),
+            backoff: script(BACKOFF),
+            clear: Script::new(CLEAR),
         }
     }
 
     /// Runs `script`; `None` if Redis is paused, fails or is too slow.
     async fn run(&self, script: &Script, key: String, args: &[String]) -> Option<u64> {
-        if unix_millis() < self.paused_until.load(Ordering::Relaxed) {
-            return None;
-        }
-        match self.cluster.run(script, &[key], args).await {
-            Ok(value) => Some(value),
-            Err(error) => {
-                let until = unix_millis() + PAUSE_AFTER_FAILURE.as_millis() as u64;
-                if self.paused_until.swap(until, Ordering::Relaxed) < unix_millis() {
-                    tracing::warn!(%error, "Redis limits unavailable; limiting per instance");
-                }
-                None
-            }
-        }
+        self.cluster.run(script, &[key], args).await.ok()
     }
 
     /// Takes a token from `limit`'s bucket for `key`: `Some(None)` if allowed, `Some(wait)` if
@@ -147,16 +124,7 @@ impl RedisLimits {
 
     /// Forgets `phone`'s failed logins (after a successful one).
     pub async fn clear_failures(&self, phone: &str) {
-        if unix_millis() < self.paused_until.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut connection = self.cluster.connection.clone();
-        let mut command = redis::cmd("DEL");
-        command.arg(self.failures_key(phone));
-        let delete = command.exec_async(&mut connection);
-        if !matches!(tokio::time::timeout(self.cluster.timeout, delete).await, Ok(Ok(()))) {
-            tracing::warn!("cannot clear failed logins in Redis");
-        }
+        self.run(&self.clear, self.failures_key(phone), &[]).await;
     }
 
     fn failures_key(&self, phone: &str) -> String {

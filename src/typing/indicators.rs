@@ -89,9 +89,9 @@ impl Indicators {
             } else {
                 shared.cluster.run::<i64>(&shared.stop, &[redis_key], &[]).await
             };
-            match ran {
-                Ok(was) => return (was > 0, Ending::Shared(token)),
-                Err(error) => tracing::warn!(%error, "typing indicators in Redis unavailable"),
+            // On failure (logged once per outage by `Cluster::run`), this process's map serves.
+            if let Ok(was) = ran {
+                return (was > 0, Ending::Shared(token));
             }
         }
         let mut until = self.local.lock().unwrap_or_else(|p| p.into_inner());
