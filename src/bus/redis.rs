@@ -117,17 +117,13 @@ impl RedisBus {
         bus
     }
 
-    fn channel(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
     /// Publishes `event` on `key`; on failure delivers it locally and remembers the topic.
     /// While publishing is failing, it is not tried at all (the settler probes every second),
     /// so a send waits for no Redis timeout.
     async fn publish_to(&self, key: String, event: BusEvent) {
         let settler = self.debt_settler();
         if settler.publishing.load(Ordering::SeqCst) {
-            if settler.publish(&self.channel(&key), wire::encode(&event)).await {
+            if settler.publish(&channel(&self.prefix, &key), wire::encode(&event)).await {
                 return;
             }
             if settler.publishing.swap(false, Ordering::SeqCst) {
@@ -198,7 +194,7 @@ impl DebtSettler {
         let mut unpaid = Vec::new();
         for key in owed {
             if !unpaid.is_empty()
-                || !self.publish(&format!("{}{key}", self.prefix), lagged.clone()).await
+                || !self.publish(&channel(&self.prefix, &key), lagged.clone()).await
             {
                 unpaid.push(key);
             }
@@ -282,8 +278,7 @@ impl Subscriber {
         let (mut sink, mut stream) = pubsub.split();
         let keys = self.hub.keys();
         if !keys.is_empty() {
-            let channels: Vec<String> = keys.iter().map(|key| self.channel(key)).collect();
-            match tokio::time::timeout(self.timeout, sink.subscribe(channels)).await {
+            match tokio::time::timeout(self.timeout, sink.subscribe(self.channels(&keys))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return Served::Unreachable(error.to_string()),
                 Err(_) => return Served::Unreachable("subscribing timed out".into()),
@@ -347,7 +342,7 @@ impl Subscriber {
         }
         let timeout = self.timeout;
         if !unwanted.is_empty() {
-            let channels: Vec<String> = unwanted.iter().map(|key| self.channel(key)).collect();
+            let channels = self.channels(&unwanted);
             if !matches!(
                 tokio::time::timeout(timeout, sink.unsubscribe(channels)).await,
                 Ok(Ok(()))
@@ -356,7 +351,7 @@ impl Subscriber {
             }
         }
         if !wanted.is_empty() {
-            let channels: Vec<String> = wanted.iter().map(|key| self.channel(key)).collect();
+            let channels = self.channels(&wanted);
             if !matches!(tokio::time::timeout(timeout, sink.subscribe(channels)).await, Ok(Ok(())))
             {
                 return false;
@@ -368,9 +363,14 @@ impl Subscriber {
         true
     }
 
-    fn channel(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+    fn channels(&self, keys: &[String]) -> Vec<String> {
+        keys.iter().map(|key| channel(&self.prefix, key)).collect()
     }
+}
+
+/// The Redis channel of topic `key`.
+fn channel(prefix: &str, key: &str) -> String {
+    format!("{prefix}{key}")
 }
 
 /// How a pub/sub connection ended.
