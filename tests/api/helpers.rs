@@ -137,6 +137,21 @@ pub async fn spawn_instances(
     apps
 }
 
+/// What stops a server from starting in `data_dir` with exactly `settings` (nothing else from
+/// the suite's defaults): the startup error's text. Fails the test if it starts.
+pub async fn startup_refusal(data_dir: &std::path::Path, settings: &[(&str, &str)]) -> String {
+    let path = data_dir.display().to_string();
+    let config = Config::from_lookup(|name| match name {
+        "DATA_DIR" => Some(path.clone()),
+        _ => settings.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string()),
+    })
+    .expect("well-formed settings");
+    match chatapp::build(&config).await {
+        Ok(_) => panic!("the server started with {settings:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// Starts a server on the store the suite would use, as `wrap` returns it (to inject faults).
 pub async fn spawn_app_wrapping_store(
     wrap: impl FnOnce(Arc<dyn chatapp::store::Store>) -> Arc<dyn chatapp::store::Store>,

@@ -11,13 +11,7 @@ async fn a_second_process_on_one_data_directory_is_refused_clearly() {
         return; // with MongoDB, instances share the database by design
     }
     let path = app.data_dir.path().display().to_string();
-    let config = chatapp::config::Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let Err(error) = chatapp::build(&config).await else { panic!("a second process started") };
-    let message = error.to_string();
+    let message = crate::helpers::startup_refusal(app.data_dir.path(), &[]).await;
     assert!(message.contains("another chatapp process") && message.contains(&path), "{message}");
     // The first one is untouched.
     let alice = app.register("+12025550141", "alice").await;

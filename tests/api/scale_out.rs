@@ -268,16 +268,8 @@ async fn processes_with_redis_may_share_one_sqlite_data_directory() {
         return; // MongoDB is shared by design
     }
     let b = crate::helpers::spawn_app_with(dir.clone(), &settings).await;
-    let path = dir.path().display().to_string();
-    let alone = chatapp::config::Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let Err(refused) = chatapp::build(&alone).await else {
-        panic!("a process without Redis joined")
-    };
-    assert!(refused.to_string().contains("REDIS_URL"), "{refused}");
+    let refused = crate::helpers::startup_refusal(dir.path(), &[]).await;
+    assert!(refused.contains("REDIS_URL"), "a process without Redis joined: {refused}");
 
     let alice = a.register("+12025550143", "alice").await;
     let bob = b.register("+12025550144", "bob").await;
@@ -343,15 +335,8 @@ async fn set_typing(app: &TestApp, from: &TestUser, to: &TestUser, typing: bool)
 #[tokio::test]
 async fn redis_without_a_shared_token_secret_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
-    let config = chatapp::config::Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
-        _ => None,
-    })
-    .unwrap();
-    let Err(error) = chatapp::build(&config).await else { panic!("started without JWT_SECRET") };
-    let message = error.to_string();
+    let settings = [("REDIS_URL", "redis://127.0.0.1:1")];
+    let message = crate::helpers::startup_refusal(dir.path(), &settings).await;
     assert!(message.contains("JWT_SECRET") && message.contains("REDIS_URL"), "{message}");
 }
 
@@ -372,17 +357,13 @@ async fn instances_share_a_redis_over_tls() {
 #[tokio::test]
 async fn a_certificate_authority_for_a_plain_redis_url_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
-    let config = chatapp::config::Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
-        "REDIS_CA_CERT" => Some("/etc/ssl/certs/ca.pem".into()),
-        "JWT_SECRET" => Some("a-secret-every-instance-of-this-test-shares".into()),
-        _ => None,
-    })
-    .unwrap();
-    let Err(error) = chatapp::build(&config).await else { panic!("started") };
-    assert!(error.to_string().contains("rediss://"), "{error}");
+    let settings = [
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+        ("REDIS_CA_CERT", "/etc/ssl/certs/ca.pem"),
+        ("JWT_SECRET", "a-secret-every-instance-of-this-test-shares"),
+    ];
+    let error = crate::helpers::startup_refusal(dir.path(), &settings).await;
+    assert!(error.contains("rediss://"), "{error}");
 }
 
 /// An instance that crashes (SIGKILL: its sockets never say goodbye, its counts stay in Redis)

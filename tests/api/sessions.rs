@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::helpers::{
     Incoming, TestApp, TestUser, WsClient, error_code, spawn_app, spawn_app_configured,
+    startup_refusal,
 };
 
 async fn me(app: &TestApp, token: &str) -> Value {
@@ -182,13 +183,6 @@ async fn forged_tokens_are_refused_everywhere() {
 #[tokio::test]
 async fn a_short_jwt_secret_is_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
-    let config = chatapp::config::Config::from_lookup(|name| match name {
-        "DATA_DIR" => Some(path.clone()),
-        "JWT_SECRET" => Some("too short".into()),
-        _ => None,
-    })
-    .unwrap();
-    let error = chatapp::build(&config).await.err().expect("startup refused");
-    assert!(error.to_string().contains("JWT_SECRET"), "{error}");
+    let error = startup_refusal(dir.path(), &[("JWT_SECRET", "too short")]).await;
+    assert!(error.contains("JWT_SECRET"), "{error}");
 }

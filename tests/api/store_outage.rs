@@ -44,15 +44,9 @@ async fn an_unreachable_mongodb_fails_fast_with_service_unavailable() {
 #[tokio::test]
 async fn a_malformed_mongo_uri_stops_startup_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().display().to_string();
-    let config = chatapp::config::Config::from_lookup(|name| match name {
-        "MONGO_URI" => Some("postgres://localhost/chat".into()),
-        "DATA_DIR" => Some(path.clone()),
-        _ => None,
-    })
-    .unwrap();
-    let Err(error) = chatapp::build(&config).await else { panic!("a postgres URI was accepted") };
-    assert!(error.to_string().contains("MONGO_URI"), "{error}");
+    let settings = [("MONGO_URI", "postgres://localhost/chat")];
+    let error = crate::helpers::startup_refusal(dir.path(), &settings).await;
+    assert!(error.contains("MONGO_URI"), "{error}");
 }
 
 /// Before: an outage during `connection_init` closed the socket with 4403 "Forbidden", as if the
