@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, WsClient, error_code, spawn_app, spawn_app_configured};
+use crate::helpers::{TestUser, WsClient, error_code, spawn_app, spawn_app_configured};
 
 /// The next event on "events" that is not a presence change (people connecting in the test
 /// announce themselves to those they chat with).
@@ -140,14 +140,6 @@ async fn typing_reaches_the_other_persons_connections_and_is_limited() {
     assert_eq!(error_code(&anonymous), "UNAUTHENTICATED");
 }
 
-const PRESENCE: &str = "query($id: ID!) { user(id: $id) { online lastSeenAt } }";
-
-async fn presence_of(app: &TestApp, viewer: &TestUser, user: &TestUser) -> Value {
-    let body = app.graphql(PRESENCE, json!({ "id": user.id }), Some(&viewer.token)).await;
-    assert!(body["errors"].is_null(), "{body}");
-    body["data"]["user"].clone()
-}
-
 #[tokio::test]
 async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
     let app = spawn_app().await;
@@ -155,10 +147,7 @@ async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
     let carol = app.register("+12025550145", "carol").await;
     // Bob's connection (its set-up gives Alice and Bob a conversation).
     let mut bobs = app.events_connection(&bob, &alice).await;
-    assert_eq!(
-        presence_of(&app, &bob, &alice).await,
-        json!({ "online": false, "lastSeenAt": null })
-    );
+    assert_eq!(app.presence_of(&bob, &alice).await, json!({ "online": false, "lastSeenAt": null }));
 
     let alices = app.ws(&alice).await;
     let online = bobs.next_event("events").await;
@@ -167,11 +156,11 @@ async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
         (online["user"]["id"].as_str(), online["online"].clone()),
         (Some(alice.id.as_str()), json!(true))
     );
-    assert_eq!(presence_of(&app, &bob, &alice).await["online"], true);
-    assert_eq!(presence_of(&app, &alice, &alice).await["online"], true, "one's own");
+    assert_eq!(app.presence_of(&bob, &alice).await["online"], true);
+    assert_eq!(app.presence_of(&alice, &alice).await["online"], true, "one's own");
     // Carol has never talked to Alice: nothing.
     assert_eq!(
-        presence_of(&app, &carol, &alice).await,
+        app.presence_of(&carol, &alice).await,
         json!({ "online": null, "lastSeenAt": null })
     );
 
@@ -179,7 +168,7 @@ async fn people_you_chat_with_see_you_online_and_when_you_were_last_seen() {
     let offline = bobs.next_event("events").await;
     assert_eq!(offline["online"], false, "{offline}");
     assert!(offline["lastSeenAt"].is_string());
-    let seen = presence_of(&app, &bob, &alice).await;
+    let seen = app.presence_of(&bob, &alice).await;
     assert_eq!(seen["online"], false);
     assert_eq!(seen["lastSeenAt"], offline["lastSeenAt"]);
 }
@@ -194,11 +183,8 @@ async fn hidden_presence_shows_nothing_and_announces_nothing() {
         .await;
     assert_eq!(hide["data"]["setPresenceVisible"], false, "{hide}");
     let alices = app.ws(&alice).await;
-    assert_eq!(
-        presence_of(&app, &bob, &alice).await,
-        json!({ "online": null, "lastSeenAt": null })
-    );
-    assert_eq!(presence_of(&app, &alice, &alice).await["online"], true, "still visible to oneself");
+    assert_eq!(app.presence_of(&bob, &alice).await, json!({ "online": null, "lastSeenAt": null }));
+    assert_eq!(app.presence_of(&alice, &alice).await["online"], true, "still visible to oneself");
     alices.close().await;
     bobs.expect_silence(Duration::from_millis(300)).await;
 }

@@ -312,6 +312,14 @@ impl TestApp {
         client
     }
 
+    /// `user`'s `online` and `lastSeenAt` as `viewer` sees them.
+    pub async fn presence_of(&self, viewer: &TestUser, user: &TestUser) -> Value {
+        let query = "query($id: ID!) { user(id: $id) { online lastSeenAt } }";
+        let body = self.graphql(query, json!({ "id": user.id }), Some(&viewer.token)).await;
+        assert!(body["errors"].is_null(), "{body}");
+        body["data"]["user"].clone()
+    }
+
     /// Logs `user` in again, returning the new session's token.
     pub async fn login(&self, user: &TestUser) -> String {
         let input = json!({ "phoneNumber": user.phone_number, "password": PASSWORD });

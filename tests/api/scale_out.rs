@@ -212,7 +212,7 @@ async fn presence_and_the_connection_cap_count_every_instance() {
     let bob = apps[1].register("+12025550144", "bob").await;
     // Bob listens for events on B (the set-up gives Alice and Bob a conversation).
     let mut bobs = apps[1].events_connection(&bob, &alice).await;
-    assert_eq!(online(&apps[2], &bob, &alice).await, false);
+    assert_eq!(apps[2].presence_of(&bob, &alice).await["online"], false);
 
     // Alice connects on A: Bob hears it on B, and C knows it.
     let on_a = apps[0].ws(&alice).await;
@@ -221,7 +221,7 @@ async fn presence_and_the_connection_cap_count_every_instance() {
         (event["__typename"].as_str(), &event["online"]),
         (Some("PresenceChanged"), &json!(true))
     );
-    assert_eq!(online(&apps[2], &bob, &alice).await, true);
+    assert_eq!(apps[2].presence_of(&bob, &alice).await["online"], true);
 
     // Two connections at most, counted over every instance: the third, on C, is refused.
     let on_b = apps[1].ws(&alice).await;
@@ -237,16 +237,9 @@ async fn presence_and_the_connection_cap_count_every_instance() {
     on_b.close().await;
     let event = bobs.next_event("events").await;
     assert_eq!(event["online"], false, "one offline event, after the last connection: {event}");
-    assert_eq!(online(&apps[2], &bob, &alice).await, false);
+    assert_eq!(apps[2].presence_of(&bob, &alice).await["online"], false);
     // And her places are free again.
     let _again = apps[2].ws(&alice).await;
-}
-
-/// `user`'s `online` as `viewer` sees it through `app`.
-async fn online(app: &TestApp, viewer: &TestUser, user: &TestUser) -> Value {
-    let query = "query($id: ID!) { user(id: $id) { online } }";
-    let body = app.graphql(query, json!({ "id": user.id }), Some(&viewer.token)).await;
-    body["data"]["user"]["online"].clone()
 }
 
 /// With Redis, processes on one host may share one SQLite data directory (each opens the
@@ -422,13 +415,13 @@ async fn users_of_a_crashed_instance_are_announced_offline() {
         (came["__typename"].as_str(), &came["online"]),
         (Some("PresenceChanged"), &json!(true))
     );
-    assert_eq!(online(&a, &bob, &alice).await, true);
+    assert_eq!(a.presence_of(&bob, &alice).await["online"], true);
 
     b.start_kill().unwrap();
     b.wait().await.unwrap();
     let offline = bobs.next_event("events").await;
     assert_eq!(offline["online"], false, "{offline}");
     assert!(offline["lastSeenAt"].is_string(), "{offline}");
-    assert_eq!(online(&a, &bob, &alice).await, false);
+    assert_eq!(a.presence_of(&bob, &alice).await["online"], false);
     drop(on_b);
 }
