@@ -60,15 +60,10 @@ enum Command {
 pub struct RedisBus {
     hub: Hub,
     commands: mpsc::UnboundedSender<Command>,
-    publisher: ConnectionManager,
-    /// Put before every topic key to make a Redis channel name (`REDIS_CHANNEL_PREFIX`).
-    prefix: Arc<str>,
+    publisher: Arc<Publisher>,
     /// Whether the pub/sub connection is up and subscribed.
     up: Arc<AtomicBool>,
-    /// Topics whose events could not be published; each gets a `Lagged` once publishing works.
-    debt: Arc<Mutex<HashSet<String>>>,
-    /// Whether publishing works (false from a failure until the settler gets through).
-    publishing: Arc<AtomicBool>,
+    /// How long a subscription waits for Redis's confirmation.
     timeout: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -101,47 +96,19 @@ impl RedisBus {
             timeout: cluster.timeout,
             missed: AtomicBool::new(false),
         };
-        let mut bus = RedisBus {
-            hub,
-            commands,
-            publisher: cluster.connection.clone(),
+        let publisher = Arc::new(Publisher {
+            connection: cluster.connection.clone(),
+            hub: hub.clone(),
             prefix,
-            up,
-            debt: Arc::default(),
-            publishing: Arc::new(AtomicBool::new(true)),
             timeout: cluster.timeout,
-            tasks: Vec::new(),
-        };
-        bus.tasks.push(tokio::spawn(subscriber.run(queue)));
-        bus.tasks.push(tokio::spawn(settle_debt_periodically(bus.debt_settler())));
-        bus
-    }
-
-    /// Publishes `event` on `key`; on failure delivers it locally and remembers the topic.
-    /// While publishing is failing, it is not tried at all (the settler probes every second),
-    /// so a send waits for no Redis timeout.
-    async fn publish_to(&self, key: String, event: BusEvent) {
-        let settler = self.debt_settler();
-        if settler.publishing.load(Ordering::SeqCst) {
-            if settler.publish(&channel(&self.prefix, &key), wire::encode(&event)).await {
-                return;
-            }
-            if settler.publishing.swap(false, Ordering::SeqCst) {
-                tracing::warn!("cannot publish to Redis; other instances catch up when it is back");
-            }
-        }
-        self.hub.send(&key, event);
-        self.debt.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
-    }
-
-    fn debt_settler(&self) -> DebtSettler {
-        DebtSettler {
-            publisher: self.publisher.clone(),
-            debt: Arc::downgrade(&self.debt),
-            publishing: self.publishing.clone(),
-            prefix: self.prefix.clone(),
-            timeout: self.timeout,
-        }
+            debt: Mutex::default(),
+            publishing: AtomicBool::new(true),
+        });
+        let tasks = vec![
+            tokio::spawn(subscriber.run(queue)),
+            tokio::spawn(settle_debt_periodically(publisher.clone())),
+        ];
+        RedisBus { hub, commands, publisher, up, timeout: cluster.timeout, tasks }
     }
 
     async fn listen(&self, topic: Topic<'_>) -> BusResult<BusSubscription> {
@@ -160,61 +127,76 @@ impl RedisBus {
     }
 }
 
-/// Publishes with a timeout, and pays off the topics owed a `Lagged`.
-#[derive(Clone)]
-struct DebtSettler {
-    publisher: ConnectionManager,
-    debt: std::sync::Weak<Mutex<HashSet<String>>>,
-    publishing: Arc<AtomicBool>,
+/// Publishes events, and pays off the topics owed a `Lagged` after publishing failed.
+struct Publisher {
+    connection: ConnectionManager,
+    /// This instance's subscribers, who get an event directly when it cannot be published.
+    hub: Hub,
+    /// Put before every topic key to make a Redis channel name (`REDIS_CHANNEL_PREFIX`).
     prefix: Arc<str>,
     timeout: Duration,
+    /// Topics whose events could not be published; each gets a `Lagged` once publishing works.
+    debt: Mutex<HashSet<String>>,
+    /// Whether publishing works (false from a failure until the settler gets through).
+    publishing: AtomicBool,
 }
 
-impl DebtSettler {
-    async fn publish(&self, channel: &str, payload: Vec<u8>) -> bool {
-        let mut connection = self.publisher.clone();
-        let published = connection.publish::<_, _, i64>(channel, payload);
+impl Publisher {
+    /// Publishes `event` on `key`; on failure delivers it locally and remembers the topic.
+    /// While publishing is failing, it is not tried at all (the settler probes every second),
+    /// so a send waits for no Redis timeout.
+    async fn publish_to(&self, key: String, event: BusEvent) {
+        if self.publishing.load(Ordering::SeqCst) {
+            if self.publish(&key, wire::encode(&event)).await {
+                return;
+            }
+            if self.publishing.swap(false, Ordering::SeqCst) {
+                tracing::warn!("cannot publish to Redis; other instances catch up when it is back");
+            }
+        }
+        self.hub.send(&key, event);
+        self.owed().insert(key);
+    }
+
+    async fn publish(&self, key: &str, payload: Vec<u8>) -> bool {
+        let mut connection = self.connection.clone();
+        let published = connection.publish::<_, _, i64>(channel(&self.prefix, key), payload);
         matches!(tokio::time::timeout(self.timeout, published).await, Ok(Ok(_)))
     }
 
-    /// Sends a `Lagged` to every topic owed one; those that still fail stay owed. Returns
-    /// false once the bus is gone.
-    async fn settle(&self) -> bool {
-        let Some(debt) = self.debt.upgrade() else { return false };
-        let owed: Vec<String> = {
-            let mut debt = debt.lock().unwrap_or_else(|p| p.into_inner());
-            debt.drain().collect()
-        };
+    fn owed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.debt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a `Lagged` to every topic owed one; those that still fail stay owed.
+    async fn settle(&self) {
+        let owed: Vec<String> = self.owed().drain().collect();
         if owed.is_empty() {
-            return true;
+            return;
         }
         // Publishing reopens only once every topic owed a lag has had it, so none is passed by
         // a newer event that would hide the gap.
         let lagged = wire::encode(&BusEvent::Lagged);
         let mut unpaid = Vec::new();
         for key in owed {
-            if !unpaid.is_empty()
-                || !self.publish(&channel(&self.prefix, &key), lagged.clone()).await
-            {
+            if !unpaid.is_empty() || !self.publish(&key, lagged.clone()).await {
                 unpaid.push(key);
             }
         }
         let paid = unpaid.is_empty();
-        debt.lock().unwrap_or_else(|p| p.into_inner()).extend(unpaid);
+        self.owed().extend(unpaid);
         if paid && !self.publishing.swap(true, Ordering::SeqCst) {
             tracing::info!("publishing to Redis works again; missed topics told to catch up");
         }
-        true
     }
 }
 
-async fn settle_debt_periodically(settler: DebtSettler) {
+/// Settles the debt every [`DEBT_RETRY`], until the bus is dropped (which aborts this task).
+async fn settle_debt_periodically(publisher: Arc<Publisher>) {
     let mut every = tokio::time::interval(DEBT_RETRY);
     loop {
         every.tick().await;
-        if !settler.settle().await {
-            return;
-        }
+        publisher.settle().await;
     }
 }
 
@@ -387,16 +369,18 @@ enum Served {
 impl MessageBus for RedisBus {
     async fn publish(&self, message: Arc<Message>) {
         let key = Topic::Inbox(&message.recipient_id).key();
-        self.publish_to(key, BusEvent::Message(message)).await;
+        self.publisher.publish_to(key, BusEvent::Message(message)).await;
     }
 
     async fn publish_event(&self, user_id: &UserId, event: Arc<ChatEvent>) {
-        self.publish_to(Topic::Events(user_id).key(), BusEvent::Chat(event)).await;
+        self.publisher.publish_to(Topic::Events(user_id).key(), BusEvent::Chat(event)).await;
     }
 
     async fn end_sessions(&self, session_ids: &[SessionId]) {
         for session_id in session_ids {
-            self.publish_to(Topic::Session(session_id).key(), BusEvent::SessionEnded).await;
+            self.publisher
+                .publish_to(Topic::Session(session_id).key(), BusEvent::SessionEnded)
+                .await;
         }
     }
 
@@ -413,7 +397,7 @@ impl MessageBus for RedisBus {
     }
 
     fn health(&self) -> BusHealth {
-        let publishing = self.publishing.load(Ordering::SeqCst);
+        let publishing = self.publisher.publishing.load(Ordering::SeqCst);
         BusHealth { kind: "redis", up: self.up.load(Ordering::SeqCst) && publishing }
     }
 }
