@@ -5,11 +5,14 @@ use async_graphql::{
     Context, Enum, ID, InputObject, Object, Subscription,
     connection::{Connection, Edge},
 };
-use futures::{Stream, StreamExt};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt, future::Either};
 
 use super::{
     Timestamp,
     context::ContextExt,
+    parked::Handover,
     users::{UserNode, load_user as load_user_by_id},
 };
 use crate::{
@@ -219,6 +222,14 @@ impl MessageSubscription {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>> + use<>> {
         let viewer = ctx.viewer().await?;
         let stream = ctx.service::<Messaging>()?.subscribe(&viewer).await?;
-        Ok(stream.map(|item| item.map_err(Into::into)))
+        let messages = stream.map(|item| item.map_err(Into::into));
+        // A parked subscription takes the messages and delivers them itself (see `parked`).
+        Ok(match ctx.data_opt::<Arc<Handover>>() {
+            Some(handover) => {
+                handover.put(messages.boxed());
+                Either::Left(futures::stream::empty())
+            }
+            None => Either::Right(messages),
+        })
     }
 }

@@ -10,6 +10,7 @@ pub mod document_shape;
 mod error_codes;
 mod events;
 mod messages;
+mod parked;
 mod parsed_queries;
 mod sessions;
 mod timestamp;
@@ -18,7 +19,12 @@ mod verification;
 
 pub use timestamp::Timestamp;
 
-use async_graphql::{MergedObject, MergedSubscription, Schema};
+use std::sync::Arc;
+
+use async_graphql::{
+    BatchRequest, BatchResponse, MergedObject, MergedSubscription, Request, Response, Schema,
+    SchemaBuilder, futures_util::stream::BoxStream,
+};
 
 use self::{
     account::AccountMutation,
@@ -29,10 +35,23 @@ use self::{
     users::{UserLoader, UserQuery},
     verification::VerificationMutation,
 };
-use self::{document_shape::ShapeLimits, error_codes::ErrorCodes, parsed_queries::ParsedQueries};
+use self::{
+    document_shape::ShapeLimits,
+    error_codes::ErrorCodes,
+    parked::{Handover, Parking},
+    parsed_queries::ParsedQueries,
+};
 use crate::{
-    accounts::Accounts, config::Limits, domain::PageSize, messages::Messaging, presence::Presence,
-    sessions::Sessions, typing::Typing, users::Directory, verification::PhoneVerification,
+    accounts::Accounts,
+    client_address::ClientAddress,
+    config::Limits,
+    domain::PageSize,
+    messages::Messaging,
+    presence::Presence,
+    sessions::{RequestAuth, Sessions},
+    typing::Typing,
+    users::Directory,
+    verification::PhoneVerification,
 };
 
 /// All queries.
@@ -69,8 +88,44 @@ pub fn page_complexity(last: Option<i32>, child_complexity: usize) -> usize {
     STORE_READ_COMPLEXITY.saturating_add(items.saturating_mul(child_complexity))
 }
 
-/// The schema type the server executes.
-pub type AppSchema = Schema<Query, Mutation, Subscription>;
+/// The schema the server executes, over HTTP and websockets alike.
+#[derive(Clone)]
+pub struct AppSchema {
+    schema: Schema<Query, Mutation, Subscription>,
+    /// Runs idle-heavy subscriptions in little memory (see [`parked`]).
+    parking: Parking,
+}
+
+impl AppSchema {
+    /// Runs one query or mutation.
+    pub async fn execute(&self, request: Request) -> Response {
+        self.schema.execute(request).await
+    }
+
+    /// Runs the operations of a batched HTTP request.
+    pub async fn execute_batch(&self, batch: BatchRequest) -> BatchResponse {
+        self.schema.execute_batch(batch).await
+    }
+
+    /// Runs any operation sent over a websocket by the authenticated `auth` from `client`: the
+    /// results of a subscription as they come, or the one result of a query or mutation.
+    pub fn execute_stream(
+        &self,
+        request: Request,
+        auth: RequestAuth,
+        client: ClientAddress,
+    ) -> BoxStream<'static, Response> {
+        let Some(parkable) = self.parking.parkable(&request) else {
+            return self.schema.execute_stream(request.data(auth).data(client));
+        };
+        let handover = Arc::new(Handover::default());
+        let variables = request.variables.clone();
+        let started = self
+            .schema
+            .execute_stream(request.data(auth.clone()).data(client).data(handover.clone()));
+        self.parking.run(parkable, started, handover, (variables, auth, client))
+    }
+}
 
 /// The services resolvers call, one per domain; each becomes schema data on its own, so a
 /// resolver asks for exactly the one it uses.
@@ -93,26 +148,32 @@ pub struct Services {
 
 /// Builds the schema over `services`, with the query limits of `limits`.
 pub fn build(services: Services, limits: &Limits) -> AppSchema {
-    let Services { accounts, sessions, messaging, directory, typing, presence, verification } =
-        services;
-    let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
-        .data(UserLoader::data_loader(directory.clone()))
-        .data(accounts)
-        .data(sessions)
-        .data(messaging)
-        .data(directory)
-        .data(typing)
-        .data(presence)
-        .data(verification)
+    let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default());
+    let builder = with_services(builder, &services)
         .extension(ErrorCodes)
         .extension(ParsedQueries::new(shape_limits(limits)))
         // Depth is enforced by the shape check, which treats introspection by its own rule.
         .limit_complexity(limits.graphql_max_complexity);
-    if limits.graphql_introspection {
-        builder.finish()
-    } else {
-        builder.disable_introspection().finish()
-    }
+    let schema =
+        if limits.graphql_introspection { builder } else { builder.disable_introspection() };
+    let delivery = parked::delivery_schema(|builder| with_services(builder, &services));
+    AppSchema { schema: schema.finish(), parking: Parking::new(delivery) }
+}
+
+/// `builder` with every service (and the user loader) as schema data.
+fn with_services<Q, M, S>(
+    builder: SchemaBuilder<Q, M, S>,
+    services: &Services,
+) -> SchemaBuilder<Q, M, S> {
+    builder
+        .data(UserLoader::data_loader(services.directory.clone()))
+        .data(services.accounts.clone())
+        .data(services.sessions.clone())
+        .data(services.messaging.clone())
+        .data(services.directory.clone())
+        .data(services.typing.clone())
+        .data(services.presence.clone())
+        .data(services.verification.clone())
 }
 
 /// The shape limits that follow from the configured query limits.

@@ -344,10 +344,9 @@ impl Connection {
             );
             return Ok(vec![protocol::refused(self.protocol, &id, &message, "LIMIT_EXCEEDED")]);
         }
-        let request = request.data(RequestAuth::authenticated(viewer)).data(self.client);
         let results = self
             .schema
-            .execute_stream(request)
+            .execute_stream(request, RequestAuth::authenticated(viewer), self.client)
             .map(Some)
             .chain(futures::stream::once(async { None }))
             .boxed();

@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{Incoming, WsClient, spawn_app, spawn_app_in, wait_until};
 
@@ -167,4 +167,68 @@ async fn a_websocket_without_a_valid_token_is_refused() {
     let mut client = WsClient::connect(&app, "graphql-transport-ws").await.unwrap();
     client.subscribe_messages("1").await;
     assert!(matches!(client.recv().await, Incoming::Closed(_)));
+}
+
+/// The next `count` messages, by subscription id, in the order each id received them.
+async fn payloads_by_id(
+    ws: &mut WsClient,
+    count: usize,
+) -> std::collections::HashMap<String, Vec<Value>> {
+    let mut by_id: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    for _ in 0..count {
+        match ws.recv().await {
+            Incoming::Json(value) => {
+                let id = value["id"].as_str().expect("message for an operation").to_string();
+                by_id.entry(id).or_default().push(value);
+            }
+            other => panic!("expected a message, got {other:?} after {by_id:?}"),
+        }
+    }
+    by_id
+}
+
+/// A subscription that selects exactly `messageReceived` at its root is parked: the server
+/// delivers it without async-graphql's subscription stream (see `schema/parked.rs`). One with a
+/// directive on its root field runs the usual way. Both must answer alike: aliases, fragments,
+/// variables, `@include`, `__typename`, replay and live, and validation errors.
+#[tokio::test]
+async fn parked_and_usual_subscriptions_answer_alike() {
+    let app = spawn_app().await;
+    let (alice, bob) = app.two_users().await;
+    app.send_ok(&alice, &bob, "from the backlog").await;
+    let selection = "{ __typename id content sender { username } ...Extra @include(if: $extra) } }
+        fragment Extra on Message { recipient { id } status clientMessageId }";
+    let parked = format!("subscription S($extra: Boolean!) {{ inbox: messageReceived {selection}");
+    let usual = format!(
+        "subscription S($extra: Boolean!) {{ inbox: messageReceived @include(if: true) {selection}"
+    );
+    let mut ws = app.ws(&bob).await;
+    for (id, query) in [("parked", &parked), ("usual", &usual)] {
+        let payload = json!({ "query": query, "variables": { "extra": true } });
+        ws.send_json(json!({ "type": "subscribe", "id": id, "payload": payload })).await;
+    }
+    let replayed = payloads_by_id(&mut ws, 2).await;
+    app.send_ok(&alice, &bob, "live").await;
+    let live = payloads_by_id(&mut ws, 2).await;
+    for received in [replayed, live] {
+        let (parked, usual) = (&received["parked"][0], &received["usual"][0]);
+        assert_eq!(parked["type"], "next", "{parked}");
+        assert_eq!(parked["payload"], usual["payload"]);
+        let message = &parked["payload"]["data"]["inbox"];
+        assert_eq!(message["__typename"], "Message");
+        assert_eq!(message["sender"]["username"], "alice");
+        assert_eq!(message["recipient"]["id"], bob.id.as_str());
+    }
+
+    // The same mistake gets the same refusal either way.
+    let broken = "subscription { messageReceived { id noSuchField } }";
+    let broken_usual = "subscription { messageReceived @include(if: true) { id noSuchField } }";
+    for (id, query) in [("broken", broken), ("broken-usual", broken_usual)] {
+        ws.send_json(json!({ "type": "subscribe", "id": id, "payload": { "query": query } })).await;
+    }
+    let refused = payloads_by_id(&mut ws, 2).await;
+    let (parked, usual) = (&refused["broken"][0], &refused["broken-usual"][0]);
+    assert_eq!(parked["type"], "error", "{parked}");
+    assert_eq!(parked["payload"][0]["message"], usual["payload"][0]["message"]);
+    assert!(parked["payload"][0]["message"].as_str().unwrap().contains("noSuchField"), "{parked}");
 }
