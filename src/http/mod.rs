@@ -252,9 +252,8 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| async move {
-            let _hold = hold;
-            websocket::serve(socket, protocol, state.websocket, client).await;
+        .on_upgrade(move |socket| {
+            websocket::serve(socket, protocol, state.websocket, client, Box::new(hold))
         })
         .into_response()
 }

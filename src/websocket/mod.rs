@@ -9,7 +9,7 @@
 
 pub mod protocol;
 
-use std::{pin::Pin, time::Duration};
+use std::{any::Any, pin::Pin, time::Duration};
 
 use async_graphql::Response;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -26,7 +26,7 @@ use crate::{
     presence::{Presence, PresenceGuard},
     schema::AppSchema,
     sessions::{self, AuthError, RequestAuth, SessionWatch, Sessions},
-    shutdown::Shutdown,
+    shutdown::{ConnectionGuard, Shutdown},
 };
 
 /// Timings of a websocket connection.
@@ -76,7 +76,7 @@ impl Stop {
 }
 
 /// Results of one running operation; `None` marks its end.
-type Operation = BoxStream<'static, Option<Response>>;
+type Operation = BoxStream<'static, Option<Box<Response>>>;
 
 /// What every websocket of the server shares.
 #[derive(Clone)]
@@ -93,17 +93,24 @@ pub struct Shared {
     pub shutdown: Shutdown,
 }
 
-/// Serves one upgraded websocket until it closes.
-pub async fn serve(
-    mut socket: WebSocket,
+/// Serves one upgraded websocket until it closes; `hold` is dropped when it has.
+///
+/// Not an `async fn`: everything the connection needs is moved into one [`Connection`] first,
+/// so the future holds each piece once. Its size is what every idle connection costs for its
+/// whole life (an `async fn` keeps its arguments beside whatever is built from them).
+pub fn serve(
+    socket: WebSocket,
     protocol: Protocol,
     shared: Shared,
     client: ClientAddress,
-) {
+    hold: Box<dyn Any + Send>,
+) -> impl Future<Output = ()> + Send + 'static {
     let Shared { schema, sessions, presence, settings, shutdown } = shared;
-    // Counted until the goodbye is written, so shutdown waits for it.
-    let _open = shutdown.connection_opened();
     let mut connection = Connection {
+        // Counted until the goodbye is written, so shutdown waits for it.
+        _open: shutdown.connection_opened(),
+        _hold: hold,
+        socket,
         protocol,
         client,
         schema,
@@ -119,22 +126,19 @@ pub async fn serve(
         expiry: None,
         operations: StreamMap::new(),
     };
-    match connection.run(&mut socket, settings).await {
-        Stop::Close { code, reason, farewell } => {
-            if let Some(message) = farewell {
-                let _ = socket.send(Message::Text(message.into())).await;
-            }
-            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-            let _ = socket.send(Message::Close(Some(frame))).await;
-        }
-        Stop::ClosedByPeer => {
-            let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, socket.flush()).await;
-        }
-        Stop::Gone => {}
+    // An `async` block rather than an `async fn` taking the connection by value: such a
+    // function moves its argument into a second slot of its future.
+    async move {
+        let stop = connection.run(&settings).await;
+        // Boxed: only a closing connection needs it.
+        Box::pin(connection.close(stop)).await;
     }
 }
 
 struct Connection {
+    _open: ConnectionGuard,
+    _hold: Box<dyn Any + Send>,
+    socket: WebSocket,
     protocol: Protocol,
     /// Where the socket comes from: every operation carries it, so sign-ins sent over the
     /// socket count against the same per-client limits as over HTTP.
@@ -163,9 +167,27 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(&mut self, socket: &mut WebSocket, settings: WebsocketSettings) -> Stop {
-        let init_deadline = tokio::time::sleep(settings.init_timeout);
-        tokio::pin!(init_deadline);
+    /// Says goodbye as `stop` asks.
+    async fn close(&mut self, stop: Stop) {
+        let socket = &mut self.socket;
+        match stop {
+            Stop::Close { code, reason, farewell } => {
+                if let Some(message) = farewell {
+                    let _ = socket.send(Message::Text(message.into())).await;
+                }
+                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            }
+            Stop::ClosedByPeer => {
+                let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, socket.flush()).await;
+            }
+            Stop::Gone => {}
+        }
+    }
+
+    async fn run(&mut self, settings: &WebsocketSettings) -> Stop {
+        // Boxed, and dropped once `connection_init` has come: an idle connection keeps none.
+        let mut init_deadline = Some(Box::pin(tokio::time::sleep(settings.init_timeout)));
         let mut keepalive = tokio::time::interval_at(
             Instant::now() + settings.ping_interval,
             settings.ping_interval,
@@ -173,7 +195,7 @@ impl Connection {
         let mut last_heard = Instant::now();
         loop {
             let step = tokio::select! {
-                frame = socket.recv() => match frame {
+                frame = self.socket.recv() => match frame {
                     Some(Ok(frame)) => {
                         last_heard = Instant::now();
                         // Boxed: handling a frame (authentication above all) needs a large
@@ -189,7 +211,7 @@ impl Connection {
                 Some((id, result)) = self.operations.next(), if !self.operations.is_empty() => {
                     Ok(self.ready_results(&id, result))
                 }
-                () = &mut init_deadline, if !self.initialised => {
+                () = expired(&mut init_deadline), if !self.initialised => {
                     Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
                 () = session_ended(&mut self.session_watch) => {
@@ -209,19 +231,25 @@ impl Connection {
                     }
                 }
             };
+            if self.initialised {
+                init_deadline = None;
+            }
             match step {
                 Ok(replies) if replies.is_empty() => {}
                 Ok(replies) => {
                     // Queued, then written together: one write syscall for a burst. A peer
                     // that stops reading blocks the write; it gets as long as a silent peer
                     // gets (two ping intervals), then the connection and its memory go.
+                    let socket = &mut self.socket;
                     let burst = async {
                         for reply in replies {
                             socket.feed(Message::Text(reply.into())).await?;
                         }
                         socket.flush().await
                     };
-                    match tokio::time::timeout(settings.ping_interval * 2, burst).await {
+                    // Boxed: it exists only while writing, and inline it would size every
+                    // idle connection.
+                    match Box::pin(tokio::time::timeout(settings.ping_interval * 2, burst)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => return Stop::Gone,
                         Err(_) => {
@@ -347,7 +375,9 @@ impl Connection {
         let results = self
             .schema
             .execute_stream(request, RequestAuth::authenticated(viewer), self.client)
-            .map(Some)
+            // Boxed: a result passes through the connection's select loop, and inline it would
+            // size every idle connection's task.
+            .map(|response| Some(Box::new(response)))
             .chain(futures::stream::once(async { None }))
             .boxed();
         self.operations.insert(id, results);
@@ -356,7 +386,7 @@ impl Connection {
 
     /// The messages for `result` and for every other result already waiting (at most
     /// [`MAX_BURST`]), so a burst of deliveries goes out in one write.
-    fn ready_results(&mut self, id: &str, result: Option<Response>) -> Vec<Outgoing> {
+    fn ready_results(&mut self, id: &str, result: Option<Box<Response>>) -> Vec<Outgoing> {
         let mut replies = self.on_result(id, result);
         while replies.len() < MAX_BURST {
             match self.operations.next().now_or_never() {
@@ -368,7 +398,7 @@ impl Connection {
     }
 
     /// Turns an operation's result (or its end) into the message for the client.
-    fn on_result(&mut self, id: &str, result: Option<Response>) -> Vec<Outgoing> {
+    fn on_result(&mut self, id: &str, result: Option<Box<Response>>) -> Vec<Outgoing> {
         match result {
             None => vec![protocol::complete(id)],
             // An operation that failed before executing (validation, auth) gets `error`.
