@@ -21,9 +21,19 @@ pub type OnEmpty = Arc<dyn Fn(&str) + Send + Sync>;
 /// A topic with local subscribers.
 struct Entry {
     sender: broadcast::Sender<BusEvent>,
-    /// Whether events published anywhere reach `sender` yet (always, in process; once Redis
-    /// confirmed the subscription, with Redis).
-    ready: watch::Sender<bool>,
+    /// Set while events published elsewhere do not reach `sender` yet (with Redis, until it
+    /// confirmed the subscription); turns true, then goes. `None` for a fed topic: a watch
+    /// channel is some 400 bytes, and idle connections hold two topics each.
+    ready: Option<watch::Sender<bool>>,
+}
+
+impl Entry {
+    /// Tells whoever waits that the topic is fed; later subscribers need not wait.
+    fn mark_ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            ready.send_replace(true);
+        }
+    }
 }
 
 type Entries = Arc<Mutex<HashMap<String, Entry>>>;
@@ -40,8 +50,8 @@ pub struct Hub {
 pub struct Listening {
     /// The subscriber's stream.
     pub subscription: BusSubscription,
-    /// Becomes true once the topic is fed.
-    pub ready: watch::Receiver<bool>,
+    /// Becomes true once the topic is fed; `None` if it already is.
+    pub ready: Option<watch::Receiver<bool>>,
     /// Whether this subscription created the topic (the first local subscriber).
     pub created: bool,
 }
@@ -63,9 +73,10 @@ impl Hub {
             let created = !entries.contains_key(key);
             let entry = entries.entry(key.to_string()).or_insert_with(|| Entry {
                 sender: broadcast::channel(capacity).0,
-                ready: watch::channel(ready).0,
+                ready: (!ready).then(|| watch::channel(false).0),
             });
-            (entry.sender.subscribe(), entry.ready.subscribe(), created)
+            let ready = entry.ready.as_ref().map(watch::Sender::subscribe);
+            (entry.sender.subscribe(), ready, created)
         };
         let subscription = Box::pin(HubSubscription {
             inner: BroadcastStream::new(receiver),
@@ -102,15 +113,15 @@ impl Hub {
 
     /// Marks `key` as fed.
     pub fn mark_ready(&self, key: &str) {
-        if let Some(entry) = self.entries().get(key) {
-            entry.ready.send_replace(true);
+        if let Some(entry) = self.entries().get_mut(key) {
+            entry.mark_ready();
         }
     }
 
     /// Marks every topic as fed.
     pub fn mark_all_ready(&self) {
-        for entry in self.entries().values() {
-            entry.ready.send_replace(true);
+        for entry in self.entries().values_mut() {
+            entry.mark_ready();
         }
     }
 

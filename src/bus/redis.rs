@@ -119,7 +119,9 @@ impl RedisBus {
                 .send(Command::Subscribe(key))
                 .map_err(|_| BusError("the Redis subscriber has stopped".into()))?;
         }
-        let mut ready = listening.ready;
+        let Some(mut ready) = listening.ready else {
+            return Ok(listening.subscription);
+        };
         match tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready)).await {
             Ok(Ok(_)) => Ok(listening.subscription),
             _ => Err(BusError("Redis did not confirm the subscription in time".into())),
