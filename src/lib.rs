@@ -43,8 +43,9 @@
 //! 4. It publishes the stored message on the [`bus`]; the sender gets its answer.
 //! 5. Each of the recipient's `messageReceived` streams ([`messages::delivery`]), subscribed
 //!    to the bus before it read the backlog, emits it unless it already did.
-//! 6. The websocket loop (`websocket/mod.rs`) runs the subscription's resolver
-//!    (`schema/messages.rs`) on it and writes a `next` frame to the recipient's socket.
+//! 6. The websocket loop (`websocket/mod.rs`) turns it into the subscription's payload (a
+//!    parked `messageReceived` runs its selection on the message, `schema/parked.rs`) and
+//!    writes a `next` frame to the recipient's socket.
 //!
 //! [`build`] assembles the app from a [`config::Config`] and [`serve`] runs it on a listener
 //! until a shutdown future resolves; `main` and the integration tests both use exactly these.
