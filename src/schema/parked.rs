@@ -29,7 +29,7 @@ use async_graphql::{
     ValidationMode, Variables,
     parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
 };
-use futures::{Stream, StreamExt, future, stream::BoxStream};
+use futures::{FutureExt, Stream, StreamExt, future, stream::BoxStream};
 
 use super::error_codes::ErrorCodes;
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};
@@ -40,6 +40,9 @@ const PARKED_FIELD: &str = "messageReceived";
 const MAX_CACHED_QUERY_BYTES: usize = 4096;
 /// Most documents kept; when full the cache starts over (a miss costs one parse).
 const MAX_CACHED_DOCUMENTS: usize = 256;
+
+/// Most messages of one subscriber run at once.
+const MAX_BATCH: usize = 64;
 
 /// Messages for one subscriber, as the `messageReceived` resolver produces them.
 pub(super) type MessageStream = BoxStream<'static, async_graphql::Result<Message>>;
@@ -101,6 +104,28 @@ pub(super) struct Parking {
 
 type DocumentKey = (String, Option<String>);
 
+/// What each delivery of one parked subscription runs.
+struct Run {
+    schema: DeliverySchema,
+    document: Arc<ExecutableDocument>,
+    variables: Variables,
+    auth: RequestAuth,
+    client: ClientAddress,
+}
+
+impl Run {
+    /// `message` as the subscription's response.
+    async fn execute(&self, message: async_graphql::Result<Message>) -> Response {
+        let mut request = Request::new(String::new())
+            .variables(self.variables.clone())
+            .data(Delivered(message))
+            .data(self.auth.clone())
+            .data(self.client);
+        request.set_parsed_query(ExecutableDocument::clone(&self.document));
+        self.schema.execute(request).await
+    }
+}
+
 /// A subscription that may be parked: the document it runs as per message.
 pub(super) struct Parkable {
     key: Option<DocumentKey>,
@@ -156,6 +181,10 @@ impl Parking {
     }
 
     /// Each message as the response its subscription asked for.
+    ///
+    /// Messages that are ready together (a backlog page, a burst) run at once, in order: their
+    /// senders and recipients are then loaded in one batch, where one at a time each waited for
+    /// the user loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s).
     fn deliver(
         &self,
         messages: MessageStream,
@@ -164,19 +193,25 @@ impl Parking {
         auth: RequestAuth,
         client: ClientAddress,
     ) -> impl Stream<Item = Response> + Send + use<> {
-        let delivery = self.delivery.clone();
-        messages.then(move |message| {
-            let mut request = Request::new(String::new())
-                .variables(variables.clone())
-                .data(Delivered(message))
-                .data(auth.clone())
-                .data(client);
-            request.set_parsed_query(ExecutableDocument::clone(&document));
-            let delivery = delivery.clone();
-            // Boxed: the execution exists only while a message is on its way, and inline it
-            // would size every parked subscription's stream.
-            Box::pin(async move { delivery.execute(request).await })
+        let run =
+            Arc::new(Run { schema: self.delivery.clone(), document, variables, auth, client });
+        futures::stream::unfold(messages, move |mut messages| {
+            let run = run.clone();
+            // Boxed: a batch exists only while messages are on their way, and inline it would
+            // size every parked subscription's stream.
+            Box::pin(async move {
+                let mut batch = vec![messages.next().await?];
+                while batch.len() < MAX_BATCH {
+                    match messages.next().now_or_never() {
+                        Some(Some(message)) => batch.push(message),
+                        _ => break,
+                    }
+                }
+                let responses = future::join_all(batch.into_iter().map(|m| run.execute(m))).await;
+                Some((responses, messages))
+            })
         })
+        .flat_map(futures::stream::iter)
     }
 
     fn remember(&self, key: DocumentKey, document: Arc<ExecutableDocument>) {
