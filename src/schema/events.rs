@@ -6,11 +6,17 @@
 use std::sync::Arc;
 
 use async_graphql::{Context, ID, Object, SimpleObject, Subscription, Union};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, future::Either};
 
 use chrono::{DateTime, Utc};
 
-use super::{Timestamp, context::ContextExt, messages::load_user, users::UserNode};
+use super::{
+    Timestamp,
+    context::ContextExt,
+    messages::load_user,
+    parked::{Handover, Item},
+    users::UserNode,
+};
 use crate::{
     domain::{ChatEvent, Message, UserId},
     messages::Messaging,
@@ -163,7 +169,15 @@ impl EventSubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = ChatEventNode> + use<>> {
         let viewer = ctx.viewer().await?;
-        Ok(ctx.service::<Messaging>()?.events(&viewer).await?.map(ChatEventNode::from))
+        let events = ctx.service::<Messaging>()?.events(&viewer).await?.map(ChatEventNode::from);
+        // A parked subscription takes the events and delivers them itself (see `parked`).
+        Ok(match ctx.data_opt::<Arc<Handover>>() {
+            Some(handover) => {
+                handover.put(events.map(Item::Event).boxed());
+                Either::Left(futures::stream::empty())
+            }
+            None => Either::Right(events),
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt, future::Either};
 use super::{
     Timestamp,
     context::ContextExt,
-    parked::Handover,
+    parked::{Handover, Item},
     users::{UserNode, load_user as load_user_by_id},
 };
 use crate::{
@@ -226,7 +226,7 @@ impl MessageSubscription {
         // A parked subscription takes the messages and delivers them itself (see `parked`).
         Ok(match ctx.data_opt::<Arc<Handover>>() {
             Some(handover) => {
-                handover.put(messages.boxed());
+                handover.put(messages.map(Item::Message).boxed());
                 Either::Left(futures::stream::empty())
             }
             None => Either::Right(messages),

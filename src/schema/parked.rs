@@ -1,4 +1,5 @@
-//! `messageReceived` subscriptions that hold almost nothing while nobody writes.
+//! `messageReceived` and `chatEvents` subscriptions that hold almost nothing while nobody
+//! writes.
 //!
 //! A chat server spends its life holding the subscriptions of people who are not typing. Run
 //! the usual way, each `messageReceived` keeps async-graphql's executing stream alive: its own
@@ -8,15 +9,15 @@
 //!
 //! So the subscription is started through the schema as usual (every check, limit, error and
 //! the resolver itself are the schema's own), but with a [`Handover`] in its request data: the
-//! resolver leaves its message stream there and returns an empty one, async-graphql's stream
-//! ends and is dropped, and the subscription is *parked*: what waits is the message stream and
-//! an `Arc` of the document, shared by every subscription that sent the same text. Each message
-//! is then turned into its `next` payload by running the same selection as a query on
-//! [`DeliverySchema`], whose root has one field, `messageReceived`, resolved to that message.
-//! The payload is the one the subscription would have produced: same selection, aliases,
-//! fragments, variables and errors.
+//! resolver leaves its stream there and returns an empty one, async-graphql's stream ends and
+//! is dropped, and the subscription is *parked*: what waits is the resolver's stream and an
+//! `Arc` of the document, shared by every subscription that sent the same text. Each item is
+//! then turned into its `next` payload by running the same selection as a query on
+//! [`DeliverySchema`], whose root has the same field (`messageReceived` or `chatEvents`),
+//! resolved to that item. The payload is the one the subscription would have produced: same
+//! selection, aliases, fragments, variables and errors.
 //!
-//! Only operations that select exactly `messageReceived` at their root, without arguments or
+//! Only operations that select exactly one of those fields at their root, without arguments or
 //! directives there, are parked; anything else runs the usual way.
 
 use std::{
@@ -31,33 +32,41 @@ use async_graphql::{
 };
 use futures::{FutureExt, Stream, StreamExt, future, stream::BoxStream};
 
-use super::error_codes::ErrorCodes;
+use super::{error_codes::ErrorCodes, events::ChatEventNode};
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};
 
-/// The field that is parked.
-const PARKED_FIELD: &str = "messageReceived";
+/// The fields that are parked: what a client holds open all day.
+const PARKED_FIELDS: [&str; 2] = ["messageReceived", "chatEvents"];
 /// Longer documents are parsed for each subscription (they are rare).
 const MAX_CACHED_QUERY_BYTES: usize = 4096;
 /// Most documents kept; when full the cache starts over (a miss costs one parse).
 const MAX_CACHED_DOCUMENTS: usize = 256;
 
-/// Most messages of one subscriber run at once.
+/// Most items of one subscription run at once.
 const MAX_BATCH: usize = 64;
 
-/// Messages for one subscriber, as the `messageReceived` resolver produces them.
-pub(super) type MessageStream = BoxStream<'static, async_graphql::Result<Message>>;
+/// One item for a parked subscription, as its resolver produced it.
+pub(super) enum Item {
+    /// For `messageReceived`.
+    Message(async_graphql::Result<Message>),
+    /// For `chatEvents`.
+    Event(ChatEventNode),
+}
 
-/// Where the `messageReceived` resolver leaves its stream when the subscription is parked.
+/// A parked subscription's items.
+pub(super) type ItemStream = BoxStream<'static, Item>;
+
+/// Where a parkable resolver leaves its stream when the subscription is parked.
 #[derive(Default)]
-pub(super) struct Handover(Mutex<Option<MessageStream>>);
+pub(super) struct Handover(Mutex<Option<ItemStream>>);
 
 impl Handover {
-    /// Leaves `messages` for the caller.
-    pub(super) fn put(&self, messages: MessageStream) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(messages);
+    /// Leaves `items` for the caller.
+    pub(super) fn put(&self, items: ItemStream) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(items);
     }
 
-    fn take(&self) -> Option<MessageStream> {
+    fn take(&self) -> Option<ItemStream> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 }
@@ -80,16 +89,33 @@ pub(super) fn delivery_schema(
     data(builder).finish()
 }
 
-/// The root of [`DeliverySchema`].
+/// The root of [`DeliverySchema`]: each parked field, resolved to the item being delivered.
 pub(super) struct DeliveryRoot;
 
-/// The message one delivery resolves `messageReceived` to.
-struct Delivered(async_graphql::Result<Message>);
+/// The item one delivery resolves its root field to (taken by that one field).
+struct Delivered(Mutex<Option<Item>>);
+
+impl Delivered {
+    fn take(ctx: &Context<'_>) -> async_graphql::Result<Item> {
+        let item = ctx.data::<Delivered>()?.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        item.ok_or_else(|| "nothing to deliver".into())
+    }
+}
 
 #[Object]
 impl DeliveryRoot {
     async fn message_received(&self, ctx: &Context<'_>) -> async_graphql::Result<Message> {
-        ctx.data::<Delivered>()?.0.clone()
+        match Delivered::take(ctx)? {
+            Item::Message(message) => message,
+            Item::Event(_) => Err("not a message".into()),
+        }
+    }
+
+    async fn chat_events(&self, ctx: &Context<'_>) -> async_graphql::Result<ChatEventNode> {
+        match Delivered::take(ctx)? {
+            Item::Event(event) => Ok(event),
+            Item::Message(_) => Err("not an event".into()),
+        }
     }
 }
 
@@ -114,11 +140,11 @@ struct Run {
 }
 
 impl Run {
-    /// `message` as the subscription's response.
-    async fn execute(&self, message: async_graphql::Result<Message>) -> Response {
+    /// `item` as the subscription's response.
+    async fn execute(&self, item: Item) -> Response {
         let mut request = Request::new(String::new())
             .variables(self.variables.clone())
-            .data(Delivered(message))
+            .data(Delivered(Mutex::new(Some(item))))
             .data(self.auth.clone())
             .data(self.client);
         request.set_parsed_query(ExecutableDocument::clone(&self.document));
@@ -140,7 +166,7 @@ impl Parking {
     /// Whether `request` can be parked, and the document each of its messages runs as.
     pub(super) fn parkable(&self, request: &Request) -> Option<Parkable> {
         // Most operations over a websocket are not this one; they are not parsed here.
-        if !request.query.contains(PARKED_FIELD) {
+        if !PARKED_FIELDS.iter().any(|field| request.query.contains(field)) {
             return None;
         }
         let key = (request.query.len() <= MAX_CACHED_QUERY_BYTES)
@@ -167,12 +193,12 @@ impl Parking {
         let parking = self.clone();
         let parked = futures::stream::once(async move {
             // Nothing was handed over when the schema refused the operation (it has said why).
-            let messages = handover.take()?;
+            let items = handover.take()?;
             let Parkable { key, document } = parkable;
             if let Some(key) = key {
                 parking.remember(key, document.clone());
             }
-            Some(parking.deliver(messages, document, variables, auth, client))
+            Some(parking.deliver(items, document, variables, auth, client))
         })
         .filter_map(future::ready)
         .flatten();
@@ -180,14 +206,14 @@ impl Parking {
         started.chain(parked).boxed()
     }
 
-    /// Each message as the response its subscription asked for.
+    /// Each item as the response its subscription asked for.
     ///
-    /// Messages that are ready together (a backlog page, a burst) run at once, in order: their
-    /// senders and recipients are then loaded in one batch, where one at a time each waited for
-    /// the user loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s).
+    /// Items that are ready together (a backlog page, a burst) run at once, in order: the users
+    /// they show are then loaded in one batch, where one at a time each waited for the user
+    /// loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s).
     fn deliver(
         &self,
-        messages: MessageStream,
+        items: ItemStream,
         document: Arc<ExecutableDocument>,
         variables: Variables,
         auth: RequestAuth,
@@ -195,20 +221,20 @@ impl Parking {
     ) -> impl Stream<Item = Response> + Send + use<> {
         let run =
             Arc::new(Run { schema: self.delivery.clone(), document, variables, auth, client });
-        futures::stream::unfold(messages, move |mut messages| {
+        futures::stream::unfold(items, move |mut items| {
             let run = run.clone();
             // Boxed: a batch exists only while messages are on their way, and inline it would
             // size every parked subscription's stream.
             Box::pin(async move {
-                let mut batch = vec![messages.next().await?];
+                let mut batch = vec![items.next().await?];
                 while batch.len() < MAX_BATCH {
-                    match messages.next().now_or_never() {
-                        Some(Some(message)) => batch.push(message),
+                    match items.next().now_or_never() {
+                        Some(Some(item)) => batch.push(item),
                         _ => break,
                     }
                 }
-                let responses = future::join_all(batch.into_iter().map(|m| run.execute(m))).await;
-                Some((responses, messages))
+                let responses = future::join_all(batch.into_iter().map(|i| run.execute(i))).await;
+                Some((responses, items))
             })
         })
         .flat_map(futures::stream::iter)
@@ -228,7 +254,7 @@ impl Parking {
 }
 
 /// `document`'s operation `name` as a query for [`DeliverySchema`], if it is a subscription
-/// selecting exactly `messageReceived` at its root, without arguments or directives there.
+/// selecting exactly one parked field at its root, without arguments or directives there.
 fn as_delivery_query(
     document: ExecutableDocument,
     name: Option<&str>,
@@ -251,7 +277,7 @@ fn as_delivery_query(
     };
     let parkable = node.ty == OperationType::Subscription
         && node.directives.is_empty()
-        && field.node.name.node == PARKED_FIELD
+        && PARKED_FIELDS.contains(&field.node.name.node.as_str())
         && field.node.arguments.is_empty()
         && field.node.directives.is_empty();
     if !parkable {
@@ -286,6 +312,11 @@ mod tests {
     }
 
     #[test]
+    fn parks_chat_events_too() {
+        assert!(rewritten("subscription { chatEvents { __typename } }", None).is_some());
+    }
+
+    #[test]
     fn picks_the_named_operation() {
         let query = "query Q { me { id } } subscription S { messageReceived { id } }";
         assert!(rewritten(query, Some("S")).is_some());
@@ -297,7 +328,7 @@ mod tests {
     #[test]
     fn leaves_anything_else_to_the_schema() {
         for query in [
-            "subscription { chatEvents { __typename } }",
+            "subscription { typingChanged { __typename } }",
             "subscription { messageReceived { id } chatEvents { __typename } }",
             "subscription { messageReceived(x: 1) { id } }",
             "subscription { messageReceived @skip(if: false) { id } }",

@@ -46,7 +46,7 @@ where
 
 /// The selection every test reads from a message.
 #[path = "../operations/mod.rs"]
-mod operations;
+pub mod operations;
 
 static TRACING: Once = Once::new();
 

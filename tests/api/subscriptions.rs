@@ -232,3 +232,47 @@ async fn parked_and_usual_subscriptions_answer_alike() {
     assert_eq!(parked["payload"][0]["message"], usual["payload"][0]["message"]);
     assert!(parked["payload"][0]["message"].as_str().unwrap().contains("noSuchField"), "{parked}");
 }
+
+/// `chatEvents` is parked too (a client holds it open beside `messageReceived`): the shared
+/// `ChatEvents` document, parked and run the usual way, answers alike.
+#[tokio::test]
+async fn parked_and_usual_chat_events_answer_alike() {
+    let app = spawn_app().await;
+    let (alice, bob) = app.two_users().await;
+    let parked = crate::helpers::operations::operation("ChatEvents");
+    let usual = parked.replacen("chatEvents {", "chatEvents @include(if: true) {", 1);
+    assert_ne!(parked, usual);
+    let mut ws = app.ws(&alice).await;
+    for (id, query) in [("parked", parked), ("usual", usual.as_str())] {
+        ws.send_json(json!({ "type": "subscribe", "id": id, "payload": { "query": query } })).await;
+    }
+    // Both are listening once an event reaches both (each may hear several of these).
+    let mut heard = std::collections::HashSet::new();
+    for attempt in 0..50 {
+        app.send_ok(&alice, &bob, &format!("probe {attempt}")).await;
+        while let Ok(Incoming::Json(value)) =
+            tokio::time::timeout(Duration::from_millis(100), ws.recv()).await
+        {
+            heard.insert(value["id"].as_str().unwrap().to_string());
+        }
+        if heard.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(heard.len(), 2, "both subscriptions listen");
+
+    let typing = "mutation($to: ID!) { setTyping(withUserId: $to, typing: true) }";
+    app.graphql(typing, json!({ "to": alice.id }), Some(&bob.token)).await;
+    let received = payloads_by_id(&mut ws, 2).await;
+    let (parked, usual) = (&received["parked"][0], &received["usual"][0]);
+    assert_eq!(parked["payload"], usual["payload"]);
+    assert_eq!(parked["payload"]["data"]["chatEvents"]["__typename"], "TypingChanged");
+
+    app.send_ok(&alice, &bob, "from another device").await;
+    let sent = payloads_by_id(&mut ws, 2).await;
+    let (parked, usual) = (&sent["parked"][0], &sent["usual"][0]);
+    assert_eq!(parked["payload"], usual["payload"]);
+    let event = &parked["payload"]["data"]["chatEvents"];
+    assert_eq!(event["__typename"], "MessageSent", "{parked}");
+    assert_eq!(event["message"]["content"], "from another device");
+}
