@@ -244,6 +244,14 @@ impl Target {
     }
 }
 
+/// Starts a `chatEvents` subscription (id `2`) on `ws`, beside its `messageReceived`.
+pub async fn subscribe_events(ws: &mut Ws) -> anyhow::Result<()> {
+    let query = operations::operation("ChatEvents");
+    let subscribe = json!({ "id": "2", "type": "subscribe", "payload": { "query": query } });
+    ws.send(Message::text(subscribe.to_string())).await?;
+    Ok(())
+}
+
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(1024).build().expect("HTTP client")
 }

@@ -71,6 +71,9 @@ struct Args {
     /// Idle subscriptions to open.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Each idle connection also holds a `chatEvents` subscription, as a chat client does.
+    #[arg(long)]
+    idle_events: bool,
     /// Messages to queue and replay.
     #[arg(long, default_value_t = 100_000)]
     replay: usize,
@@ -174,7 +177,8 @@ async fn main() -> anyhow::Result<()> {
     if wants("idle") {
         eprintln!("idle connections: {}", args.idle);
         let server = chat_server(&args, 4).await?;
-        report.idle = Some(scenarios::idle_connections(&server, args.idle).await?);
+        let idle = scenarios::idle_connections(&server, args.idle, args.idle_events).await?;
+        report.idle = Some(idle);
         server.stop().await;
     }
     if wants("replay") {
@@ -358,8 +362,13 @@ fn print_table(report: &Report) {
     if let Some(idle) = &report.idle {
         println!();
         println!(
-            "idle: {} subscriptions opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+            "idle: {} {} opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
             idle.connections,
+            if idle.with_events {
+                "connections (messageReceived + chatEvents)"
+            } else {
+                "subscriptions"
+            },
             idle.open_seconds,
             idle.rss_before_bytes as f64 / 1048576.0,
             idle.rss_after_bytes as f64 / 1048576.0,

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::{
-    client::{Route, Target, User, receive},
+    client::{Route, Target, User, receive, subscribe_events},
     delivery::{DeliveryFigures, Pairs},
     server::Server,
 };
@@ -45,6 +45,8 @@ async fn register_many(
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleFigures {
     pub connections: usize,
+    /// Whether each connection also held a `chatEvents` subscription.
+    pub with_events: bool,
     pub open_seconds: f64,
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
@@ -55,7 +57,11 @@ pub struct IdleFigures {
 
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
 /// server's resident memory before and after.
-pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<IdleFigures> {
+pub async fn idle_connections(
+    server: &Server,
+    count: usize,
+    with_events: bool,
+) -> anyhow::Result<IdleFigures> {
     let needed = count as u64 + 1024;
     let limit = crate::open_file_limit();
     if limit < needed {
@@ -75,7 +81,16 @@ pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<I
     // Spread over 127.0.0.1..=127.0.0.8 (all loopback on Linux): ~28,000 ports each.
     let source = |n: usize| Some(std::net::IpAddr::from([127, 0, 0, 1 + (n % 8) as u8]));
     let opened: Vec<_> = stream::iter(users.iter().enumerate())
-        .map(|(n, user)| target.subscribe_from(&user.token, source(n)))
+        .map(|(n, user)| {
+            let target = &target;
+            async move {
+                let mut ws = target.subscribe_from(&user.token, source(n)).await?;
+                if with_events {
+                    subscribe_events(&mut ws).await?;
+                }
+                anyhow::Ok(ws)
+            }
+        })
         .buffer_unordered(128)
         .collect()
         .await;
@@ -103,6 +118,7 @@ pub async fn idle_connections(server: &Server, count: usize) -> anyhow::Result<I
     }
     Ok(IdleFigures {
         connections: count,
+        with_events,
         open_seconds,
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
