@@ -32,15 +32,18 @@ use async_graphql::{
 };
 use futures::{FutureExt, Stream, StreamExt, future, stream::BoxStream};
 
-use super::{error_codes::ErrorCodes, events::ChatEventNode};
+use super::{
+    error_codes::ErrorCodes, events::ChatEventNode, parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE,
+};
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};
 
 /// The fields that are parked: what a client holds open all day.
 const PARKED_FIELDS: [&str; 2] = ["messageReceived", "chatEvents"];
 /// Longer documents are parsed for each subscription (they are rare).
 const MAX_CACHED_QUERY_BYTES: usize = 4096;
-/// Most documents kept; when full the cache starts over (a miss costs one parse).
-const MAX_CACHED_DOCUMENTS: usize = 256;
+/// Most memory the cache may hold, by the parse cache's estimate of a document's size. When
+/// full it starts over (a miss costs one parse), so distinct documents cannot pin memory.
+const MAX_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most items of one subscription run at once.
 const MAX_BATCH: usize = 64;
@@ -123,12 +126,19 @@ impl DeliveryRoot {
 #[derive(Clone)]
 pub(super) struct Parking {
     delivery: DeliverySchema,
-    /// Parkable documents already validated once, by query text and operation name, rewritten
-    /// for [`DeliverySchema`]; shared by every subscription that sent the same text.
-    documents: Arc<Mutex<HashMap<DocumentKey, Arc<ExecutableDocument>>>>,
+    /// Parkable documents already validated once, rewritten for [`DeliverySchema`]; shared by
+    /// every subscription that sent the same text.
+    documents: Arc<Mutex<Documents>>,
 }
 
 type DocumentKey = (String, Option<String>);
+
+/// Documents by query text and operation name, and their estimated size.
+#[derive(Default)]
+struct Documents {
+    by_key: HashMap<DocumentKey, Arc<ExecutableDocument>>,
+    bytes: usize,
+}
 
 /// What each delivery of one parked subscription runs.
 struct Run {
@@ -172,7 +182,7 @@ impl Parking {
         let key = (request.query.len() <= MAX_CACHED_QUERY_BYTES)
             .then(|| (request.query.clone(), request.operation_name.clone()));
         if let Some(key) = &key
-            && let Some(document) = self.cached().get(key)
+            && let Some(document) = self.cached().by_key.get(key)
         {
             return Some(Parkable { key: None, document: document.clone() });
         }
@@ -241,14 +251,17 @@ impl Parking {
     }
 
     fn remember(&self, key: DocumentKey, document: Arc<ExecutableDocument>) {
+        let bytes = key.0.len() * (DOCUMENT_BYTES_PER_QUERY_BYTE + 1);
         let mut documents = self.cached();
-        if documents.len() >= MAX_CACHED_DOCUMENTS {
-            documents.clear();
+        if documents.bytes + bytes > MAX_CACHE_BYTES {
+            *documents = Documents::default();
         }
-        documents.insert(key, document);
+        if documents.by_key.insert(key, document).is_none() {
+            documents.bytes += bytes;
+        }
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<DocumentKey, Arc<ExecutableDocument>>> {
+    fn cached(&self) -> std::sync::MutexGuard<'_, Documents> {
         self.documents.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -314,6 +327,20 @@ mod tests {
     #[test]
     fn parks_chat_events_too() {
         assert!(rewritten("subscription { chatEvents { __typename } }", None).is_some());
+    }
+
+    #[test]
+    fn the_document_cache_stays_bounded() {
+        let parking = Parking::new(delivery_schema(|builder| builder));
+        let document =
+            Arc::new(rewritten("subscription { messageReceived { id } }", None).unwrap());
+        let padding = "#".repeat(4000);
+        for n in 0..100 {
+            parking.remember((format!("{padding}{n}"), None), document.clone());
+        }
+        let documents = parking.cached();
+        assert!(documents.bytes <= MAX_CACHE_BYTES);
+        assert!(!documents.by_key.is_empty() && documents.by_key.len() < 100);
     }
 
     #[test]

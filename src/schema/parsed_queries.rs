@@ -29,7 +29,7 @@ const MAX_CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// becomes a positioned node of a hundred bytes or more (the security review saw 512 distinct
 /// 4 KB queries pin about 300 MB, some 150 bytes per byte of text; the old cache measured
 /// +140 MB here for short field names).
-const DOCUMENT_BYTES_PER_QUERY_BYTE: usize = 160;
+pub(super) const DOCUMENT_BYTES_PER_QUERY_BYTE: usize = 160;
 
 /// The shared cache; [`ExtensionFactory::create`] hands each request its own [`ParseStep`].
 pub(super) struct ParsedQueries {
