@@ -2,7 +2,8 @@
 //!
 //! Three kinds of topic: a user's inbox (a message addressed to them was stored), a user's
 //! events (their own messages were sent from a device, delivered or read; typing; presence;
-//! profiles) and a session (it was ended, so its websockets must close).
+//! profiles), and one topic for every session ending (its websockets must close), which each
+//! process hands to the watchers of those sessions ([`sessions`]).
 //!
 //! # The contract every bus keeps
 //! - The bus carries no durability promise; the store is the truth. A message is stored before
@@ -22,6 +23,7 @@
 
 pub mod hub;
 pub mod redis;
+pub mod sessions;
 pub mod wire;
 
 use std::{pin::Pin, sync::Arc};
@@ -29,7 +31,7 @@ use std::{pin::Pin, sync::Arc};
 use async_trait::async_trait;
 use futures::Stream;
 
-use self::hub::Hub;
+use self::{hub::Hub, sessions::SessionWatchers};
 use crate::domain::{ChatEvent, Message, SessionId, UserId};
 
 /// What a subscriber hears from the bus.
@@ -37,8 +39,10 @@ use crate::domain::{ChatEvent, Message, SessionId, UserId};
 pub enum BusEvent {
     /// A message for the subscribed user was stored.
     Message(Arc<Message>),
-    /// The subscribed session was ended (logout or revocation).
+    /// The watched session was ended (logout or revocation).
     SessionEnded,
+    /// These sessions were ended (on the sessions topic, read by [`sessions`]).
+    SessionsEnded(Arc<[SessionId]>),
     /// Something happened to the subscribed user's own messages.
     Chat(Arc<ChatEvent>),
     /// Events may have been missed; the subscriber must re-read the store.
@@ -100,8 +104,8 @@ pub const INBOX_CAPACITY: usize = 16;
 /// Events one user's event channel holds before a slow subscriber lags. Larger than an inbox:
 /// acknowledging a page of messages announces each of them.
 pub const EVENTS_CAPACITY: usize = 64;
-/// A session channel carries its end, or a lag.
-pub const SESSION_CAPACITY: usize = 2;
+/// Session endings one process may fall behind on before every watch asks the store.
+pub const SESSIONS_CAPACITY: usize = 64;
 
 /// A topic: its key (also the Redis channel name, after a prefix) and local capacity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,8 +114,8 @@ pub enum Topic<'a> {
     Inbox(&'a UserId),
     /// A user's events.
     Events(&'a UserId),
-    /// One session's end.
-    Session(&'a SessionId),
+    /// Every session's end.
+    Sessions,
 }
 
 impl Topic<'_> {
@@ -120,7 +124,7 @@ impl Topic<'_> {
         match self {
             Topic::Inbox(user) => format!("inbox:{user}"),
             Topic::Events(user) => format!("events:{user}"),
-            Topic::Session(session) => format!("session:{session}"),
+            Topic::Sessions => "sessions".to_string(),
         }
     }
 
@@ -129,20 +133,21 @@ impl Topic<'_> {
         match self {
             Topic::Inbox(_) => INBOX_CAPACITY,
             Topic::Events(_) => EVENTS_CAPACITY,
-            Topic::Session(_) => SESSION_CAPACITY,
+            Topic::Sessions => SESSIONS_CAPACITY,
         }
     }
 }
 
-/// A bus inside one process: a [`Hub`] and nothing else.
+/// A bus inside one process: a [`Hub`], and the session watchers it tells directly.
 #[derive(Clone)]
 pub struct InProcessBus {
     hub: Hub,
+    sessions: SessionWatchers,
 }
 
 impl Default for InProcessBus {
     fn default() -> Self {
-        InProcessBus { hub: Hub::new(None) }
+        InProcessBus { hub: Hub::new(None), sessions: SessionWatchers::default() }
     }
 }
 
@@ -174,9 +179,7 @@ impl MessageBus for InProcessBus {
     }
 
     async fn end_sessions(&self, session_ids: &[SessionId]) {
-        for session_id in session_ids {
-            self.hub.send(&Topic::Session(session_id).key(), BusEvent::SessionEnded);
-        }
+        self.sessions.end(session_ids);
     }
 
     async fn subscribe(&self, user_id: &UserId) -> BusResult<BusSubscription> {
@@ -188,7 +191,7 @@ impl MessageBus for InProcessBus {
     }
 
     async fn watch_session(&self, session_id: &SessionId) -> BusResult<BusSubscription> {
-        Ok(self.listen(Topic::Session(session_id)))
+        Ok(self.sessions.watch(session_id))
     }
 
     fn health(&self) -> BusHealth {

@@ -30,11 +30,15 @@ use std::{
 use async_trait::async_trait;
 use futures::StreamExt;
 use redis::{AsyncCommands, Client, aio::ConnectionManager};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 use super::{
     BusError, BusEvent, BusHealth, BusResult, BusSubscription, MessageBus, Topic,
     hub::{Hub, OnEmpty},
+    sessions::SessionWatchers,
     wire,
 };
 use crate::{
@@ -59,6 +63,10 @@ enum Command {
 /// Live events shared by every instance through Redis.
 pub struct RedisBus {
     hub: Hub,
+    /// This instance's session watchers, fed from the sessions topic.
+    sessions: SessionWatchers,
+    /// Whether Redis confirmed the sessions topic.
+    sessions_ready: watch::Receiver<bool>,
     commands: mpsc::UnboundedSender<Command>,
     publisher: Arc<Publisher>,
     /// Whether the pub/sub connection is up and subscribed.
@@ -104,11 +112,29 @@ impl RedisBus {
             debt: Mutex::default(),
             publishing: AtomicBool::new(true),
         });
+        // The sessions topic is listened to for the bus's whole life; its events go to the
+        // watchers here.
+        let sessions = SessionWatchers::default();
+        let key = Topic::Sessions.key();
+        let listening = hub.listen(&key, Topic::Sessions.capacity(), false);
+        let _ = commands.send(Command::Subscribe(key));
+        // Always set for a new topic; a bus whose topic is already fed needs no wait.
+        let sessions_ready = listening.ready.unwrap_or_else(|| watch::channel(true).1);
         let tasks = vec![
             tokio::spawn(subscriber.run(queue)),
             tokio::spawn(settle_debt_periodically(publisher.clone())),
+            tokio::spawn(hand_out_session_endings(listening.subscription, sessions.clone())),
         ];
-        RedisBus { hub, commands, publisher, up, timeout: cluster.timeout, tasks }
+        RedisBus {
+            hub,
+            sessions,
+            sessions_ready,
+            commands,
+            publisher,
+            up,
+            timeout: cluster.timeout,
+            tasks,
+        }
     }
 
     async fn listen(&self, topic: Topic<'_>) -> BusResult<BusSubscription> {
@@ -193,6 +219,18 @@ impl Publisher {
     }
 }
 
+/// Tells this instance's session watchers what the sessions topic says, until the bus is
+/// dropped (which aborts this task).
+async fn hand_out_session_endings(mut endings: BusSubscription, sessions: SessionWatchers) {
+    while let Some(event) = endings.next().await {
+        match event {
+            BusEvent::SessionsEnded(ids) => sessions.end(&ids),
+            BusEvent::Lagged => sessions.lag_all(),
+            BusEvent::SessionEnded | BusEvent::Message(_) | BusEvent::Chat(_) => {}
+        }
+    }
+}
+
 /// Settles the debt every [`DEBT_RETRY`], until the bus is dropped (which aborts this task).
 async fn settle_debt_periodically(publisher: Arc<Publisher>) {
     let mut every = tokio::time::interval(DEBT_RETRY);
@@ -273,7 +311,11 @@ impl Subscriber {
         if !self.up.swap(true, Ordering::SeqCst) {
             tracing::info!("subscribed to Redis; live events flow between instances");
         }
-        self.hub.mark_all_ready();
+        // Only the topics just subscribed: one created since `keys` was read is not listened
+        // to yet; its queued command subscribes it and marks it then.
+        for key in &keys {
+            self.hub.mark_ready(key);
+        }
         if self.missed.swap(false, Ordering::SeqCst) {
             self.hub.send_all(BusEvent::Lagged);
         }
@@ -379,11 +421,11 @@ impl MessageBus for RedisBus {
     }
 
     async fn end_sessions(&self, session_ids: &[SessionId]) {
-        for session_id in session_ids {
-            self.publisher
-                .publish_to(Topic::Session(session_id).key(), BusEvent::SessionEnded)
-                .await;
+        if session_ids.is_empty() {
+            return;
         }
+        let ended = BusEvent::SessionsEnded(session_ids.into());
+        self.publisher.publish_to(Topic::Sessions.key(), ended).await;
     }
 
     async fn subscribe(&self, user_id: &UserId) -> BusResult<BusSubscription> {
@@ -395,7 +437,12 @@ impl MessageBus for RedisBus {
     }
 
     async fn watch_session(&self, session_id: &SessionId) -> BusResult<BusSubscription> {
-        self.listen(Topic::Session(session_id)).await
+        // Listening has begun once Redis confirmed the sessions topic (subscribed at start).
+        let mut ready = self.sessions_ready.clone();
+        match tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(self.sessions.watch(session_id)),
+            _ => Err(BusError("Redis did not confirm the sessions topic in time".into())),
+        }
     }
 
     fn health(&self) -> BusHealth {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::BusEvent;
-use crate::domain::{ChatEvent, Message};
+use crate::domain::{ChatEvent, Message, SessionId};
 
 /// The serialized form of a [`BusEvent`].
 #[derive(Serialize, Deserialize)]
@@ -19,6 +19,7 @@ use crate::domain::{ChatEvent, Message};
 enum Wire<M, E> {
     Message { message: M },
     SessionEnded,
+    SessionsEnded { sessions: Vec<SessionId> },
     Chat { event: E },
     Lagged,
 }
@@ -28,6 +29,7 @@ pub fn encode(event: &BusEvent) -> Vec<u8> {
     let wire: Wire<&Message, &ChatEvent> = match event {
         BusEvent::Message(message) => Wire::Message { message },
         BusEvent::SessionEnded => Wire::SessionEnded,
+        BusEvent::SessionsEnded(ids) => Wire::SessionsEnded { sessions: ids.to_vec() },
         BusEvent::Chat(event) => Wire::Chat { event },
         BusEvent::Lagged => Wire::Lagged,
     };
@@ -39,6 +41,7 @@ pub fn decode(bytes: &[u8]) -> BusEvent {
     match serde_json::from_slice::<Wire<Message, ChatEvent>>(bytes) {
         Ok(Wire::Message { message }) => BusEvent::Message(Arc::new(message)),
         Ok(Wire::SessionEnded) => BusEvent::SessionEnded,
+        Ok(Wire::SessionsEnded { sessions }) => BusEvent::SessionsEnded(sessions.into()),
         Ok(Wire::Chat { event }) => BusEvent::Chat(Arc::new(event)),
         Ok(Wire::Lagged) => BusEvent::Lagged,
         Err(error) => {
@@ -78,6 +81,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(decode(&encode(&BusEvent::SessionEnded)), BusEvent::SessionEnded));
+        let ended: Arc<[SessionId]> = vec![SessionId::new("s1"), SessionId::new("s2")].into();
+        match decode(&encode(&BusEvent::SessionsEnded(ended.clone()))) {
+            BusEvent::SessionsEnded(back) => assert_eq!(back, ended),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(decode(b"{\"type\":\"from_the_future\"}"), BusEvent::Lagged));
         assert!(matches!(decode(b"\xff"), BusEvent::Lagged));
     }

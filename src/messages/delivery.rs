@@ -176,7 +176,9 @@ impl<B: Backlog> Delivery<B> {
                             self.start_pass();
                         }
                         // Inbox topics carry only messages; anything else is ignored.
-                        Some(BusEvent::SessionEnded | BusEvent::Chat(_)) => {}
+                        Some(
+                            BusEvent::SessionEnded | BusEvent::SessionsEnded(_) | BusEvent::Chat(_),
+                        ) => {}
                         None => self.phase = Phase::Done,
                     }
                 }

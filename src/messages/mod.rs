@@ -256,7 +256,7 @@ impl Messaging {
             match event {
                 BusEvent::Chat(event) => Some(Some(event)),
                 BusEvent::Lagged => Some(None),
-                BusEvent::Message(_) | BusEvent::SessionEnded => None,
+                BusEvent::Message(_) | BusEvent::SessionEnded | BusEvent::SessionsEnded(_) => None,
             }
         }))
     }

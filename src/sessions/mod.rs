@@ -197,7 +197,7 @@ impl SessionWatch {
                     // Cannot tell now; the next lag or announcement asks again.
                     Err(error) => tracing::warn!(%error, "cannot check a session after a lag"),
                 },
-                BusEvent::Message(_) | BusEvent::Chat(_) => {}
+                BusEvent::Message(_) | BusEvent::Chat(_) | BusEvent::SessionsEnded(_) => {}
             }
         }
         std::future::pending().await

@@ -222,6 +222,7 @@ async fn redis_restarts_cost_lags_never_silence() {
     let bob = UserId::new("bob");
     let mut on_a = a.subscribe(&bob).await.unwrap();
     let mut on_b = b.subscribe(&bob).await.unwrap();
+    let mut session_on_b = b.watch_session(&SessionId::new("s1")).await.unwrap();
     wait_until("both buses report up", || a.health().up && b.health().up).await;
     a.publish(message("before", "bob")).await;
     assert_eq!(next_message_id(&mut on_b).await, "before");
@@ -229,6 +230,8 @@ async fn redis_restarts_cost_lags_never_silence() {
 
     server.stop();
     assert!(matches!(next(&mut on_b).await, BusEvent::Lagged), "the loss is a lag");
+    // A logout may be missed too: the session watch is told to ask the store.
+    assert!(matches!(next(&mut session_on_b).await, BusEvent::Lagged), "for sessions too");
     wait_until("the buses report down", || !a.health().up && !b.health().up).await;
     // Sent while Redis is down: the sender's own instance delivers it.
     a.publish(message("during", "bob")).await;
