@@ -38,7 +38,7 @@ impl Entry {
 
 type Entries = Arc<Mutex<HashMap<String, Entry>>>;
 
-/// Topics by key (`inbox:<user>`, `events:<user>`, `session:<id>`). A std mutex: held only for
+/// Topics by key (`inbox:<user>`, `events:<user>`, `sessions`). A std mutex: held only for
 /// map operations, never across an `.await`. An entry goes when its last subscriber does.
 #[derive(Clone)]
 pub struct Hub {

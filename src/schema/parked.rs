@@ -22,7 +22,9 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context as TaskContext, Poll},
 };
 
 use async_graphql::{
@@ -30,7 +32,11 @@ use async_graphql::{
     ValidationMode, Variables,
     parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
 };
-use futures::{FutureExt, Stream, StreamExt, future, stream::BoxStream};
+use futures::{
+    Stream, StreamExt,
+    future::{self, BoxFuture},
+    stream::{BoxStream, Fuse},
+};
 
 use super::{
     error_codes::ErrorCodes, events::ChatEventNode, parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE,
@@ -140,6 +146,55 @@ struct Documents {
     bytes: usize,
 }
 
+/// A parked subscription's responses.
+///
+/// Items that are ready together (a backlog page, a burst; at most [`MAX_BATCH`]) run at once,
+/// in order: the users they show then load in one batch, where one at a time each waited for
+/// the user loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s). Written
+/// by hand so that, idle, it holds only the item stream: no batch, no execution.
+pub(super) struct Deliveries {
+    /// Fused: its end may be seen while gathering a batch, and is seen again after it.
+    items: Fuse<ItemStream>,
+    run: Arc<Run>,
+    /// The batch being executed.
+    running: Option<BoxFuture<'static, Vec<Response>>>,
+    /// Its responses, not yet taken.
+    ready: std::vec::IntoIter<Response>,
+}
+
+impl Stream for Deliveries {
+    type Item = Response;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Response>> {
+        loop {
+            if let Some(response) = self.ready.next() {
+                return Poll::Ready(Some(response));
+            }
+            if let Some(running) = &mut self.running {
+                let responses = std::task::ready!(running.as_mut().poll(cx));
+                self.running = None;
+                self.ready = responses.into_iter();
+                continue;
+            }
+            let Some(first) = std::task::ready!(self.items.poll_next_unpin(cx)) else {
+                return Poll::Ready(None);
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.items.poll_next_unpin(cx) {
+                    Poll::Ready(Some(item)) => batch.push(item),
+                    // The end, if it came, is seen again on the next poll.
+                    _ => break,
+                }
+            }
+            let run = self.run.clone();
+            self.running = Some(Box::pin(async move {
+                future::join_all(batch.into_iter().map(|item| run.execute(item))).await
+            }));
+        }
+    }
+}
+
 /// What each delivery of one parked subscription runs.
 struct Run {
     schema: DeliverySchema,
@@ -216,11 +271,7 @@ impl Parking {
         started.chain(parked).boxed()
     }
 
-    /// Each item as the response its subscription asked for.
-    ///
-    /// Items that are ready together (a backlog page, a burst) run at once, in order: the users
-    /// they show are then loaded in one batch, where one at a time each waited for the user
-    /// loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s).
+    /// Each item as the response its subscription asked for (see [`Deliveries`]).
     fn deliver(
         &self,
         items: ItemStream,
@@ -228,26 +279,10 @@ impl Parking {
         variables: Variables,
         auth: RequestAuth,
         client: ClientAddress,
-    ) -> impl Stream<Item = Response> + Send + use<> {
-        let run =
-            Arc::new(Run { schema: self.delivery.clone(), document, variables, auth, client });
-        futures::stream::unfold(items, move |mut items| {
-            let run = run.clone();
-            // Boxed: a batch exists only while messages are on their way, and inline it would
-            // size every parked subscription's stream.
-            Box::pin(async move {
-                let mut batch = vec![items.next().await?];
-                while batch.len() < MAX_BATCH {
-                    match items.next().now_or_never() {
-                        Some(Some(item)) => batch.push(item),
-                        _ => break,
-                    }
-                }
-                let responses = future::join_all(batch.into_iter().map(|i| run.execute(i))).await;
-                Some((responses, items))
-            })
-        })
-        .flat_map(futures::stream::iter)
+    ) -> Deliveries {
+        let run = Run { schema: self.delivery.clone(), document, variables, auth, client };
+        let ready = Vec::new().into_iter();
+        Deliveries { items: items.fuse(), run: Arc::new(run), running: None, ready }
     }
 
     fn remember(&self, key: DocumentKey, document: Arc<ExecutableDocument>) {
