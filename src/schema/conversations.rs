@@ -6,7 +6,11 @@ use async_graphql::{
     connection::{Connection, Edge},
 };
 
-use super::{Timestamp, context::ContextExt, messages::load_user, users::UserNode};
+use super::{
+    Timestamp,
+    context::ContextExt,
+    users::{UserNode, known_user},
+};
 use crate::{
     domain::{Conversation, Cursor, Message, MessageId, PageSize, UserId},
     messages::Messaging,
@@ -27,7 +31,7 @@ impl ConversationNode {
 
     /// The other participant.
     async fn with(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
-        load_user(ctx, &self.0.with).await
+        known_user(ctx, &self.0.with).await
     }
 
     /// The newest message, sent or received.

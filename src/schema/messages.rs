@@ -13,14 +13,13 @@ use super::{
     Timestamp,
     context::ContextExt,
     parked::{Handover, Item},
-    users::{UserNode, load_user as load_user_by_id},
+    users::{UserNode, known_user},
 };
 use crate::{
     domain::{
         self, ClientMessageId, Cursor, InvalidInput, Message, MessageContent, MessageId, PageSize,
         UserId,
     },
-    error::AppError,
     messages::{Messaging, SendRequest},
 };
 
@@ -44,12 +43,12 @@ impl Message {
 
     /// Who sent the message.
     async fn sender(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
-        load_user(ctx, &self.sender_id).await
+        known_user(ctx, &self.sender_id).await
     }
 
     /// Who the message is for.
     async fn recipient(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
-        load_user(ctx, &self.recipient_id).await
+        known_user(ctx, &self.recipient_id).await
     }
 
     /// The text, exactly as sent.
@@ -104,13 +103,6 @@ impl From<domain::MessageStatus> for MessageStatus {
             domain::MessageStatus::Read => MessageStatus::Read,
         }
     }
-}
-
-pub(super) async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
-    let user = load_user_by_id(ctx, id).await?;
-    let user =
-        user.ok_or_else(|| AppError::internal(format!("message refers to missing user {id}")))?;
-    Ok(UserNode::other(user))
 }
 
 /// A message to send.

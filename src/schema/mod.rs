@@ -8,6 +8,7 @@ mod context;
 mod conversations;
 pub mod document_shape;
 mod error_codes;
+mod event_nodes;
 mod events;
 mod messages;
 mod parked;

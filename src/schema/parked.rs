@@ -39,7 +39,8 @@ use futures::{
 };
 
 use super::{
-    error_codes::ErrorCodes, events::ChatEventNode, parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE,
+    error_codes::ErrorCodes, event_nodes::ChatEventNode,
+    parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE,
 };
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};
 

@@ -146,6 +146,14 @@ pub async fn load_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<
     Ok(loader.load_one(id.clone()).await?)
 }
 
+/// A user that a stored record (a message, a conversation, an event) refers to, so must exist.
+pub(super) async fn known_user(ctx: &Context<'_>, id: &UserId) -> async_graphql::Result<UserNode> {
+    let user = load_user(ctx, id).await?;
+    let user =
+        user.ok_or_else(|| AppError::internal(format!("record refers to missing user {id}")))?;
+    Ok(UserNode::other(user))
+}
+
 /// Queries about users.
 #[derive(Default)]
 pub struct UserQuery;
