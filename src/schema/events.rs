@@ -3,15 +3,13 @@
 //! subscription beside `messageReceived`, and each event carries the `Message` by id, so Apollo
 //! and urql caches update the message wherever it is shown, with no refetch.
 
-use std::sync::Arc;
-
 use async_graphql::{Context, ID, Object, Subscription};
-use futures::{Stream, StreamExt, future::Either};
+use futures::{Stream, StreamExt};
 
 use super::{
     context::ContextExt,
     event_nodes::ChatEventNode,
-    parked::{Handover, Item},
+    parked::{Item, hand_over},
 };
 use crate::{domain::UserId, messages::Messaging, presence::Presence, typing::Typing};
 
@@ -34,13 +32,7 @@ impl EventSubscription {
         let viewer = ctx.viewer().await?;
         let events = ctx.service::<Messaging>()?.events(&viewer).await?.map(ChatEventNode::from);
         // A parked subscription takes the events and delivers them itself (see `parked`).
-        Ok(match ctx.data_opt::<Arc<Handover>>() {
-            Some(handover) => {
-                handover.put(events.map(Item::Event).boxed());
-                Either::Left(futures::stream::empty())
-            }
-            None => Either::Right(events),
-        })
+        Ok(hand_over(ctx, events, Item::Event))
     }
 }
 

@@ -5,14 +5,12 @@ use async_graphql::{
     Context, Enum, ID, InputObject, Object, Subscription,
     connection::{Connection, Edge},
 };
-use std::sync::Arc;
-
-use futures::{Stream, StreamExt, future::Either};
+use futures::{Stream, StreamExt};
 
 use super::{
     Timestamp,
     context::ContextExt,
-    parked::{Handover, Item},
+    parked::{Item, hand_over},
     users::{UserNode, known_user},
 };
 use crate::{
@@ -216,12 +214,6 @@ impl MessageSubscription {
         let stream = ctx.service::<Messaging>()?.subscribe(&viewer).await?;
         let messages = stream.map(|item| item.map_err(Into::into));
         // A parked subscription takes the messages and delivers them itself (see `parked`).
-        Ok(match ctx.data_opt::<Arc<Handover>>() {
-            Some(handover) => {
-                handover.put(messages.map(Item::Message).boxed());
-                Either::Left(futures::stream::empty())
-            }
-            None => Either::Right(messages),
-        })
+        Ok(hand_over(ctx, messages, Item::Message))
     }
 }

@@ -34,7 +34,7 @@ use async_graphql::{
 };
 use futures::{
     Stream, StreamExt,
-    future::{self, BoxFuture},
+    future::{self, BoxFuture, Either},
     stream::{BoxStream, Fuse},
 };
 
@@ -72,12 +72,33 @@ pub(super) struct Handover(Mutex<Option<ItemStream>>);
 
 impl Handover {
     /// Leaves `items` for the caller.
-    pub(super) fn put(&self, items: ItemStream) {
+    fn put(&self, items: ItemStream) {
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(items);
     }
 
     fn take(&self) -> Option<ItemStream> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+    }
+}
+
+/// What a parkable resolver returns: `items` as they are, or, when the subscription is being
+/// parked, nothing, having left them (made [`Item`]s by `into_item`) in the request's
+/// [`Handover`].
+pub(super) fn hand_over<T, S>(
+    ctx: &Context<'_>,
+    items: S,
+    into_item: fn(T) -> Item,
+) -> impl Stream<Item = T> + Send + use<T, S>
+where
+    T: Send + 'static,
+    S: Stream<Item = T> + Send + 'static,
+{
+    match ctx.data_opt::<Arc<Handover>>() {
+        Some(handover) => {
+            handover.put(items.map(into_item).boxed());
+            Either::Left(futures::stream::empty())
+        }
+        None => Either::Right(items),
     }
 }
 
@@ -145,6 +166,60 @@ type DocumentKey = (String, Option<String>);
 struct Documents {
     by_key: HashMap<DocumentKey, Arc<ExecutableDocument>>,
     bytes: usize,
+}
+
+/// A parkable subscription's results: the schema's stream until it ends (it yields only a
+/// refusal, if any), then the parked deliveries, if the resolver handed its items over.
+enum Parked {
+    /// Boxed: once delivering, none of it is kept.
+    Starting(Box<Starting>),
+    Delivering(Deliveries),
+    Done,
+}
+
+/// What a subscription being parked holds until its schema stream ends.
+struct Starting {
+    started: BoxStream<'static, Response>,
+    handover: Arc<Handover>,
+    parkable: Parkable,
+    parking: Parking,
+    context: (Variables, RequestAuth, ClientAddress),
+}
+
+impl Stream for Parked {
+    type Item = Response;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Response>> {
+        loop {
+            match &mut *self {
+                Parked::Starting(starting) => {
+                    if let Some(response) = std::task::ready!(starting.started.poll_next_unpin(cx))
+                    {
+                        return Poll::Ready(Some(response));
+                    }
+                    let Parked::Starting(starting) = std::mem::replace(&mut *self, Parked::Done)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    let Starting { handover, parkable, parking, context, .. } = *starting;
+                    // Nothing was handed over when the schema refused the operation (it has
+                    // said why).
+                    if let Some(items) = handover.take() {
+                        let Parkable { key, document } = parkable;
+                        if let Some(key) = key {
+                            parking.remember(key, document.clone());
+                        }
+                        let (variables, auth, client) = context;
+                        *self = Parked::Delivering(
+                            parking.deliver(items, document, variables, auth, client),
+                        );
+                    }
+                }
+                Parked::Delivering(deliveries) => return deliveries.poll_next_unpin(cx),
+                Parked::Done => return Poll::Ready(None),
+            }
+        }
+    }
 }
 
 /// A parked subscription's responses.
@@ -248,28 +323,16 @@ impl Parking {
     }
 
     /// Starts `request` through `started` (the real schema's stream, with `handover` in its
-    /// data), then, if its resolver handed its messages over, delivers them parked.
+    /// data), then, if its resolver handed its items over, delivers them parked.
     pub(super) fn run(
         &self,
         parkable: Parkable,
         started: BoxStream<'static, Response>,
         handover: Arc<Handover>,
-        (variables, auth, client): (Variables, RequestAuth, ClientAddress),
+        context: (Variables, RequestAuth, ClientAddress),
     ) -> BoxStream<'static, Response> {
-        let parking = self.clone();
-        let parked = futures::stream::once(async move {
-            // Nothing was handed over when the schema refused the operation (it has said why).
-            let items = handover.take()?;
-            let Parkable { key, document } = parkable;
-            if let Some(key) = key {
-                parking.remember(key, document.clone());
-            }
-            Some(parking.deliver(items, document, variables, auth, client))
-        })
-        .filter_map(future::ready)
-        .flatten();
-        // `chain` drops the schema's stream when it ends, and with it everything it held.
-        started.chain(parked).boxed()
+        let starting = Starting { started, handover, parkable, parking: self.clone(), context };
+        Parked::Starting(Box::new(starting)).boxed()
     }
 
     /// Each item as the response its subscription asked for (see [`Deliveries`]).
