@@ -211,13 +211,13 @@ impl Connection {
                 Some((id, result)) = self.operations.next(), if !self.operations.is_empty() => {
                     Ok(self.ready_results(&id, result))
                 }
-                () = expired(&mut init_deadline), if !self.initialised => {
+                () = fired(&mut init_deadline), if !self.initialised => {
                     Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
                 () = session_ended(&mut self.session_watch) => {
                     Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
                 }
-                () = expired(&mut self.expiry) => {
+                () = fired(&mut self.expiry) => {
                     Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
                 }
                 () = self.shutdown.started() => {
@@ -423,9 +423,10 @@ async fn session_ended(watch: &mut Option<SessionWatch>) {
     }
 }
 
-/// Resolves when the token expires; never, before authentication.
-async fn expired(expiry: &mut Option<Pin<Box<Sleep>>>) {
-    match expiry {
+/// Resolves when `timer` fires (the token's expiry, the `connection_init` deadline); never
+/// while there is none.
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
