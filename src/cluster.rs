@@ -1,4 +1,5 @@
-//! What the instances of one deployment share besides the store: one Redis (`REDIS_URL`).
+//! What the instances of one deployment share besides the store: one Redis (`REDIS_URL`), a
+//! single server or a Redis Cluster (`REDIS_CLUSTER`).
 //!
 //! One [`Cluster`] per process holds the Redis client and one multiplexed, self-reconnecting
 //! connection that the bus's publishing, the rate limits, the connection counts and the typing
@@ -7,6 +8,11 @@
 //! fall back to this process's own state while Redis fails. After a failure, calls fail at
 //! once for [`PAUSE_AFTER_FAILURE`] without asking Redis (so requests do not each wait for a
 //! timeout), and an outage is logged once, not per call.
+//!
+//! With a Redis Cluster every command goes to the node that owns its key's slot, so each script
+//! touches keys of one slot only (the connection counts' keys share the `{presence}` hash tag),
+//! and live events use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`): an event is handled by the
+//! one shard owning its channel, where plain `PUBLISH` is copied to every node of the cluster.
 
 use std::{
     sync::{
@@ -17,8 +23,12 @@ use std::{
 };
 
 use redis::{
-    Client, Script, TlsCertificates, aio::ConnectionManager, aio::ConnectionManagerConfig,
+    Client, Cmd, Pipeline, RedisFuture, Script, TlsCertificates, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
 };
+use tokio::sync::OnceCell;
 
 use crate::config::RedisConfig;
 
@@ -26,15 +36,83 @@ use crate::config::RedisConfig;
 #[derive(Clone)]
 pub struct Cluster {
     /// For connections of their own (pub/sub).
-    pub client: Client,
+    pub nodes: Nodes,
     /// For commands and scripts.
-    pub connection: ConnectionManager,
+    commands: Commands,
     /// Put before every key and channel name (`REDIS_CHANNEL_PREFIX`).
     pub prefix: String,
     /// Longest any Redis call may take (`REDIS_TIMEOUT`).
     pub timeout: Duration,
     /// Unix milliseconds before which [`Cluster::run`] does not ask Redis (after a failure).
     paused_until: Arc<AtomicU64>,
+}
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum Nodes {
+    /// One server (a primary, perhaps with replicas behind a proxy).
+    Single(Client),
+    /// A Redis Cluster, spoken to in RESP3 (its pub/sub messages arrive as pushes).
+    Sharded(ClusterClient),
+}
+
+/// The shared connection for commands.
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    /// Made on first use (a cluster connection cannot be made lazily), and again after a
+    /// failed attempt; once made, it reconnects to nodes and follows slot moves by itself.
+    Sharded(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+}
+
+/// A connection [`Commands`] lends for one call.
+enum Connection {
+    Single(ConnectionManager),
+    Sharded(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Sharded(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Sharded(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Sharded(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl Commands {
+    async fn connection(&self) -> redis::RedisResult<Connection> {
+        match self {
+            Commands::Single(connection) => Ok(Connection::Single(connection.clone())),
+            Commands::Sharded(client, connection) => {
+                let made = connection.get_or_try_init(|| client.get_async_connection()).await?;
+                Ok(Connection::Sharded(made.clone()))
+            }
+        }
+    }
 }
 
 /// How long Redis is left alone after a failed call.
@@ -63,34 +141,73 @@ impl Cluster {
     pub fn connect(config: &RedisConfig) -> Result<Self, String> {
         let url = config.url.expose().as_str();
         let unusable = |error: redis::RedisError| format!("REDIS_URL is not usable: {error}");
-        let client = match &config.ca_cert {
-            None => Client::open(url).map_err(unusable)?,
+        let root_cert = match &config.ca_cert {
+            None => None,
             Some(path) => {
                 if !url.starts_with("rediss://") {
                     return Err("REDIS_CA_CERT is set, but REDIS_URL is not a rediss:// URL".into());
                 }
-                let pem = std::fs::read(path).map_err(|error| {
+                Some(std::fs::read(path).map_err(|error| {
                     format!("REDIS_CA_CERT {} cannot be read: {error}", path.display())
-                })?;
-                let certificates = TlsCertificates { client_tls: None, root_cert: Some(pem) };
-                Client::build_with_tls(url, certificates).map_err(unusable)?
+                })?)
             }
         };
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(5));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager)
-            .map_err(|error| format!("REDIS_URL is not usable: {error}"))?;
-        tracing::info!(redis = %client.get_connection_info().addr(), "sharing state through Redis");
+        let certificates = |root_cert| TlsCertificates { client_tls: None, root_cert };
+        let (nodes, commands) = if config.cluster {
+            let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let mut builder = ClusterClientBuilder::new(seeds.clone())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .connection_timeout(config.timeout)
+                .response_timeout(config.timeout)
+                .retries(2);
+            if root_cert.is_some() {
+                builder = builder.certs(certificates(root_cert));
+            }
+            let client = builder.build().map_err(unusable)?;
+            tracing::info!(seeds = seeds.len(), "sharing state through a Redis Cluster");
+            let commands = Commands::Sharded(client.clone(), Arc::default());
+            (Nodes::Sharded(client), commands)
+        } else {
+            let client = match root_cert {
+                None => Client::open(url).map_err(unusable)?,
+                Some(_) => Client::build_with_tls(url, certificates(root_cert)).map_err(unusable)?,
+            };
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(5));
+            let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+                .map_err(unusable)?;
+            let addr = client.get_connection_info().addr().to_string();
+            tracing::info!(redis = %addr, "sharing state through Redis");
+            (Nodes::Single(client), Commands::Single(connection))
+        };
         Ok(Cluster {
-            client,
-            connection,
+            nodes,
+            commands,
             prefix: config.channel_prefix.clone(),
             timeout: config.timeout,
             paused_until: Arc::default(),
         })
+    }
+
+    /// Publishes `payload` on `channel` (with the prefix already put before it), within the
+    /// timeout: `SPUBLISH` on a Redis Cluster, `PUBLISH` on a single server.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), String> {
+        let command = match self.nodes {
+            Nodes::Single(_) => "PUBLISH",
+            Nodes::Sharded(_) => "SPUBLISH",
+        };
+        let publish = async {
+            let mut connection = self.commands.connection().await?;
+            redis::cmd(command).arg(channel).arg(payload).query_async::<i64>(&mut connection).await
+        };
+        match tokio::time::timeout(self.timeout, publish).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
     }
 
     /// `name` with the deployment's prefix.
@@ -116,13 +233,11 @@ impl Cluster {
         for arg in args {
             invocation.arg(arg);
         }
-        let mut connection = self.connection.clone();
-        let error = match tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async(&mut connection),
-        )
-        .await
-        {
+        let invoke = async {
+            let mut connection = self.commands.connection().await?;
+            invocation.invoke_async(&mut connection).await
+        };
+        let error = match tokio::time::timeout(self.timeout, invoke).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.timeout),

@@ -57,9 +57,13 @@ pub struct Config {
 /// Where and how to reach Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host[:port][/db]` (`REDIS_URL`). May hold a password, so it is
-    /// a [`Secret`].
+    /// `redis://[user:password@]host[:port][/db]` (`REDIS_URL`); with [`RedisConfig::cluster`],
+    /// one or more nodes of the cluster separated by commas. May hold a password, so it is a
+    /// [`Secret`].
     pub url: Secret<String>,
+    /// Whether `REDIS_URL` names nodes of a Redis Cluster (`REDIS_CLUSTER`): live events then
+    /// travel over sharded pub/sub, and every command is routed to the node owning its key.
+    pub cluster: bool,
     /// Put before every channel name (`REDIS_CHANNEL_PREFIX`), so deployments can share one
     /// Redis (pub/sub channels are not separated by database number).
     pub channel_prefix: String,
@@ -289,6 +293,7 @@ impl Config {
         let redis = match get("REDIS_URL") {
             Some(url) => Some(RedisConfig {
                 url: Secret::new(url.trim().to_string()),
+                cluster: parse_or(get("REDIS_CLUSTER"), "REDIS_CLUSTER", false)?,
                 channel_prefix: get("REDIS_CHANNEL_PREFIX").unwrap_or_else(|| "chatapp:".into()),
                 timeout: duration("REDIS_TIMEOUT", Duration::from_secs(2))?,
                 ca_cert: get("REDIS_CA_CERT").map(PathBuf::from),
@@ -511,6 +516,7 @@ mod tests {
         assert_eq!(redis.url.expose(), url);
         assert_eq!(redis.channel_prefix, "chatapp:");
         assert_eq!(redis.timeout, Duration::from_millis(500));
+        assert!(!redis.cluster);
         assert!(!format!("{config:?}").contains("s3cret"));
     }
 

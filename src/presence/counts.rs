@@ -13,9 +13,10 @@
 //! process's (the limit then holds per instance; online is still true wherever the user is
 //! connected here).
 //!
-//! Redis Cluster: a script touches the user's key and the heartbeat hash, so both must live on
-//! one node; run the shared state on a single primary (with replicas, Sentinel), or give the
-//! prefix a hash tag (`REDIS_CHANNEL_PREFIX={chatapp}:`).
+//! Redis Cluster: a script touches the user's key, the heartbeat hash and an instance's set
+//! (REAP names sets it finds, inside the script), so every key here carries the hash tag
+//! `{presence}` and lives in one slot. That puts all counts on one shard: one small script per
+//! connection opened or closed, well within one node's capacity (see README, "Scaling out").
 
 use std::{
     collections::HashMap,
@@ -141,11 +142,11 @@ impl ConnectionCounts {
     /// (claimed by this call alone): each may have gone offline without anyone announcing it.
     pub async fn heartbeat(&self) -> Vec<UserId> {
         let Some(shared) = &self.shared else { return Vec::new() };
-        let keys = [shared.cluster.key("instances")];
+        let keys = [shared.key("instances")];
         let args = [
             shared.instance.clone(),
             shared.instance_ttl.as_millis().to_string(),
-            shared.cluster.key("users-of:"),
+            shared.key("users-of:"),
         ];
         let users = shared.cluster.run::<Vec<String>>(&shared.reap, &keys, &args).await;
         users.unwrap_or_default().into_iter().map(UserId::new).collect()
@@ -242,13 +243,18 @@ impl RedisCounts {
         }
     }
 
+    /// The Redis key `name`, in the slot every key of the counts shares.
+    fn key(&self, name: &str) -> String {
+        self.cluster.key(&format!("{{presence}}{name}"))
+    }
+
     /// Runs `script` for `user` (with `max` for admission); `None` if Redis fails or is too
     /// slow (logged once per outage by [`Cluster::run`]).
     async fn run(&self, script: &Script, user: &UserId, max: Option<usize>) -> Option<i64> {
         let keys = [
-            self.cluster.key(&format!("conn:{user}")),
-            self.cluster.key("instances"),
-            self.cluster.key(&format!("users-of:{}", self.instance)),
+            self.key(&format!("conn:{user}")),
+            self.key("instances"),
+            self.key(&format!("users-of:{}", self.instance)),
         ];
         let mut args = vec![
             self.instance.clone(),

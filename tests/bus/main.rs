@@ -5,6 +5,8 @@
 //!
 //! The Redis tests use `TEST_REDIS_URL`, or start their own `redis-server`; without either they
 //! print a notice and pass without running. Tests that restart Redis need their own server.
+//! The Redis Cluster tests (sharded pub/sub) do the same with `TEST_REDIS_CLUSTER_URL` or three
+//! private cluster nodes.
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,6 +54,19 @@ macro_rules! bus_tests {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(server) = super::RedisServer::start_cluster(stringify!($name)) else {
+                        return;
+                    };
+                    let prefix = super::fresh_prefix();
+                    let pair = (super::redis_bus(&server, &prefix), super::redis_bus(&server, &prefix));
+                    super::$name(pair).await;
+                }
+            )*
+        }
     };
 }
 
@@ -70,6 +85,7 @@ fn fresh_prefix() -> String {
 fn redis_config(server: &RedisServer, prefix: &str) -> RedisConfig {
     RedisConfig {
         url: Secret::new(server.url().to_string()),
+        cluster: server.is_cluster(),
         channel_prefix: prefix.to_string(),
         timeout: Duration::from_secs(2),
         ca_cert: None,
@@ -208,9 +224,17 @@ async fn a_slow_subscriber_is_told_it_lagged((a, b): Pair) {
 /// hear a lag once publishing works again.
 #[tokio::test]
 async fn redis_restarts_cost_lags_never_silence() {
-    let Some(mut server) = RedisServer::start("redis_restarts_cost_lags_never_silence") else {
-        return;
-    };
+    restarts_cost_lags_never_silence(RedisServer::start("redis_restarts_cost_lags")).await;
+}
+
+/// The same when every node of a Redis Cluster restarts.
+#[tokio::test]
+async fn redis_cluster_restarts_cost_lags_never_silence() {
+    restarts_cost_lags_never_silence(RedisServer::start_cluster("redis_cluster_restarts")).await;
+}
+
+async fn restarts_cost_lags_never_silence(server: Option<RedisServer>) {
+    let Some(mut server) = server else { return };
     if !server.is_owned() {
         eprintln!("NOTICE: restart test skipped: TEST_REDIS_URL's server cannot be restarted here");
         return;
@@ -264,7 +288,18 @@ async fn redis_restarts_cost_lags_never_silence() {
 /// and hears a lag once Redis is back, then live events.
 #[tokio::test]
 async fn subscribing_while_redis_is_down_works_once_it_is_back() {
-    let Some(mut server) = RedisServer::start("subscribing_while_redis_is_down") else { return };
+    subscribing_while_down_works_once_it_is_back(RedisServer::start("subscribing_while_down"))
+        .await;
+}
+
+#[tokio::test]
+async fn subscribing_while_a_redis_cluster_is_down_works_once_it_is_back() {
+    let server = RedisServer::start_cluster("subscribing_while_cluster_down");
+    subscribing_while_down_works_once_it_is_back(server).await;
+}
+
+async fn subscribing_while_down_works_once_it_is_back(server: Option<RedisServer>) {
+    let Some(mut server) = server else { return };
     if !server.is_owned() {
         return;
     }
@@ -295,9 +330,18 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
 /// and every subscriber re-read the store every five seconds.)
 #[tokio::test]
 async fn quiet_subscriptions_survive_keepalive_pings() {
-    let Some(server) = RedisServer::start("quiet_subscriptions_survive_keepalive_pings") else {
-        return;
-    };
+    quiet_subscriptions_survive_pings(RedisServer::start("quiet_subscriptions")).await;
+}
+
+/// The same on a Redis Cluster, whose pings go to every primary over the RESP3 connection.
+#[tokio::test]
+async fn quiet_subscriptions_on_a_redis_cluster_survive_keepalive_pings() {
+    quiet_subscriptions_survive_pings(RedisServer::start_cluster("quiet_cluster_subscriptions"))
+        .await;
+}
+
+async fn quiet_subscriptions_survive_pings(server: Option<RedisServer>) {
+    let Some(server) = server else { return };
     let config = redis_config(&server, &fresh_prefix());
     let (a, b) = (connect(&config), connect(&config));
     let mut quiet = b.subscribe(&UserId::new("gina")).await.unwrap();

@@ -3,8 +3,9 @@
 //! Each instance keeps one pub/sub connection, subscribed to exactly the topics its local
 //! subscribers listen to (the first local subscriber of a topic subscribes it in Redis and
 //! waits for Redis to confirm, so "listening has begun" holds across instances; the last one to
-//! leave unsubscribes), and one connection for `PUBLISH`. One task owns the pub/sub connection
-//! and applies subscription changes in the order they were asked for.
+//! leave unsubscribes), and publishes through the shared command connection. One task owns the
+//! pub/sub connection and applies subscription changes in the order they were asked for
+//! ([`subscriber`]). On a Redis Cluster the same happens over sharded pub/sub ([`sharded`]).
 //!
 //! Redis is never the truth, so its failures cost liveness, not messages:
 //! - the pub/sub connection drops (Redis restarts, the network breaks): every local subscriber
@@ -29,12 +30,12 @@ use std::{
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use redis::{AsyncCommands, Client, aio::ConnectionManager};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
 
+use self::subscriber::{Command, Subscriber};
 use super::{
     BusError, BusEvent, BusHealth, BusResult, BusSubscription, MessageBus, Topic,
     hub::{Hub, OnEmpty},
@@ -46,19 +47,11 @@ use crate::{
     domain::{ChatEvent, Message, SessionId, UserId},
 };
 
-/// How often the pub/sub connection is pinged; a connection that does not answer within the
-/// timeout is treated as lost (a dead peer sends no FIN).
-const PING_EVERY: Duration = Duration::from_secs(5);
-/// First and longest wait between reconnection attempts.
-const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+mod sharded;
+mod subscriber;
+
 /// How often topics whose events could not be published are retried.
 const DEBT_RETRY: Duration = Duration::from_secs(1);
-
-/// A change to the pub/sub connection's subscriptions; the topic's key.
-enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
-}
 
 /// Live events shared by every instance through Redis.
 pub struct RedisBus {
@@ -94,21 +87,11 @@ impl RedisBus {
             let _ = unsubscribe.send(Command::Unsubscribe(key.to_string()));
         });
         let hub = Hub::new(Some(on_empty));
-        let prefix: Arc<str> = cluster.prefix.as_str().into();
         let up = Arc::new(AtomicBool::new(false));
-        let subscriber = Subscriber {
-            client: cluster.client.clone(),
-            hub: hub.clone(),
-            prefix: prefix.clone(),
-            up: up.clone(),
-            timeout: cluster.timeout,
-            missed: AtomicBool::new(false),
-        };
+        let subscriber = Subscriber::new(cluster, hub.clone(), up.clone());
         let publisher = Arc::new(Publisher {
-            connection: cluster.connection.clone(),
+            cluster: cluster.clone(),
             hub: hub.clone(),
-            prefix,
-            timeout: cluster.timeout,
             debt: Mutex::default(),
             publishing: AtomicBool::new(true),
         });
@@ -157,12 +140,10 @@ impl RedisBus {
 
 /// Publishes events, and pays off the topics owed a `Lagged` after publishing failed.
 struct Publisher {
-    connection: ConnectionManager,
+    /// Publishes through its command connection; its prefix makes channel names.
+    cluster: Cluster,
     /// This instance's subscribers, who get an event directly when it cannot be published.
     hub: Hub,
-    /// Put before every topic key to make a Redis channel name (`REDIS_CHANNEL_PREFIX`).
-    prefix: Arc<str>,
-    timeout: Duration,
     /// Topics whose events could not be published; each gets a `Lagged` once publishing works.
     debt: Mutex<HashSet<String>>,
     /// Whether publishing works (false from a failure until the settler gets through).
@@ -187,9 +168,7 @@ impl Publisher {
     }
 
     async fn publish(&self, key: &str, payload: Vec<u8>) -> bool {
-        let mut connection = self.connection.clone();
-        let published = connection.publish::<_, _, i64>(channel(&self.prefix, key), payload);
-        matches!(tokio::time::timeout(self.timeout, published).await, Ok(Ok(_)))
+        self.cluster.publish(&self.cluster.key(key), &payload).await.is_ok()
     }
 
     fn owed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -238,175 +217,6 @@ async fn settle_debt_periodically(publisher: Arc<Publisher>) {
         every.tick().await;
         publisher.settle().await;
     }
-}
-
-/// Owns the pub/sub connection.
-struct Subscriber {
-    client: Client,
-    hub: Hub,
-    prefix: Arc<str>,
-    up: Arc<AtomicBool>,
-    timeout: Duration,
-    /// Whether subscribers may have missed events since the connection was last up (it was
-    /// lost, or subscriptions were accepted while Redis was unreachable).
-    missed: AtomicBool,
-}
-
-impl Subscriber {
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut delay = RECONNECT_DELAYS.0;
-        loop {
-            match self.connect_and_serve(&mut commands).await {
-                Served::Stopped => return,
-                Served::Lost => {
-                    delay = RECONNECT_DELAYS.0;
-                    if self.up.swap(false, Ordering::SeqCst) {
-                        tracing::warn!("lost the Redis subscription connection; reconnecting");
-                    }
-                    self.missed.store(true, Ordering::SeqCst);
-                    self.hub.send_all(BusEvent::Lagged);
-                }
-                Served::Unreachable(error) => {
-                    if self.up.swap(false, Ordering::SeqCst) {
-                        tracing::warn!(%error, "Redis is unreachable; live events wait for it");
-                    }
-                    // Degraded: subscriptions are accepted now and told to re-read later.
-                    self.missed.store(true, Ordering::SeqCst);
-                    self.hub.mark_all_ready();
-                    let pause = tokio::time::sleep(delay);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            () = &mut pause => break,
-                            command = commands.recv() => match command {
-                                None => return,
-                                Some(_) => self.hub.mark_all_ready(),
-                            },
-                        }
-                    }
-                    delay = (delay * 2).min(RECONNECT_DELAYS.1);
-                }
-            }
-        }
-    }
-
-    async fn connect_and_serve(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> Served {
-        let pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await
-        {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(error)) => return Served::Unreachable(error.to_string()),
-            Err(_) => return Served::Unreachable("connection timed out".into()),
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let keys = self.hub.keys();
-        if !keys.is_empty() {
-            match tokio::time::timeout(self.timeout, sink.subscribe(self.channels(&keys))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Served::Unreachable(error.to_string()),
-                Err(_) => return Served::Unreachable("subscribing timed out".into()),
-            }
-        }
-        // Listening to every topic again: whatever was published while we were not, the
-        // subscribers find in the store.
-        if !self.up.swap(true, Ordering::SeqCst) {
-            tracing::info!("subscribed to Redis; live events flow between instances");
-        }
-        // Only the topics just subscribed: one created since `keys` was read is not listened
-        // to yet; its queued command subscribes it and marks it then.
-        for key in &keys {
-            self.hub.mark_ready(key);
-        }
-        if self.missed.swap(false, Ordering::SeqCst) {
-            self.hub.send_all(BusEvent::Lagged);
-        }
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(first) = command else { return Served::Stopped };
-                    let mut keys = vec![first];
-                    while let Ok(command) = commands.try_recv() {
-                        keys.push(command);
-                    }
-                    if !self.apply(&mut sink, keys).await {
-                        return Served::Lost;
-                    }
-                }
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let channel = message.get_channel_name();
-                        if let Some(key) = channel.strip_prefix(&*self.prefix) {
-                            self.hub.send(key, wire::decode(message.get_payload_bytes()));
-                        }
-                    }
-                    None => return Served::Lost,
-                },
-                _ = ping.tick() => {
-                    // In subscribed mode Redis answers a PING with ["pong", ""], not "PONG": any answer will do.
-                    let pong = sink.ping::<redis::Value>();
-                    if !matches!(tokio::time::timeout(self.timeout, pong).await, Ok(Ok(_))) {
-                        return Served::Lost;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Brings Redis in line with the hub for every key the commands name (the hub decides:
-    /// a topic unsubscribed and subscribed again stays subscribed). Returns false if the
-    /// connection failed.
-    async fn apply(&self, sink: &mut redis::aio::PubSubSink, commands: Vec<Command>) -> bool {
-        let mut wanted = Vec::new();
-        let mut unwanted = Vec::new();
-        let mut seen = HashSet::new();
-        for command in commands {
-            let (Command::Subscribe(key) | Command::Unsubscribe(key)) = command;
-            if seen.insert(key.clone()) {
-                if self.hub.contains(&key) { wanted.push(key) } else { unwanted.push(key) }
-            }
-        }
-        let timeout = self.timeout;
-        if !unwanted.is_empty() {
-            let channels = self.channels(&unwanted);
-            if !matches!(
-                tokio::time::timeout(timeout, sink.unsubscribe(channels)).await,
-                Ok(Ok(()))
-            ) {
-                return false;
-            }
-        }
-        if !wanted.is_empty() {
-            let channels = self.channels(&wanted);
-            if !matches!(tokio::time::timeout(timeout, sink.subscribe(channels)).await, Ok(Ok(())))
-            {
-                return false;
-            }
-            for key in &wanted {
-                self.hub.mark_ready(key);
-            }
-        }
-        true
-    }
-
-    fn channels(&self, keys: &[String]) -> Vec<String> {
-        keys.iter().map(|key| channel(&self.prefix, key)).collect()
-    }
-}
-
-/// The Redis channel of topic `key`.
-fn channel(prefix: &str, key: &str) -> String {
-    format!("{prefix}{key}")
-}
-
-/// How a pub/sub connection ended.
-enum Served {
-    /// The bus was dropped.
-    Stopped,
-    /// It was up and broke.
-    Lost,
-    /// It could not be made.
-    Unreachable(String),
 }
 
 #[async_trait]
