@@ -51,9 +51,9 @@ pub struct Cluster {
 #[derive(Clone)]
 pub enum Nodes {
     /// One server (a primary, perhaps with replicas behind a proxy).
-    Single(Client),
+    Single(Box<Client>),
     /// A Redis Cluster, spoken to in RESP3 (its pub/sub messages arrive as pushes).
-    Sharded(ClusterClient),
+    Sharded(Box<ClusterClient>),
 }
 
 /// The shared connection for commands.
@@ -62,7 +62,7 @@ enum Commands {
     Single(ConnectionManager),
     /// Made on first use (a cluster connection cannot be made lazily), and again after a
     /// failed attempt; once made, it reconnects to nodes and follows slot moves by itself.
-    Sharded(ClusterClient, Arc<OnceCell<ClusterConnection>>),
+    Sharded(Box<ClusterClient>, Arc<OnceCell<ClusterConnection>>),
 }
 
 /// A connection [`Commands`] lends for one call.
@@ -154,7 +154,8 @@ impl Cluster {
         };
         let certificates = |root_cert| TlsCertificates { client_tls: None, root_cert };
         let (nodes, commands) = if config.cluster {
-            let seeds: Vec<&str> = url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let seeds: Vec<&str> =
+                url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             let mut builder = ClusterClientBuilder::new(seeds.clone())
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .connection_timeout(config.timeout)
@@ -165,12 +166,14 @@ impl Cluster {
             }
             let client = builder.build().map_err(unusable)?;
             tracing::info!(seeds = seeds.len(), "sharing state through a Redis Cluster");
-            let commands = Commands::Sharded(client.clone(), Arc::default());
-            (Nodes::Sharded(client), commands)
+            let commands = Commands::Sharded(Box::new(client.clone()), Arc::default());
+            (Nodes::Sharded(Box::new(client)), commands)
         } else {
             let client = match root_cert {
                 None => Client::open(url).map_err(unusable)?,
-                Some(_) => Client::build_with_tls(url, certificates(root_cert)).map_err(unusable)?,
+                Some(_) => {
+                    Client::build_with_tls(url, certificates(root_cert)).map_err(unusable)?
+                }
             };
             let manager = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
@@ -181,7 +184,7 @@ impl Cluster {
                 .map_err(unusable)?;
             let addr = client.get_connection_info().addr().to_string();
             tracing::info!(redis = %addr, "sharing state through Redis");
-            (Nodes::Single(client), Commands::Single(connection))
+            (Nodes::Single(Box::new(client)), Commands::Single(connection))
         };
         Ok(Cluster {
             nodes,

@@ -511,13 +511,18 @@ mod tests {
     fn redis_is_off_unless_set_and_its_url_is_never_printed() {
         assert!(config(&[]).unwrap().redis.is_none());
         let url = "redis://:s3cret-redis-password@cache.internal:6379/0";
-        let config = config(&[("REDIS_URL", url), ("REDIS_TIMEOUT", "500ms")]).unwrap();
-        let redis = config.redis.as_ref().unwrap();
+        let single = config(&[("REDIS_URL", url), ("REDIS_TIMEOUT", "500ms")]).unwrap();
+        let redis = single.redis.as_ref().unwrap();
         assert_eq!(redis.url.expose(), url);
         assert_eq!(redis.channel_prefix, "chatapp:");
         assert_eq!(redis.timeout, Duration::from_millis(500));
         assert!(!redis.cluster);
-        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{single:?}").contains("s3cret"));
+        let nodes = "redis://r1:6379,redis://r2:6379";
+        let cluster = config(&[("REDIS_URL", nodes), ("REDIS_CLUSTER", "true")]).unwrap();
+        assert!(cluster.redis.unwrap().cluster);
+        let error = config(&[("REDIS_URL", nodes), ("REDIS_CLUSTER", "yes")]).unwrap_err();
+        assert!(error.to_string().contains("REDIS_CLUSTER"), "{error}");
     }
 
     #[test]

@@ -81,13 +81,14 @@ impl Target {
     }
 
     /// Two instances of one deployment: senders through `send_url`, recipients on
-    /// `receive_url`, so every message crosses the shared bus.
-    pub fn across(send_url: &str, receive_url: &str) -> Self {
+    /// `receive_url`, so every message crosses the shared bus (a Redis Cluster with `cluster`).
+    pub fn across(send_url: &str, receive_url: &str, cluster: bool) -> Self {
+        let label = if cluster { "chatapp A->B, Redis Cluster" } else { "chatapp A->B" };
         Target::Chat {
             http: http_client(),
             base_url: send_url.to_string(),
             receive_url: receive_url.to_string(),
-            label: "chatapp A->B".to_string(),
+            label: label.to_string(),
         }
     }
 

@@ -45,7 +45,8 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Scenarios to run, comma separated: delivery, multi (two instances over Redis: senders
-    /// through A, recipients on B; needs redis-server), wire (what a bus event costs, next to
+    /// through A, recipients on B; needs redis-server), multi-cluster (the same over a Redis
+    /// Cluster of three primaries; also needs redis-cli), wire (what a bus event costs, next to
     /// the store read it saves), baseline, idle, replay, storm, chatlist.
     #[arg(
         long,
@@ -161,7 +162,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("multi") && args.server_url.is_none() {
         eprintln!("multi-instance: {} pairs, senders through A, recipients on B", args.pairs);
-        report.delivery.extend(across_instances(&args).await?);
+        report.delivery.extend(across_instances(&args, false).await?);
+    }
+    if wants("multi-cluster") && args.server_url.is_none() {
+        eprintln!("multi-instance over a Redis Cluster: {} pairs, A -> B", args.pairs);
+        report.delivery.extend(across_instances(&args, true).await?);
     }
     if wants("wire") {
         eprintln!("wire: bus event size and cost, next to a store read by id");
@@ -292,21 +297,31 @@ async fn fixed_rate_and_saturation(
     Ok([fixed, saturated])
 }
 
-/// Delivery between two instances on one data directory and one Redis (started here): every
-/// message is stored by A, published to Redis, and delivered by B.
-async fn across_instances(args: &Args) -> anyhow::Result<[DeliveryFigures; 2]> {
-    let redis = server::Redis::spawn().await?;
+/// Delivery between two instances on one data directory and one Redis (started here; a Redis
+/// Cluster of three primaries with `cluster`): every message is stored by A, published to
+/// Redis, and delivered by B.
+async fn across_instances(args: &Args, cluster: bool) -> anyhow::Result<[DeliveryFigures; 2]> {
     let data_dir = tempfile::tempdir()?;
+    let redis = match cluster {
+        true => server::Redis::spawn_cluster(data_dir.path()).await?,
+        false => server::Redis::spawn().await?,
+    };
     let binary = args.server_bin.clone().unwrap_or_else(server::default_server_binary);
     let env = [
         ("BCRYPT_COST", "4".to_string()),
         ("REDIS_URL", redis.url.clone()),
+        ("REDIS_CLUSTER", cluster.to_string()),
         ("JWT_SECRET", "loadtest-secret-shared-by-both-instances".to_string()),
         ("DATA_DIR", data_dir.path().display().to_string()),
     ];
     let a = Server::spawn(&binary, &env).await?;
     let b = Server::spawn(&binary, &env).await?;
-    let figures = fixed_rate_and_saturation(args, &Target::across(&a.base_url, &b.base_url)).await;
+    let target = Target::across(&a.base_url, &b.base_url, cluster);
+    let figures = fixed_rate_and_saturation(args, &target).await;
+    if cluster {
+        let spread = redis.calls_per_node("spublish").await;
+        eprintln!("Redis Cluster: SPUBLISH calls per node {spread:?} (each topic on one shard)");
+    }
     a.stop().await;
     b.stop().await;
     figures

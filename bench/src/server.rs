@@ -124,31 +124,116 @@ impl Server {
 /// dropped.
 pub struct Redis {
     pub url: String,
-    _child: Child,
+    /// The ports of its nodes (one unless a cluster).
+    ports: Vec<u16>,
+    _children: Vec<Child>,
 }
 
 impl Redis {
     /// Starts `redis-server` (it must be on PATH) on a free port and waits until it listens.
     pub async fn spawn() -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start redis-server (install it: apt-get install redis-server)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server did not listen on port {port} within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(Redis { url: format!("redis://127.0.0.1:{port}"), _child: child })
+        let child = redis_server(port, &[], None).await?;
+        Ok(Redis {
+            url: format!("redis://127.0.0.1:{port}"),
+            ports: vec![port],
+            _children: vec![child],
+        })
     }
+
+    /// Starts a Redis Cluster of three primaries (`redis-server` and `redis-cli` on PATH), each
+    /// on a free port, and waits until it serves every slot; `url` lists the nodes.
+    pub async fn spawn_cluster(files: &std::path::Path) -> anyhow::Result<Self> {
+        let mut children = Vec::new();
+        let mut ports = Vec::new();
+        for node in 0..3 {
+            let port = free_port()?;
+            let state = files.join(format!("nodes-{node}.conf"));
+            children.push(redis_server(port, &["--cluster-enabled", "yes"], Some(&state)).await?);
+            ports.push(port);
+        }
+        let nodes: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("cannot run redis-cli (install it: apt-get install redis-tools)")?;
+        if !created.success() {
+            bail!("redis-cli --cluster create failed: {created}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            let port = port.to_string();
+            loop {
+                let info =
+                    Command::new("redis-cli").args(["-p", &port, "cluster", "info"]).output();
+                if String::from_utf8_lossy(&info.await?.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the Redis Cluster did not become ok within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let url = nodes.iter().map(|node| format!("redis://{node}")).collect::<Vec<_>>().join(",");
+        Ok(Redis { url, ports, _children: children })
+    }
+
+    /// How many times each node has run `command` (from `INFO commandstats`; 0 if unknown).
+    pub async fn calls_per_node(&self, command: &str) -> Vec<u64> {
+        let mut calls = Vec::new();
+        for port in &self.ports {
+            let info = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "info", "commandstats"])
+                .output()
+                .await;
+            let stats = info.map(|info| String::from_utf8_lossy(&info.stdout).into_owned());
+            let line = format!("cmdstat_{command}:calls=");
+            let count = stats.ok().and_then(|stats| {
+                let rest = stats.lines().find_map(|l| l.strip_prefix(line.as_str()))?.to_string();
+                rest.split(',').next()?.parse().ok()
+            });
+            calls.push(count.unwrap_or(0));
+        }
+        calls
+    }
+}
+
+/// Starts `redis-server` on `port` with `extra` options (and, for a cluster node, its state
+/// file), without persistence, and waits until it listens.
+async fn redis_server(
+    port: u16,
+    extra: &[&str],
+    state: Option<&std::path::Path>,
+) -> anyhow::Result<Child> {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--appendonly", "no"])
+        .args(extra);
+    if let Some(state) = state {
+        command.arg("--cluster-config-file").arg(state);
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start redis-server (install it: apt-get install redis-server)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not listen on port {port} within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(child)
 }
 
 /// `VmRSS` of `pid` from `/proc/<pid>/status`.

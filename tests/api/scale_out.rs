@@ -1,7 +1,8 @@
 //! Several instances on one store and one Redis behave as one server: messages cross instances
 //! live, replay hands over to live without a gap or a duplicate while other instances send,
 //! logging out on one instance closes sockets on the others, and a Redis restart mid-traffic
-//! loses and duplicates nothing. Skipped, with a notice, without Redis.
+//! loses and duplicates nothing; the same over a Redis Cluster. Skipped, with a notice, without
+//! Redis.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,17 @@ mod redis_server;
 use redis_server::RedisServer;
 
 async fn three_instances(test: &str) -> Option<(RedisServer, Vec<TestApp>)> {
-    let redis = RedisServer::start(test)?;
-    let apps = spawn_instances(3, redis.url(), &[]).await;
+    instances_on(RedisServer::start(test)?, &[]).await
+}
+
+/// Three instances on `redis` (a single server or a cluster), with `settings`.
+async fn instances_on(
+    redis: RedisServer,
+    settings: &[(&str, &str)],
+) -> Option<(RedisServer, Vec<TestApp>)> {
+    let mut all = vec![("REDIS_CLUSTER", if redis.is_cluster() { "true" } else { "false" })];
+    all.extend_from_slice(settings);
+    let apps = spawn_instances(3, redis.url(), &all).await;
     Some((redis, apps))
 }
 
@@ -125,11 +135,22 @@ async fn logging_out_everywhere_on_one_instance_closes_sockets_on_the_others() {
 
 #[tokio::test]
 async fn a_redis_restart_mid_traffic_loses_and_duplicates_nothing() {
-    let Some((mut redis, apps)) = three_instances("scale_out: Redis restart").await else {
-        return;
-    };
+    restart_mid_traffic_loses_and_duplicates_nothing(RedisServer::start("scale_out: restart"))
+        .await;
+}
+
+/// The same when every node of a Redis Cluster restarts.
+#[tokio::test]
+async fn a_redis_cluster_restart_mid_traffic_loses_and_duplicates_nothing() {
+    let cluster = RedisServer::start_cluster("scale_out: cluster restart");
+    restart_mid_traffic_loses_and_duplicates_nothing(cluster).await;
+}
+
+async fn restart_mid_traffic_loses_and_duplicates_nothing(redis: Option<RedisServer>) {
+    let Some(redis) = redis else { return };
+    let Some((mut redis, apps)) = instances_on(redis, &[]).await else { return };
     if !redis.is_owned() {
-        eprintln!("NOTICE: Redis restart test skipped: TEST_REDIS_URL cannot be restarted here");
+        eprintln!("NOTICE: Redis restart test skipped: a TEST_ server cannot be restarted here");
         return;
     }
     let alice = apps[0].register("+12025550143", "alice").await;
@@ -175,6 +196,50 @@ async fn a_redis_restart_mid_traffic_loses_and_duplicates_nothing() {
         })
         .await;
     }
+}
+
+/// Over a Redis Cluster (sharded pub/sub, commands routed by slot), instances still act as one:
+/// messages cross live, a logout everywhere closes sockets on other instances, limits and the
+/// connection cap count every instance, presence is known everywhere.
+#[tokio::test]
+async fn instances_behave_as_one_over_a_redis_cluster() {
+    let Some(cluster) = RedisServer::start_cluster("scale_out: Redis Cluster") else { return };
+    let settings = [("RATE_LIMIT_LOOKUPS_PER_USER", "4"), ("WS_MAX_CONNECTIONS_PER_USER", "2")];
+    let Some((_cluster, apps)) = instances_on(cluster, &settings).await else { return };
+    let alice = apps[0].register("+12025550143", "alice").await;
+    let bob = apps[1].register("+12025550144", "bob").await;
+
+    // Live across instances, and presence: Bob listens on B.
+    let mut bobs = apps[1].ws(&bob).await;
+    apps[1].subscribe_listening(&mut [(&mut bobs, "inbox")], &alice, &bob).await;
+    let sent = apps[0].send_ok(&alice, &bob, "through A, to B").await;
+    assert_eq!(bobs.next_message("inbox").await["id"], sent["id"]);
+    assert_eq!(apps[2].presence_of(&alice, &bob).await["online"], true);
+
+    // The connection cap counts every instance: Bob has one on B, a second on C, no third.
+    let _second = apps[2].ws(&bob).await;
+    let mut third =
+        crate::helpers::WsClient::connect(&apps[0], "graphql-transport-ws").await.unwrap();
+    third.send_json(json!({ "type": "connection_init", "payload": { "token": bob.token } })).await;
+    assert_eq!(third.recv().await, Incoming::Closed(Some(1008)));
+
+    // Four look-ups a minute in all, wherever they land.
+    let lookup = "{ userByPhoneNumber(phoneNumber: \"+12025550199\") { id } }";
+    for n in 0..4 {
+        let body = apps[n % 3].graphql(lookup, json!({}), Some(&alice.token)).await;
+        assert!(body["errors"].is_null(), "look-up {n}: {body}");
+    }
+    let limited = apps[1].graphql(lookup, json!({}), Some(&alice.token)).await;
+    assert_eq!(crate::helpers::error_code(&limited), "RATE_LIMITED", "{limited}");
+
+    // Logging out everywhere on A closes Bob's sockets on B and C within a second.
+    let started = Instant::now();
+    let logout = "mutation { logout(allSessions: true) { message } }";
+    let body = apps[0].graphql(logout, json!({}), Some(&bob.token)).await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert_eq!(bobs.recv().await, Incoming::Closed(Some(4401)));
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "closed after {elapsed:?}");
 }
 
 #[tokio::test]

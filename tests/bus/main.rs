@@ -11,7 +11,9 @@
 use std::{sync::Arc, time::Duration};
 
 use chatapp::{
-    bus::{BusEvent, BusSubscription, INBOX_CAPACITY, InProcessBus, MessageBus, redis::RedisBus},
+    bus::{
+        BusEvent, BusSubscription, INBOX_CAPACITY, InProcessBus, MessageBus, Topic, redis::RedisBus,
+    },
     cluster::Cluster,
     config::RedisConfig,
     domain::{ChatEvent, Message, MessageContent, MessageId, SessionId, UserId},
@@ -373,4 +375,64 @@ async fn redis_over_tls_checks_the_servers_certificate() {
     let _subscription = untrusted.subscribe(&UserId::new("ivan")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!untrusted.health().up, "connected to a server whose certificate nobody trusts");
+}
+
+/// Redis Cluster only: when the slot of a subscribed channel moves to another node (as in a
+/// resharding), the old owner drops the subscription. The subscriber hears a lag (it re-reads
+/// the store) and live events flow again, from the new owner.
+#[tokio::test]
+async fn a_moved_slot_costs_a_lag_never_silence() {
+    let Some(server) = RedisServer::start_cluster("a_moved_slot") else { return };
+    if !server.is_owned() {
+        eprintln!("NOTICE: slot test skipped: TEST_REDIS_CLUSTER_URL's slots are not moved here");
+        return;
+    }
+    let prefix = fresh_prefix();
+    let config = redis_config(&server, &prefix);
+    let (a, b) = (connect(&config), connect(&config));
+    let bob = UserId::new("bob");
+    let mut on_b = b.subscribe(&bob).await.unwrap();
+    wait_until("both buses report up", || a.health().up && b.health().up).await;
+    a.publish(message("before", "bob")).await;
+    assert_eq!(next_message_id(&mut on_b).await, "before");
+
+    let channel = format!("{prefix}{}", Topic::Inbox(&bob).key());
+    move_slot_of(&server.ports(), &channel);
+    assert!(matches!(next(&mut on_b).await, BusEvent::Lagged), "the dropped channel is a lag");
+    wait_until("both buses report up", || a.health().up && b.health().up).await;
+    a.publish(message("after", "bob")).await;
+    assert_eq!(next_message_id(&mut on_b).await, "after");
+}
+
+/// Moves the slot of `key` from its owner to another of the nodes on `ports`, as a resharding
+/// does (the slot holds no keys here, so there is nothing to migrate).
+fn move_slot_of(ports: &[u16], key: &str) {
+    let cli = |port: u16, args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let slot: u16 = cli(ports[0], &["cluster", "keyslot", key]).parse().unwrap();
+    let owns = |port: u16| {
+        let nodes = cli(port, &["cluster", "nodes"]);
+        let mine = nodes.lines().find(|line| line.contains("myself")).unwrap().to_string();
+        mine.split_whitespace().skip(8).any(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            (from.parse().unwrap()..=to.parse().unwrap()).contains(&slot)
+        })
+    };
+    let source = *ports.iter().find(|port| owns(**port)).expect("an owner");
+    let target = *ports.iter().find(|port| **port != source).unwrap();
+    let (source_id, target_id) =
+        (cli(source, &["cluster", "myid"]), cli(target, &["cluster", "myid"]));
+    let slot = slot.to_string();
+    assert_eq!(cli(target, &["cluster", "setslot", &slot, "importing", &source_id]), "OK");
+    assert_eq!(cli(source, &["cluster", "setslot", &slot, "migrating", &target_id]), "OK");
+    for port in [target, source] {
+        assert_eq!(cli(port, &["cluster", "setslot", &slot, "node", &target_id]), "OK");
+    }
 }

@@ -88,7 +88,8 @@ impl RedisServer {
             return None;
         };
         let url = format!("rediss://127.0.0.1:{port}");
-        let server = RedisServer { url, owned: vec![(child, port, listen)], _files: None, cluster: false };
+        let server =
+            RedisServer { url, owned: vec![(child, port, listen)], _files: None, cluster: false };
         Some((server, path("ca.pem"), dir))
     }
 

@@ -9,7 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -27,6 +27,9 @@ use crate::{
 pub(super) const PING_EVERY: Duration = Duration::from_secs(5);
 /// First and longest wait between reconnection attempts.
 const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// A connection lost within this long of the previous loss is flapping: it is not remade at
+/// once.
+const FLAPPING_WITHIN: Duration = Duration::from_secs(10);
 
 /// A change to the pub/sub connection's subscriptions; the topic's key.
 pub(super) enum Command {
@@ -61,37 +64,59 @@ impl Subscriber {
 
     pub(super) async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut delay = RECONNECT_DELAYS.0;
+        let mut last_lost: Option<Instant> = None;
         loop {
             match self.connect_and_serve(&mut commands).await {
                 Served::Stopped => return,
                 Served::Lost => {
-                    delay = RECONNECT_DELAYS.0;
                     if self.up.swap(false, Ordering::SeqCst) {
                         tracing::warn!("lost the Redis subscription connection; reconnecting");
                     }
                     self.missed.store(true, Ordering::SeqCst);
                     self.hub.send_all(BusEvent::Lagged);
+                    // Lost again soon after the last loss (a flapping node or network): wait,
+                    // longer each time, so subscribers are not sent to the store over and over.
+                    let flapping = last_lost.is_some_and(|at| at.elapsed() < FLAPPING_WITHIN);
+                    last_lost = Some(Instant::now());
+                    if !flapping {
+                        delay = RECONNECT_DELAYS.0;
+                    } else if self.pause(delay, &mut commands).await {
+                        delay = (delay * 2).min(RECONNECT_DELAYS.1);
+                    } else {
+                        return;
+                    }
                 }
                 Served::Unreachable(error) => {
                     if self.up.swap(false, Ordering::SeqCst) {
                         tracing::warn!(%error, "Redis is unreachable; live events wait for it");
                     }
-                    // Degraded: subscriptions are accepted now and told to re-read later.
                     self.missed.store(true, Ordering::SeqCst);
-                    self.hub.mark_all_ready();
-                    let pause = tokio::time::sleep(delay);
-                    tokio::pin!(pause);
-                    loop {
-                        tokio::select! {
-                            () = &mut pause => break,
-                            command = commands.recv() => match command {
-                                None => return,
-                                Some(_) => self.hub.mark_all_ready(),
-                            },
-                        }
+                    if !self.pause(delay, &mut commands).await {
+                        return;
                     }
                     delay = (delay * 2).min(RECONNECT_DELAYS.1);
                 }
+            }
+        }
+    }
+
+    /// Waits `delay` before the next attempt, degraded: subscriptions are accepted meanwhile and
+    /// told to re-read later. False if the bus stopped.
+    async fn pause(
+        &self,
+        delay: Duration,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> bool {
+        self.hub.mark_all_ready();
+        let pause = tokio::time::sleep(delay);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => return true,
+                command = commands.recv() => match command {
+                    None => return false,
+                    Some(_) => self.hub.mark_all_ready(),
+                },
             }
         }
     }
@@ -120,9 +145,12 @@ impl Subscriber {
     }
 
     /// Serves a connection to a single server.
-    async fn serve(&self, client: &Client, commands: &mut mpsc::UnboundedReceiver<Command>) -> Served {
-        let pubsub = match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await
-        {
+    async fn serve(
+        &self,
+        client: &Client,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Served {
+        let pubsub = match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(error)) => return Served::Unreachable(error.to_string()),
             Err(_) => return Served::Unreachable("connection timed out".into()),
@@ -240,4 +268,3 @@ pub(super) enum Served {
     /// It could not be made.
     Unreachable(String),
 }
-
