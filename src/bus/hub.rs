@@ -1,4 +1,4 @@
-//! The local half of every bus: one broadcast channel per topic that has subscribers in this
+//! The local half of every bus: one [`Fanout`] per topic that has subscribers in this
 //! process. [`InProcessBus`](super::InProcessBus) is a hub alone; the Redis bus feeds a hub
 //! from Redis and keeps its Redis subscriptions to the hub's topics.
 
@@ -10,17 +10,16 @@ use std::{
 };
 
 use futures::Stream;
-use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio::sync::watch;
 
-use super::{BusEvent, BusSubscription};
+use super::{BusEvent, BusSubscription, fanout::Fanout};
 
 /// Called with a topic's key when its last local subscriber has gone.
 pub type OnEmpty = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A topic with local subscribers.
 struct Entry {
-    sender: broadcast::Sender<BusEvent>,
+    fanout: Arc<Fanout>,
     /// Set while events published elsewhere do not reach `sender` yet (with Redis, until it
     /// confirmed the subscription); turns true, then goes. `None` for a fed topic: a watch
     /// channel is some 400 bytes, and idle connections hold two topics each.
@@ -68,18 +67,19 @@ impl Hub {
 
     /// Subscribes to `key`, creating the topic (not yet ready unless `ready`) if needed.
     pub fn listen(&self, key: &str, capacity: usize, ready: bool) -> Listening {
-        let (receiver, ready, created) = {
+        let (fanout, reader, ready, created) = {
             let mut entries = self.entries();
             let created = !entries.contains_key(key);
             let entry = entries.entry(key.to_string()).or_insert_with(|| Entry {
-                sender: broadcast::channel(capacity).0,
+                fanout: Fanout::new(capacity),
                 ready: (!ready).then(|| watch::channel(false).0),
             });
             let ready = entry.ready.as_ref().map(watch::Sender::subscribe);
-            (entry.sender.subscribe(), ready, created)
+            (entry.fanout.clone(), entry.fanout.join(), ready, created)
         };
         let subscription = Box::pin(HubSubscription {
-            inner: BroadcastStream::new(receiver),
+            fanout,
+            reader,
             _cleanup: Cleanup { hub: self.clone(), key: key.to_string() },
         });
         Listening { subscription, ready, created }
@@ -88,8 +88,7 @@ impl Hub {
     /// Hands `event` to `key`'s local subscribers, if any.
     pub fn send(&self, key: &str, event: BusEvent) {
         if let Some(entry) = self.entries().get(key) {
-            // An error only means nobody is listening right now.
-            let _ = entry.sender.send(event);
+            entry.fanout.send(event);
         }
     }
 
@@ -97,7 +96,7 @@ impl Hub {
     /// have been missed).
     pub fn send_all(&self, event: BusEvent) {
         for entry in self.entries().values() {
-            let _ = entry.sender.send(event.clone());
+            entry.fanout.send(event.clone());
         }
     }
 
@@ -133,7 +132,7 @@ impl Hub {
     fn release(&self, key: &str) {
         let removed = {
             let mut entries = self.entries();
-            let empty = entries.get(key).is_some_and(|entry| entry.sender.receiver_count() == 0);
+            let empty = entries.get(key).is_some_and(|entry| entry.fanout.readers() == 0);
             empty && entries.remove(key).is_some()
         };
         if removed && let Some(on_empty) = &self.on_empty {
@@ -144,21 +143,31 @@ impl Hub {
 
 /// One subscriber's end of a topic.
 struct HubSubscription {
-    /// Declared first so the receiver is dropped before [`Cleanup`] counts receivers.
-    inner: BroadcastStream<BusEvent>,
+    fanout: Arc<Fanout>,
+    /// This subscriber's place among the topic's readers.
+    reader: u64,
+    /// Dropped after [`HubSubscription`]'s own `drop` has left the topic, so it counts readers
+    /// without this one.
     _cleanup: Cleanup,
+}
+
+impl Drop for HubSubscription {
+    fn drop(&mut self) {
+        self.fanout.leave(self.reader);
+    }
 }
 
 impl Stream for HubSubscription {
     type Item = BusEvent;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
-            item.map(|event| match event {
-                Ok(event) => event,
-                Err(BroadcastStreamRecvError::Lagged(_)) => BusEvent::Lagged,
-            })
-        })
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
+        // Each event spends the task's tokio budget, as tokio's own channels do: a subscriber
+        // that always has an event ready still yields now and then (and delivery's "nothing
+        // buffered" moments, where it compacts, still come under a steady stream).
+        let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let event = std::task::ready!(self.fanout.poll(self.reader, cx));
+        budget.made_progress();
+        Poll::Ready(Some(event))
     }
 }
 

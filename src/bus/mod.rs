@@ -21,6 +21,7 @@
 //! event itself, serialized ([`wire`]): a whole message, not its id, so no recipient's server
 //! reads the store to deliver it. The contract suite in `tests/bus` runs against both.
 
+mod fanout;
 pub mod hub;
 pub mod redis;
 pub mod sessions;
@@ -97,9 +98,9 @@ pub trait MessageBus: Send + Sync + 'static {
     fn health(&self) -> BusHealth;
 }
 
-/// Events one inbox channel holds before a slow subscriber lags. Kept small because tokio
-/// allocates every slot up front, per user with an open subscription; a subscriber that lags
-/// catches up from the store, so nothing is lost.
+/// Events one inbox holds for a slow subscriber before it lags (a subscriber that lags catches
+/// up from the store, so nothing is lost). Memory is held only while some subscriber has not
+/// read an event ([`fanout`]).
 pub const INBOX_CAPACITY: usize = 16;
 /// Events one user's event channel holds before a slow subscriber lags. Larger than an inbox:
 /// acknowledging a page of messages announces each of them.
