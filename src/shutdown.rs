@@ -45,6 +45,18 @@ impl Shutdown {
         let _ = started.wait_for(|started| *started).await;
     }
 
+    /// [`Shutdown::started`] as a future that borrows nothing, for a loop that also needs its
+    /// owner mutably.
+    pub fn started_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut started = self.started.subscribe();
+        async move {
+            // Only errs if every sender is gone: then nobody can start a shutdown.
+            if started.wait_for(|started| *started).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Counts a connection (an HTTP connection, or a websocket after its upgrade) as open until
     /// the returned guard is dropped.
     pub fn connection_opened(&self) -> ConnectionGuard {

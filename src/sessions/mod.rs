@@ -182,25 +182,53 @@ pub struct SessionWatch {
     store: Arc<dyn Store>,
 }
 
+/// What a [`SessionWatch`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The session's end was announced.
+    Ended,
+    /// The bus lagged: the announcement may have been lost (say while Redis restarted), so
+    /// [`SessionWatch::ended_in_store`] must tell.
+    MaybeEnded,
+}
+
 impl SessionWatch {
-    /// Resolves once the session has ended: its end was announced, or the bus lagged (the
-    /// announcement may have been lost, say while Redis restarted) and the store no longer
-    /// has it. Never resolves if the bus closes: a closed bus is not a logout.
-    pub async fn ended(&mut self) {
-        use futures::StreamExt;
-        while let Some(event) = self.events.next().await {
-            match event {
-                BusEvent::SessionEnded => return,
-                BusEvent::Lagged => match self.store.session(&self.session_id).await {
-                    Ok(None) => return,
-                    Ok(Some(_)) => {}
-                    // Cannot tell now; the next lag or announcement asks again.
-                    Err(error) => tracing::warn!(%error, "cannot check a session after a lag"),
-                },
-                BusEvent::Message(_) | BusEvent::Chat(_) | BusEvent::SessionsEnded(_) => {}
+    /// The next thing heard about the session; pending forever if the bus closes (a closed
+    /// bus is not a logout). Pollable, so a connection waits on it without holding a future.
+    pub fn poll_heard(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Heard> {
+        use std::task::Poll;
+        loop {
+            match self.events.as_mut().poll_next(cx) {
+                Poll::Ready(Some(BusEvent::SessionEnded)) => return Poll::Ready(Heard::Ended),
+                Poll::Ready(Some(BusEvent::Lagged)) => return Poll::Ready(Heard::MaybeEnded),
+                Poll::Ready(Some(_)) => {}
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
-        std::future::pending().await
+    }
+
+    /// Whether the store says the session is gone (after [`Heard::MaybeEnded`]). A store that
+    /// cannot be asked says no: the next lag or announcement asks again.
+    pub async fn ended_in_store(&mut self) -> bool {
+        match self.store.session(&self.session_id).await {
+            Ok(found) => found.is_none(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot check a session after a lag");
+                false
+            }
+        }
+    }
+
+    /// Resolves once the session has ended: its end was announced, or the bus lagged and the
+    /// store no longer has it.
+    pub async fn ended(&mut self) {
+        loop {
+            match std::future::poll_fn(|cx| self.poll_heard(cx)).await {
+                Heard::Ended => return,
+                Heard::MaybeEnded if self.ended_in_store().await => return,
+                Heard::MaybeEnded => {}
+            }
+        }
     }
 }
 

@@ -9,14 +9,19 @@
 
 pub mod protocol;
 
-use std::{any::Any, pin::Pin, time::Duration};
+use std::{
+    any::Any,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use async_graphql::Response;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::Utc;
 use futures::{FutureExt, SinkExt, StreamExt, stream::BoxStream};
 use serde_json::Value;
-use tokio::time::{Instant, Sleep};
+use tokio::time::{Instant, Interval, Sleep};
 use tokio_stream::StreamMap;
 
 use self::protocol::{ClientMessage, Outgoing, Protocol, close};
@@ -25,7 +30,7 @@ use crate::{
     domain::Viewer,
     presence::{Presence, PresenceGuard},
     schema::AppSchema,
-    sessions::{self, AuthError, RequestAuth, SessionWatch, Sessions},
+    sessions::{self, AuthError, Heard, RequestAuth, SessionWatch, Sessions},
     shutdown::{ConnectionGuard, Shutdown},
 };
 
@@ -77,6 +82,19 @@ impl Stop {
 
 /// Results of one running operation; `None` marks its end.
 type Operation = BoxStream<'static, Option<Box<Response>>>;
+
+/// What woke a connection's loop.
+enum Wake {
+    /// The client sent a frame, the read failed, or the socket closed (`None`).
+    Frame(Option<Result<Message, axum::Error>>),
+    /// An operation produced a result, or ended (`None`).
+    Result(String, Option<Box<Response>>),
+    InitTimeout,
+    Session(Heard),
+    Expired,
+    Shutdown,
+    Keepalive,
+}
 
 /// What every websocket of the server shares.
 #[derive(Clone)]
@@ -192,38 +210,57 @@ impl Connection {
             Instant::now() + settings.ping_interval,
             settings.ping_interval,
         );
+        let mut shutdown = std::pin::pin!(self.shutdown.started_owned());
         let mut last_heard = Instant::now();
+        let mut socket_first = true;
         loop {
-            let step = tokio::select! {
-                frame = self.socket.recv() => match frame {
-                    Some(Ok(frame)) => {
-                        last_heard = Instant::now();
-                        // Boxed: handling a frame (authentication above all) needs a large
-                        // future, and kept inline it would make every idle connection's task
-                        // that much bigger for the connection's whole life.
-                        Box::pin(self.on_frame(frame)).await
-                    }
-                    Some(Err(error)) if is_too_big(&error) => {
-                        Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"))
-                    }
-                    _ => Err(Stop::Gone),
-                },
-                Some((id, result)) = self.operations.next(), if !self.operations.is_empty() => {
-                    Ok(self.ready_results(&id, result))
+            // Polled by hand rather than through `select!`, which keeps a future per branch in
+            // every idle connection: each source here is polled in place.
+            let wake = std::future::poll_fn(|cx| {
+                self.poll_wake(
+                    cx,
+                    shutdown.as_mut(),
+                    &mut keepalive,
+                    &mut init_deadline,
+                    socket_first,
+                )
+            })
+            .await;
+            // The socket and the operations take turns at going first, so neither starves.
+            socket_first = !socket_first;
+            let step = match wake {
+                Wake::Frame(Some(Ok(frame))) => {
+                    last_heard = Instant::now();
+                    // Boxed: handling a frame (authentication above all) needs a large
+                    // future, and kept inline it would make every idle connection's task
+                    // that much bigger for the connection's whole life.
+                    Box::pin(self.on_frame(frame)).await
                 }
-                () = fired(&mut init_deadline), if !self.initialised => {
+                Wake::Frame(Some(Err(error))) if is_too_big(&error) => {
+                    Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"))
+                }
+                Wake::Frame(_) => Err(Stop::Gone),
+                Wake::Result(id, result) => Ok(self.ready_results(&id, result)),
+                Wake::InitTimeout => {
                     Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
-                () = session_ended(&mut self.session_watch) => {
+                Wake::Session(Heard::Ended) => {
                     Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
                 }
-                () = fired(&mut self.expiry) => {
-                    Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
+                Wake::Session(Heard::MaybeEnded) => {
+                    let ended = match self.session_watch.as_mut() {
+                        Some(watch) => Box::pin(watch.ended_in_store()).await,
+                        None => false,
+                    };
+                    if ended {
+                        Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
+                    } else {
+                        Ok(Vec::new())
+                    }
                 }
-                () = self.shutdown.started() => {
-                    Err(Stop::close(close::SERVICE_RESTART, "Server restarting"))
-                }
-                _ = keepalive.tick() => {
+                Wake::Expired => Err(Stop::close(close::TOKEN_EXPIRED, "Token expired")),
+                Wake::Shutdown => Err(Stop::close(close::SERVICE_RESTART, "Server restarting")),
+                Wake::Keepalive => {
                     if last_heard.elapsed() > settings.ping_interval * 2 {
                         Err(Stop::close(close::KEEPALIVE_TIMEOUT, "Keep-alive timeout"))
                     } else {
@@ -261,6 +298,53 @@ impl Connection {
                 Err(stop) => return stop,
             }
         }
+    }
+
+    /// The first thing ready: shutdown, the session's end, the token's expiry, the init
+    /// deadline, the keep-alive tick, then a client frame and an operation's result (in the
+    /// order `socket_first` says).
+    fn poll_wake(
+        &mut self,
+        cx: &mut Context<'_>,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+        keepalive: &mut Interval,
+        init_deadline: &mut Option<Pin<Box<Sleep>>>,
+        socket_first: bool,
+    ) -> Poll<Wake> {
+        if shutdown.poll(cx).is_ready() {
+            return Poll::Ready(Wake::Shutdown);
+        }
+        if let Some(watch) = &mut self.session_watch
+            && let Poll::Ready(heard) = watch.poll_heard(cx)
+        {
+            return Poll::Ready(Wake::Session(heard));
+        }
+        if let Some(expiry) = &mut self.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::Expired);
+        }
+        if !self.initialised
+            && let Some(deadline) = init_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::InitTimeout);
+        }
+        if keepalive.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::Keepalive);
+        }
+        for socket_turn in [socket_first, !socket_first] {
+            if socket_turn {
+                if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                    return Poll::Ready(Wake::Frame(frame));
+                }
+            } else if !self.operations.is_empty()
+                && let Poll::Ready(Some((id, result))) = self.operations.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Wake::Result(id, result));
+            }
+        }
+        Poll::Pending
     }
 
     /// Handles one frame from the client, returning the messages to send back.
@@ -412,22 +496,5 @@ impl Connection {
             }
             Some(response) => vec![protocol::next(self.protocol, id, &response)],
         }
-    }
-}
-
-/// Resolves when the watched session ends; never, if nothing is watched.
-async fn session_ended(watch: &mut Option<SessionWatch>) {
-    match watch {
-        Some(watch) => watch.ended().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when `timer` fires (the token's expiry, the `connection_init` deadline); never
-/// while there is none.
-async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
     }
 }
