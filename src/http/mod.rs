@@ -41,12 +41,12 @@ use crate::{
 
 /// How long browsers may cache a CORS preflight answer (Chrome caps it at two hours).
 const CORS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// Websocket read buffer per connection, and the most read from the socket at once. It never
-/// shrinks once a frame has grown it, and every idle connection keeps it: at 512 an idle
-/// subscription held ~1 KiB (the connection's first frames doubled it), at 128 ~0.8 KiB less
-/// (BENCHMARKS.md). Client frames are small (`subscribe`, `ping`); a rare large one is read
-/// in more, smaller reads.
-const WS_READ_BUFFER_BYTES: usize = 128;
+/// Websocket read buffer per connection, and the most read from the socket at once. tungstenite
+/// grows it to hold the largest frame the client sent (a `subscribe`: some hundreds of bytes)
+/// and never shrinks it, so every idle connection keeps it: starting at 512, the first
+/// `subscribe` doubled it to 1 KiB; starting at 256 it grows only to the frame's size. Smaller
+/// still would read a large frame in many more reads for no further saving.
+const WS_READ_BUFFER_BYTES: usize = 256;
 /// Outgoing bytes queued before a websocket write; the serve loop flushes after each burst, so
 /// this only lets a burst go out in one write (the buffer grows only as far as a burst needs).
 const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;

@@ -138,11 +138,12 @@ pub fn serve(
         shutdown,
         max_subscriptions: settings.max_subscriptions,
         max_connections_per_user: settings.max_connections_per_user,
-        viewer: None,
+        auth: None,
         initialised: false,
         session_watch: None,
         expiry: None,
-        operations: StreamMap::new(),
+        // Most connections run one or two operations: no spare slots.
+        operations: StreamMap::with_capacity(1),
     };
     // An `async` block rather than an `async fn` taking the connection by value: such a
     // function moves its argument into a second slot of its future.
@@ -170,8 +171,8 @@ struct Connection {
     max_subscriptions: usize,
     /// Open websockets allowed per user, on all instances together.
     max_connections_per_user: usize,
-    /// The authenticated caller, from `connection_init` on.
-    viewer: Option<Viewer>,
+    /// The authenticated caller, from `connection_init` on; every operation shares it.
+    auth: Option<RequestAuth>,
     /// Whether `connection_init` was received (a second one is refused even if the first failed).
     initialised: bool,
     /// Fires when the caller's session is ended.
@@ -399,7 +400,7 @@ impl Connection {
                 }
                 let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
                 self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
-                self.viewer = Some(viewer);
+                self.auth = Some(RequestAuth::authenticated(viewer));
                 let mut replies = vec![protocol::ack()];
                 if self.protocol == Protocol::Legacy {
                     replies.push(protocol::keepalive(Protocol::Legacy));
@@ -440,7 +441,7 @@ impl Connection {
         id: String,
         request: async_graphql::Request,
     ) -> Result<Vec<Outgoing>, Stop> {
-        let Some(viewer) = self.viewer.clone() else {
+        let Some(auth) = self.auth.clone() else {
             return Err(Stop::close(close::UNAUTHORIZED, "Unauthorized"));
         };
         if self.operations.contains_key(&id) {
@@ -458,7 +459,7 @@ impl Connection {
         }
         let results = self
             .schema
-            .execute_stream(request, RequestAuth::authenticated(viewer), self.client)
+            .execute_stream(request, auth, self.client)
             // Boxed: a result passes through the connection's select loop, and inline it would
             // size every idle connection's task.
             .map(|response| Some(Box::new(response)))
