@@ -257,7 +257,12 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes)
         .on_upgrade(move |socket| {
-            websocket::serve(socket, protocol, state.websocket, client, Box::new(hold))
+            // A task of its own, and axum's upgrade task ends here: awaited inside it, the
+            // connection would carry that task's state (~270 B) for its whole life.
+            let connection =
+                websocket::serve(socket, protocol, state.websocket, client, Box::new(hold));
+            tokio::spawn(connection);
+            std::future::ready(())
         })
         .into_response()
 }

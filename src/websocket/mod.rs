@@ -3,10 +3,11 @@
 //! when its session does (logout, revocation) or when its token expires.
 //!
 //! One task per connection runs [`serve`]: it reads client frames, runs operations through the
-//! schema, forwards their results, and watches four clocks and signals at once: the
-//! `connection_init` deadline, the keep-alive interval, the token's expiry, and the bus event
-//! that says the session was ended.
+//! schema, forwards their results, and watches at once three deadlines on one timer (the
+//! `connection_init` deadline, the keep-alive interval and the token's expiry: [`clock`]), the
+//! bus event that says the session was ended, and the server's shutdown.
 
+mod clock;
 pub mod protocol;
 
 use std::{
@@ -21,10 +22,13 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::Utc;
 use futures::{FutureExt, SinkExt, StreamExt, stream::BoxStream};
 use serde_json::Value;
-use tokio::time::{Instant, Interval, Sleep};
+use tokio::time::Instant;
 use tokio_stream::StreamMap;
 
-use self::protocol::{ClientMessage, Outgoing, Protocol, close};
+use self::{
+    clock::{Clock, Due},
+    protocol::{ClientMessage, Outgoing, Protocol, close},
+};
 use crate::{
     client_address::ClientAddress,
     domain::Viewer,
@@ -89,11 +93,9 @@ enum Wake {
     Frame(Option<Result<Message, axum::Error>>),
     /// An operation produced a result, or ended (`None`).
     Result(String, Option<Box<Response>>),
-    InitTimeout,
     Session(Heard),
-    Expired,
+    Clock(Due),
     Shutdown,
-    Keepalive,
 }
 
 /// What every websocket of the server shares.
@@ -141,7 +143,7 @@ pub fn serve(
         auth: None,
         initialised: false,
         session_watch: None,
-        expiry: None,
+        clock: Clock::new(settings.init_timeout, settings.ping_interval),
         // Most connections run one or two operations: no spare slots.
         operations: StreamMap::with_capacity(1),
     };
@@ -177,8 +179,8 @@ struct Connection {
     initialised: bool,
     /// Fires when the caller's session is ended.
     session_watch: Option<SessionWatch>,
-    /// Fires when the caller's token expires.
-    expiry: Option<Pin<Box<Sleep>>>,
+    /// The `connection_init` deadline, keep-alive pings and the token's expiry.
+    clock: Clock,
     /// Running operations by client-chosen id.
     operations: StreamMap<String, Operation>,
     /// Resolves when the server shuts down.
@@ -205,28 +207,15 @@ impl Connection {
     }
 
     async fn run(&mut self, settings: &WebsocketSettings) -> Stop {
-        // Boxed, and dropped once `connection_init` has come: an idle connection keeps none.
-        let mut init_deadline = Some(Box::pin(tokio::time::sleep(settings.init_timeout)));
-        let mut keepalive = tokio::time::interval_at(
-            Instant::now() + settings.ping_interval,
-            settings.ping_interval,
-        );
         let mut shutdown = std::pin::pin!(self.shutdown.started_owned());
         let mut last_heard = Instant::now();
         let mut socket_first = true;
         loop {
             // Polled by hand rather than through `select!`, which keeps a future per branch in
             // every idle connection: each source here is polled in place.
-            let wake = std::future::poll_fn(|cx| {
-                self.poll_wake(
-                    cx,
-                    shutdown.as_mut(),
-                    &mut keepalive,
-                    &mut init_deadline,
-                    socket_first,
-                )
-            })
-            .await;
+            let wake =
+                std::future::poll_fn(|cx| self.poll_wake(cx, shutdown.as_mut(), socket_first))
+                    .await;
             // The socket and the operations take turns at going first, so neither starves.
             socket_first = !socket_first;
             let step = match wake {
@@ -242,7 +231,7 @@ impl Connection {
                 }
                 Wake::Frame(_) => Err(Stop::Gone),
                 Wake::Result(id, result) => Ok(self.ready_results(&id, result)),
-                Wake::InitTimeout => {
+                Wake::Clock(Due::InitTimeout) => {
                     Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
                 }
                 Wake::Session(Heard::Ended) => {
@@ -259,9 +248,11 @@ impl Connection {
                         Ok(Vec::new())
                     }
                 }
-                Wake::Expired => Err(Stop::close(close::TOKEN_EXPIRED, "Token expired")),
+                Wake::Clock(Due::Expired) => {
+                    Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
+                }
                 Wake::Shutdown => Err(Stop::close(close::SERVICE_RESTART, "Server restarting")),
-                Wake::Keepalive => {
+                Wake::Clock(Due::Ping) => {
                     if last_heard.elapsed() > settings.ping_interval * 2 {
                         Err(Stop::close(close::KEEPALIVE_TIMEOUT, "Keep-alive timeout"))
                     } else {
@@ -269,9 +260,6 @@ impl Connection {
                     }
                 }
             };
-            if self.initialised {
-                init_deadline = None;
-            }
             match step {
                 Ok(replies) if replies.is_empty() => {}
                 Ok(replies) => {
@@ -301,15 +289,13 @@ impl Connection {
         }
     }
 
-    /// The first thing ready: shutdown, the session's end, the token's expiry, the init
-    /// deadline, the keep-alive tick, then a client frame and an operation's result (in the
-    /// order `socket_first` says).
+    /// The first thing ready: shutdown, the session's end, a deadline (`connection_init`, the
+    /// token's expiry, a keep-alive ping), then a client frame and an operation's result (in
+    /// the order `socket_first` says).
     fn poll_wake(
         &mut self,
         cx: &mut Context<'_>,
         shutdown: Pin<&mut impl Future<Output = ()>>,
-        keepalive: &mut Interval,
-        init_deadline: &mut Option<Pin<Box<Sleep>>>,
         socket_first: bool,
     ) -> Poll<Wake> {
         if shutdown.poll(cx).is_ready() {
@@ -320,19 +306,8 @@ impl Connection {
         {
             return Poll::Ready(Wake::Session(heard));
         }
-        if let Some(expiry) = &mut self.expiry
-            && expiry.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Wake::Expired);
-        }
-        if !self.initialised
-            && let Some(deadline) = init_deadline
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Wake::InitTimeout);
-        }
-        if keepalive.poll_tick(cx).is_ready() {
-            return Poll::Ready(Wake::Keepalive);
+        if let Poll::Ready(due) = self.clock.poll(cx) {
+            return Poll::Ready(Wake::Clock(due));
         }
         for socket_turn in [socket_first, !socket_first] {
             if socket_turn {
@@ -388,6 +363,7 @@ impl Connection {
             return Err(Stop::close(close::TOO_MANY_INITS, "Too many initialisation requests"));
         }
         self.initialised = true;
+        self.clock.init_received();
         match self.authenticate(&payload).await {
             Ok(viewer) => {
                 self.online =
@@ -399,7 +375,7 @@ impl Connection {
                     ));
                 }
                 let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
-                self.expiry = Some(Box::pin(tokio::time::sleep(until_expiry)));
+                self.clock.expire_at(Instant::now() + until_expiry);
                 self.auth = Some(RequestAuth::authenticated(viewer));
                 let mut replies = vec![protocol::ack()];
                 if self.protocol == Protocol::Legacy {
