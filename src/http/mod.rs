@@ -42,11 +42,11 @@ use crate::{
 /// How long browsers may cache a CORS preflight answer (Chrome caps it at two hours).
 const CORS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Websocket read buffer per connection, and the most read from the socket at once. tungstenite
-/// grows it to hold the largest frame the client sent (a `subscribe`: some hundreds of bytes)
-/// and never shrinks it, so every idle connection keeps it: starting at 512, the first
-/// `subscribe` doubled it to 1 KiB; starting at 256 it grows only to the frame's size. Smaller
-/// still would read a large frame in many more reads for no further saving.
-const WS_READ_BUFFER_BYTES: usize = 256;
+/// grows it to hold the frames it reads (a `subscribe` is some hundreds of bytes) and never
+/// shrinks it, so every idle connection keeps what its first frames grew. Measured with massif
+/// per idle subscription: starting at 512, 1,017 bytes; at 256, 1,077; at 128, 822. Client
+/// frames are small; a rare large one is read in more, smaller reads.
+const WS_READ_BUFFER_BYTES: usize = 128;
 /// Outgoing bytes queued before a websocket write; the serve loop flushes after each burst, so
 /// this only lets a burst go out in one write (the buffer grows only as far as a burst needs).
 const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
