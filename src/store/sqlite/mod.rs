@@ -10,6 +10,7 @@
 //! less than handing each one to another thread would.
 
 mod rows;
+mod wal;
 mod writer;
 
 use std::{
@@ -67,10 +68,13 @@ impl SqliteStore {
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA busy_timeout = 5000;
                  PRAGMA mmap_size = 268435456;
                  PRAGMA wal_autocheckpoint = 0;",
             )
+            .and_then(|()| connection.busy_timeout(BUSY_TIMEOUT))
+            .and_then(|()| {
+                connection.pragma_update(None, "journal_size_limit", wal::SIZE_LIMIT_BYTES)
+            })
             .map_err(internal)?;
         migrate(&connection)?;
         let count = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
@@ -78,17 +82,20 @@ impl SqliteStore {
             .map(|_| {
                 let reader = Connection::open(path).map_err(unavailable)?;
                 reader
-                    .execute_batch(
-                        "PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;
-                         PRAGMA mmap_size = 268435456;",
-                    )
+                    .execute_batch("PRAGMA query_only = ON; PRAGMA mmap_size = 268435456;")
+                    .and_then(|()| reader.busy_timeout(BUSY_TIMEOUT))
                     .map_err(internal)?;
                 Ok(Mutex::new(reader))
             })
             .collect::<StoreResult<Vec<_>>>()?;
-        let checkpointer = checkpoint_in_background(Connection::open(path).map_err(unavailable)?)
-            .map_err(internal)?;
-        let writer = Writer::start(connection).map_err(internal)?;
+        let restart = wal::RestartRequest::default();
+        let checkpointer = wal::checkpoint_in_background(
+            Connection::open(path).map_err(unavailable)?,
+            wal::Upkeep::default(),
+            restart.clone(),
+        )
+        .map_err(internal)?;
+        let writer = Writer::start(connection, restart).map_err(internal)?;
         Ok(SqliteStore {
             writer,
             readers,
@@ -124,24 +131,9 @@ impl SqliteStore {
     }
 }
 
-/// How often the background checkpoint copies committed pages from the WAL into the database.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Checkpoints the WAL on a thread of its own. SQLite's automatic checkpoint would run inside
-/// a commit on the writer thread, stalling every write queued behind it; it is switched off
-/// (`wal_autocheckpoint = 0`) and done here instead, `PASSIVE` so it never blocks the writer.
-/// The thread ends when the returned sender (kept by the store) is dropped.
-fn checkpoint_in_background(connection: Connection) -> std::io::Result<mpsc::Sender<()>> {
-    let (keep_running, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
-        while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-            if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                tracing::warn!(%error, "WAL checkpoint failed; retrying");
-            }
-        }
-    })?;
-    Ok(keep_running)
-}
+/// How long a connection waits for a lock another holds (a write in another process sharing
+/// the data directory, a checkpoint) before giving up with "database is locked".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Applies the migrations not yet applied, one transaction each. Each takes the write lock
 /// before it reads the version, so processes starting together on one database (sharing it

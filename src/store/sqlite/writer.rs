@@ -15,6 +15,7 @@ use std::{
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::wal::{self, RestartRequest};
 use crate::store::{StoreError, StoreResult};
 
 /// Most writes folded into one transaction; bounds how long the first writer waits for the
@@ -68,12 +69,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on `connection`. The thread ends when every handle is dropped.
-    pub fn start(connection: Connection) -> std::io::Result<Self> {
+    /// Starts the writer thread on `connection`; it restarts the WAL between batches when
+    /// `restart` asks (see [`wal`]). The thread ends when every handle is dropped.
+    pub fn start(connection: Connection, restart: RestartRequest) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(connection, queue))?;
+            .spawn(move || run(connection, queue, restart))?;
         Ok(Writer { jobs })
     }
 
@@ -94,7 +96,7 @@ impl Writer {
     }
 }
 
-fn run(connection: Connection, queue: Receiver<Box<dyn Job>>) {
+fn run(connection: Connection, queue: Receiver<Box<dyn Job>>, restart: RestartRequest) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -109,6 +111,9 @@ fn run(connection: Connection, queue: Receiver<Box<dyn Job>>) {
         }
         for job in batch {
             job.finish(commit.clone());
+        }
+        if restart.take() {
+            wal::restart(&connection);
         }
     }
 }
@@ -152,7 +157,7 @@ mod tests {
     async fn a_panicking_write_fails_alone_and_the_writer_carries_on() {
         let connection = Connection::open_in_memory().unwrap();
         connection.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
-        let writer = Writer::start(connection).unwrap();
+        let writer = Writer::start(connection, RestartRequest::default()).unwrap();
         let panicked = writer
             .write(|c| -> StoreResult<()> {
                 c.execute("INSERT INTO t VALUES (1)", []).map_err(super::super::sql)?;
