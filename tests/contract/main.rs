@@ -391,7 +391,9 @@ async fn concurrent_sends_get_distinct_seqs_and_one_copy_per_client_id(store: Ar
 async fn users_are_found_in_batches(store: Arc<dyn Store>) {
     let alice = user(&*store, "+12025550143").await;
     let bob = user(&*store, "+12025550144").await;
-    let _carol = user(&*store, "+12025550145").await;
+    let carol = user(&*store, "+12025550145").await;
+    assert_eq!(store.users_by_ids(std::slice::from_ref(&carol.id)).await.unwrap(), vec![carol]);
+    assert!(store.users_by_ids(&[UserId::new("not-an-id")]).await.unwrap().is_empty());
     let ids = [alice.id.clone(), bob.id.clone(), bob.id.clone(), UserId::new("not-an-id")];
     let mut found = store.users_by_ids(&ids).await.unwrap();
     found.sort_by(|a, b| a.id.cmp(&b.id));
