@@ -162,8 +162,8 @@ impl Stream for HubSubscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusEvent>> {
         // Each event spends the task's tokio budget, as tokio's own channels do: a subscriber
-        // that always has an event ready still yields now and then (and delivery's "nothing
-        // buffered" moments, where it compacts, still come under a steady stream).
+        // that always has an event ready still yields now and then. So "not ready" does not
+        // mean "nothing buffered" (delivery asks that unconstrained).
         let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let event = std::task::ready!(self.fanout.poll(self.reader, cx));
         budget.made_progress();

@@ -46,8 +46,11 @@ const MAX_PAGE: usize = 500;
 const FIRST_PAGE: usize = 64;
 /// Bytes counted per message besides its content (ids, timestamps, allocation).
 const MESSAGE_OVERHEAD: usize = 160;
-/// Emitted messages remembered before a live connection makes its first compaction pass.
-const COMPACT_AFTER: usize = 4096;
+/// Emitted messages remembered before a live connection makes its first compaction pass: at
+/// most about 4 KiB per connection (16 bytes a message) for a client that acknowledges what
+/// it gets, for one nearly empty backlog read per 256 live messages. (It was 4,096: up to
+/// 64 KiB kept by a connection that had gone quiet after a busy hour.)
+const COMPACT_AFTER: usize = 256;
 
 /// All messages for `user_id`: first the unacknowledged backlog oldest first, then live ones.
 ///
@@ -102,6 +105,11 @@ fn stream<B: Backlog>(
 enum Phase {
     /// Reading the backlog from the store after `read_up_to`.
     Replaying,
+    /// The pass has read its last page; it ends once that page has been recorded (ending it
+    /// before counted the last page as acknowledged and sized the next compaction without it:
+    /// with a small threshold, a client that had not acknowledged made passes back to back
+    /// forever).
+    PassRead,
     /// Forwarding bus events.
     Live,
     /// The stream ended (after an error, or when the bus closed).
@@ -146,22 +154,31 @@ impl<B: Backlog> Delivery<B> {
                         self.read_up_to = last.seq;
                     }
                     if page.len() < limit {
-                        self.emitted.end_pass();
-                        self.phase = Phase::Live;
+                        self.phase = Phase::PassRead;
                     }
                     self.pending.extend(page);
                 }
+                Phase::PassRead => {
+                    self.emitted.end_pass();
+                    self.phase = Phase::Live;
+                }
                 Phase::Live => {
-                    let event = match self.live.next().now_or_never() {
+                    if self.emitted.wants_compaction() {
+                        self.start_pass();
+                        continue;
+                    }
+                    // Unconstrained: with the task's tokio budget spent, a subscription that
+                    // has events buffered answers "not ready", which here would be taken for
+                    // "nothing buffered" and forget acknowledged messages whose live events are
+                    // still queued: they were sent again (and a client acknowledging them kept
+                    // the stream re-sending forever).
+                    let ready = tokio::task::coop::unconstrained(self.live.next()).now_or_never();
+                    let event = match ready {
                         Some(event) => event,
                         None => {
                             // Nothing buffered: every event published before now has been seen,
                             // so messages the last pass found acknowledged cannot come back.
                             self.emitted.forget_retired();
-                            if self.emitted.wants_compaction() {
-                                self.start_pass();
-                                continue;
-                            }
                             self.live.next().await
                         }
                     };
@@ -421,6 +438,24 @@ mod tests {
         let seqs = take_unique(&mut stream, 40).await;
         assert_eq!(seqs.len(), 40);
         assert!(seqs.iter().all(|s| *s > total));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_acknowledges_costs_few_reads() {
+        let inbox = Inbox::default();
+        let bus = InProcessBus::default();
+        let mut stream =
+            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
+        let total = 4 * COMPACT_AFTER as i64;
+        for seq in 1..=total {
+            publish(&bus, inbox.add(seq, "live")).await;
+            let got = stream.next().await.unwrap().unwrap();
+            assert_eq!(got.seq, seq);
+            // Passes re-read the whole unacknowledged backlog, several pages each; each must
+            // leave the next one twice as far away, not make passes back to back.
+            assert!(inbox.reads.load(Ordering::SeqCst) < 40, "passes back to back at {seq}");
+        }
+        assert!(stream.next().now_or_never().is_none(), "something was re-sent");
     }
 
     #[test]
