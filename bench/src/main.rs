@@ -75,6 +75,11 @@ struct Args {
     /// Each idle connection also holds a `chatEvents` subscription, as a chat client does.
     #[arg(long)]
     idle_events: bool,
+    /// Seconds to hold the idle connections open before measuring, so that several copies of
+    /// the tool driving several instances (a descriptor limit per process caps each) have all
+    /// of theirs open at once.
+    #[arg(long, default_value_t = 0.0)]
+    idle_hold: f64,
     /// Messages to queue and replay.
     #[arg(long, default_value_t = 100_000)]
     replay: usize,
@@ -182,7 +187,13 @@ async fn main() -> anyhow::Result<()> {
     if wants("idle") {
         eprintln!("idle connections: {}", args.idle);
         let server = chat_server(&args, 4).await?;
-        let idle = scenarios::idle_connections(&server, args.idle, args.idle_events).await?;
+        let idle = scenarios::idle_connections(
+            &server,
+            args.idle,
+            args.idle_events,
+            Duration::from_secs_f64(args.idle_hold),
+        )
+        .await?;
         report.idle = Some(idle);
         server.stop().await;
     }

@@ -61,6 +61,7 @@ pub async fn idle_connections(
     server: &Server,
     count: usize,
     with_events: bool,
+    hold: Duration,
 ) -> anyhow::Result<IdleFigures> {
     let needed = count as u64 + 1024;
     let limit = crate::open_file_limit();
@@ -88,22 +89,25 @@ pub async fn idle_connections(
                 if with_events {
                     subscribe_events(&mut ws).await?;
                 }
-                anyhow::Ok(ws)
+                // Read (and answer the server's pings) from the moment it is open: when opening
+                // them all takes longer than the server's keep-alive, the first ones would
+                // otherwise be dropped as silent.
+                anyhow::Ok(tokio::spawn(async move {
+                    let _ = receive(ws, false, |_| {}).await;
+                }))
             }
         })
         .buffer_unordered(128)
         .collect()
         .await;
     let open_seconds = started.elapsed().as_secs_f64();
-    let mut holders = Vec::new();
-    for ws in opened {
-        let ws = ws?;
-        holders.push(tokio::spawn(async move {
-            let _ = receive(ws, false, |_| {}).await;
-        }));
+    let holders = opened.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    // Let the server finish starting every subscription and settle (and wait for other copies
+    // of this tool, with --idle-hold).
+    if !hold.is_zero() {
+        eprintln!("  holding them open for {:.0} s", hold.as_secs_f64());
     }
-    // Let the server finish starting every subscription and settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2) + hold).await;
     let rss_after = server.rss_bytes().context("server memory")?;
     eprintln!("  live delivery while they are open");
     let pairs = Pairs::open(&target, 20).await?;
