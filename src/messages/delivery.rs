@@ -170,8 +170,7 @@ impl<B: Backlog> Delivery<B> {
                     // Unconstrained: with the task's tokio budget spent, a subscription that
                     // has events buffered answers "not ready", which here would be taken for
                     // "nothing buffered" and forget acknowledged messages whose live events are
-                    // still queued: they were sent again (and a client acknowledging them kept
-                    // the stream re-sending forever).
+                    // still queued: they would be sent again.
                     let ready = tokio::task::coop::unconstrained(self.live.next()).now_or_never();
                     let event = match ready {
                         Some(event) => event,
