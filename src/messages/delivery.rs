@@ -283,6 +283,7 @@ impl Emitted {
 mod tests {
     use std::{
         collections::{BTreeMap, HashMap},
+        pin::Pin,
         sync::{
             Mutex,
             atomic::{AtomicUsize, Ordering},
@@ -346,6 +347,26 @@ mod tests {
         bus.publish(Arc::new(message)).await;
     }
 
+    /// Bob's delivery stream over `inbox`, listening on `bus`.
+    async fn bobs_stream(
+        inbox: &Inbox,
+        bus: &InProcessBus,
+    ) -> Pin<Box<impl Stream<Item = StoreResult<Message>> + use<>>> {
+        Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()))
+    }
+
+    /// Stores and publishes message `seq`, and checks that it is the stream's next.
+    async fn deliver_live(
+        bus: &InProcessBus,
+        inbox: &Inbox,
+        stream: &mut (impl Stream<Item = StoreResult<Message>> + Unpin),
+        seq: i64,
+    ) {
+        publish(bus, inbox.add(seq, "live")).await;
+        let got = stream.next().await.expect("stream ended").expect("read failed");
+        assert_eq!(got.seq, seq);
+    }
+
     /// Collects `count` messages, failing on a duplicate.
     async fn take_unique(
         stream: &mut (impl Stream<Item = StoreResult<Message>> + Unpin),
@@ -388,8 +409,7 @@ mod tests {
                 }
             }
         }));
-        let mut stream =
-            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
+        let mut stream = bobs_stream(&inbox, &bus).await;
         let seqs = take_unique(&mut stream, BACKLOG as usize + 50).await;
         assert_eq!(seqs[..BACKLOG as usize], (1..=BACKLOG).collect::<Vec<_>>());
         // And nothing more is queued: the next item would be a duplicate or a hang.
@@ -400,8 +420,7 @@ mod tests {
     async fn messages_committed_below_the_read_position_arrive_once_after_a_lag() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream =
-            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
+        let mut stream = bobs_stream(&inbox, &bus).await;
         inbox.add(2, "read first");
         assert_eq!(take_unique(&mut stream, 1).await, vec![2]);
         // seq 1 commits late (as MongoDB may) and its live event is lost in a lag.
@@ -418,13 +437,10 @@ mod tests {
     async fn a_pass_forgets_acknowledged_messages_but_never_resends_them() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream =
-            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
+        let mut stream = bobs_stream(&inbox, &bus).await;
         let total = 3 * COMPACT_AFTER as i64;
         for seq in 1..=total {
-            publish(&bus, inbox.add(seq, "live")).await;
-            let got = stream.next().await.unwrap().unwrap();
-            assert_eq!(got.seq, seq);
+            deliver_live(&bus, &inbox, &mut stream, seq).await;
             inbox.acknowledge_up_to(seq);
         }
         // Compaction passes ran and forgot what was acknowledged...
@@ -443,13 +459,10 @@ mod tests {
     async fn a_client_that_never_acknowledges_costs_few_reads() {
         let inbox = Inbox::default();
         let bus = InProcessBus::default();
-        let mut stream =
-            Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()));
+        let mut stream = bobs_stream(&inbox, &bus).await;
         let total = 4 * COMPACT_AFTER as i64;
         for seq in 1..=total {
-            publish(&bus, inbox.add(seq, "live")).await;
-            let got = stream.next().await.unwrap().unwrap();
-            assert_eq!(got.seq, seq);
+            deliver_live(&bus, &inbox, &mut stream, seq).await;
             // Passes re-read the whole unacknowledged backlog, several pages each; each must
             // leave the next one twice as far away, not make passes back to back.
             assert!(inbox.reads.load(Ordering::SeqCst) < 40, "passes back to back at {seq}");
