@@ -6,69 +6,64 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use tokio::sync::{Notify, watch};
+use futures::future::Either;
+use std::future::Ready;
+use tokio::sync::{Notify, futures::OwnedNotified};
 
 /// Shared between the serve loop (which starts the shutdown) and every websocket (which
-/// watches for it and is counted until it has said goodbye).
-#[derive(Clone)]
-pub struct Shutdown {
-    started: Arc<watch::Sender<bool>>,
-    open_connections: Arc<AtomicUsize>,
-    connection_closed: Arc<Notify>,
-}
+/// watches for it and is counted until it has said goodbye). One pointer: every open
+/// connection holds a copy.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<State>);
 
-impl Default for Shutdown {
-    fn default() -> Self {
-        Shutdown {
-            started: Arc::new(watch::channel(false).0),
-            open_connections: Arc::default(),
-            connection_closed: Arc::default(),
-        }
-    }
+#[derive(Default)]
+struct State {
+    started: AtomicBool,
+    /// Woken once, when the shutdown begins. In an `Arc` of its own so that a waiting
+    /// websocket holds a `Notified` that borrows nothing.
+    starting: Arc<Notify>,
+    open_connections: AtomicUsize,
+    connection_closed: Notify,
 }
 
 impl Shutdown {
-    /// Starts the shutdown; every websocket's [`Shutdown::started`] resolves.
+    /// Starts the shutdown; every [`Shutdown::started`] resolves.
     pub fn begin(&self) {
-        self.started.send_replace(true);
+        self.0.started.store(true, Ordering::SeqCst);
+        self.0.starting.notify_waiters();
     }
 
-    /// Resolves once the shutdown has begun.
-    pub async fn started(&self) {
-        let mut started = self.started.subscribe();
-        // Only errs if the sender is gone, which `self` prevents.
-        let _ = started.wait_for(|started| *started).await;
-    }
-
-    /// [`Shutdown::started`] as a future that borrows nothing, for a loop that also needs its
-    /// owner mutably.
-    pub fn started_owned(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut started = self.started.subscribe();
-        async move {
-            // Only errs if every sender is gone: then nobody can start a shutdown.
-            if started.wait_for(|started| *started).await.is_err() {
-                std::future::pending::<()>().await;
-            }
+    /// Resolves once the shutdown has begun. Borrows nothing, so a loop that also needs its
+    /// owner mutably can hold it; 72 bytes (a `watch` receiver's `wait_for` was 168), which
+    /// every idle websocket keeps for its whole life.
+    pub fn started(&self) -> Either<Ready<()>, OwnedNotified> {
+        // A `Notified` hears every `notify_waiters` from its creation on, polled or not, so
+        // checking the flag after creating it cannot miss a shutdown begun in between.
+        let starting = self.0.starting.clone().notified_owned();
+        if self.0.started.load(Ordering::SeqCst) {
+            Either::Left(std::future::ready(()))
+        } else {
+            Either::Right(starting)
         }
     }
 
     /// Counts a connection (an HTTP connection, or a websocket after its upgrade) as open until
     /// the returned guard is dropped.
     pub fn connection_opened(&self) -> ConnectionGuard {
-        self.open_connections.fetch_add(1, Ordering::AcqRel);
+        self.0.open_connections.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard(self.clone())
     }
 
     /// Resolves when no connection is open.
     pub async fn connections_closed(&self) {
         loop {
-            let closed = self.connection_closed.notified();
-            if self.open_connections.load(Ordering::Acquire) == 0 {
+            let closed = self.0.connection_closed.notified();
+            if self.0.open_connections.load(Ordering::Acquire) == 0 {
                 return;
             }
             closed.await;
@@ -100,16 +95,36 @@ impl Shutdown {
 /// An open connection, for [`Shutdown::connections_closed`].
 pub struct ConnectionGuard(Shutdown);
 
+impl ConnectionGuard {
+    /// [`Shutdown::started`], for a connection that holds nothing else of the shutdown.
+    pub fn shutdown_started(&self) -> Either<Ready<()>, OwnedNotified> {
+        self.0.started()
+    }
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
-        self.0.connection_closed.notify_waiters();
+        let state = &(self.0).0;
+        state.open_connections.fetch_sub(1, Ordering::AcqRel);
+        state.connection_closed.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn started_resolves_for_waiters_made_before_and_after_the_shutdown_began() {
+        let shutdown = Shutdown::default();
+        let mut early = Box::pin(shutdown.started());
+        let unpolled = shutdown.started();
+        assert!(futures::poll!(early.as_mut()).is_pending(), "nothing has begun");
+        shutdown.begin();
+        early.await;
+        unpolled.await;
+        shutdown.started().await;
+    }
 
     #[tokio::test]
     async fn drain_waits_for_websockets_but_not_forever() {

@@ -50,6 +50,11 @@ impl Clock {
         }
     }
 
+    /// How often a ping is due.
+    pub(super) fn ping_interval(&self) -> Duration {
+        self.ping_interval
+    }
+
     /// `connection_init` came: its deadline no longer applies.
     pub(super) fn init_received(&mut self) {
         self.init_by = None;

@@ -134,28 +134,55 @@ pub fn serve(
         protocol,
         client,
         schema,
-        sessions,
-        presence,
-        online: None,
-        shutdown,
+        caller: Caller::Unknown {
+            sessions,
+            presence,
+            max_connections_per_user: settings.max_connections_per_user,
+        },
         max_subscriptions: settings.max_subscriptions,
-        max_connections_per_user: settings.max_connections_per_user,
-        auth: None,
-        initialised: false,
-        session_watch: None,
         clock: Clock::new(settings.init_timeout, settings.ping_interval),
         // Most connections run one or two operations: no spare slots.
         operations: StreamMap::with_capacity(1),
     };
     // An `async` block rather than an `async fn` taking the connection by value: such a
-    // function moves its argument into a second slot of its future.
+    // function moves its argument into a second slot of its future. It captures nothing else
+    // (the settings live on in the connection's clock and limits).
     async move {
-        let stop = connection.run(&settings).await;
+        // Made here, not passed in: a future moved into this block would be kept twice.
+        let started = std::pin::pin!(connection._open.shutdown_started());
+        let stop = connection.run(started).await;
         // Boxed: only a closing connection needs it.
         Box::pin(connection.close(stop)).await;
     }
 }
 
+/// What the connection knows of its caller. The variants share their space: what
+/// `connection_init` needs is dropped once it has come.
+enum Caller {
+    /// No `connection_init` yet.
+    Unknown {
+        /// Authenticates `connection_init` and watches for the session's end.
+        sessions: Sessions,
+        /// Counts the connection towards its user being online.
+        presence: Presence,
+        /// Open websockets allowed per user, on all instances together.
+        max_connections_per_user: usize,
+    },
+    /// `connection_init` came and is being checked; a second one is refused even if the first
+    /// failed (which closes the connection anyway).
+    Initialising,
+    Authenticated {
+        /// Every operation shares it.
+        auth: RequestAuth,
+        /// Fires when the caller's session is ended.
+        session_watch: SessionWatch,
+        /// This connection's place among its user's connections (keeping them online).
+        _online: PresenceGuard,
+    },
+}
+
+/// Everything one connection holds for its whole life: an idle connection costs this (and its
+/// socket's buffers), so it holds nothing that only a moment of its life needs.
 struct Connection {
     _open: ConnectionGuard,
     _hold: Box<dyn Any + Send>,
@@ -165,26 +192,12 @@ struct Connection {
     /// socket count against the same per-client limits as over HTTP.
     client: ClientAddress,
     schema: AppSchema,
-    sessions: Sessions,
-    presence: Presence,
-    /// This connection's place among its user's connections (keeping them online), once
-    /// authenticated.
-    online: Option<PresenceGuard>,
+    caller: Caller,
     max_subscriptions: usize,
-    /// Open websockets allowed per user, on all instances together.
-    max_connections_per_user: usize,
-    /// The authenticated caller, from `connection_init` on; every operation shares it.
-    auth: Option<RequestAuth>,
-    /// Whether `connection_init` was received (a second one is refused even if the first failed).
-    initialised: bool,
-    /// Fires when the caller's session is ended.
-    session_watch: Option<SessionWatch>,
     /// The `connection_init` deadline, keep-alive pings and the token's expiry.
     clock: Clock,
     /// Running operations by client-chosen id.
     operations: StreamMap<String, Operation>,
-    /// Resolves when the server shuts down.
-    shutdown: Shutdown,
 }
 
 impl Connection {
@@ -206,8 +219,12 @@ impl Connection {
         }
     }
 
-    async fn run(&mut self, settings: &WebsocketSettings) -> Stop {
-        let mut shutdown = std::pin::pin!(self.shutdown.started_owned());
+    /// Serves the connection until it must stop, or until `shutdown` (the server's) resolves.
+    ///
+    /// Only what waiting needs lives in this future: every idle connection keeps it for its
+    /// whole life (and tokio rounds a task up to 128 bytes), so handling a wake is a future of
+    /// its own, boxed for as long as the handling takes.
+    async fn run(&mut self, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Stop {
         let mut last_heard = Instant::now();
         let mut socket_first = true;
         loop {
@@ -218,73 +235,78 @@ impl Connection {
                     .await;
             // The socket and the operations take turns at going first, so neither starves.
             socket_first = !socket_first;
-            let step = match wake {
-                Wake::Frame(Some(Ok(frame))) => {
-                    last_heard = Instant::now();
-                    // Boxed: handling a frame (authentication above all) needs a large
-                    // future, and kept inline it would make every idle connection's task
-                    // that much bigger for the connection's whole life.
-                    Box::pin(self.on_frame(frame)).await
-                }
-                Wake::Frame(Some(Err(error))) if is_too_big(&error) => {
-                    Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"))
-                }
-                Wake::Frame(_) => Err(Stop::Gone),
-                Wake::Result(id, result) => Ok(self.ready_results(&id, result)),
-                Wake::Clock(Due::InitTimeout) => {
-                    Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"))
-                }
-                Wake::Session(Heard::Ended) => {
-                    Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
-                }
-                Wake::Session(Heard::MaybeEnded) => {
-                    let ended = match self.session_watch.as_mut() {
-                        Some(watch) => Box::pin(watch.ended_in_store()).await,
-                        None => false,
-                    };
-                    if ended {
-                        Err(Stop::close(close::UNAUTHORIZED, "Session ended"))
-                    } else {
-                        Ok(Vec::new())
+            if let Wake::Frame(Some(Ok(_))) = wake {
+                last_heard = Instant::now();
+            }
+            if let Err(stop) = Box::pin(self.on_wake(wake, last_heard)).await {
+                return stop;
+            }
+        }
+    }
+
+    /// Handles what woke the loop: answers, writes the answers, or says why to stop.
+    async fn on_wake(&mut self, wake: Wake, last_heard: Instant) -> Result<(), Stop> {
+        let replies = match wake {
+            // Boxed: handling a frame (authentication above all) needs a large future, and
+            // inline it would size the allocation that every delivered message makes.
+            Wake::Frame(Some(Ok(frame))) => Box::pin(self.on_frame(frame)).await?,
+            Wake::Frame(Some(Err(error))) if is_too_big(&error) => {
+                return Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"));
+            }
+            Wake::Frame(_) => return Err(Stop::Gone),
+            Wake::Result(id, result) => self.ready_results(&id, result),
+            Wake::Clock(Due::InitTimeout) => {
+                return Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"));
+            }
+            Wake::Session(Heard::Ended) => {
+                return Err(Stop::close(close::UNAUTHORIZED, "Session ended"));
+            }
+            Wake::Session(Heard::MaybeEnded) => {
+                let ended = match &mut self.caller {
+                    // Boxed, as a frame's handling is.
+                    Caller::Authenticated { session_watch, .. } => {
+                        Box::pin(session_watch.ended_in_store()).await
                     }
+                    _ => false,
+                };
+                if ended {
+                    return Err(Stop::close(close::UNAUTHORIZED, "Session ended"));
                 }
-                Wake::Clock(Due::Expired) => {
-                    Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"))
+                return Ok(());
+            }
+            Wake::Clock(Due::Expired) => {
+                return Err(Stop::close(close::TOKEN_EXPIRED, "Token expired"));
+            }
+            Wake::Shutdown => {
+                return Err(Stop::close(close::SERVICE_RESTART, "Server restarting"));
+            }
+            Wake::Clock(Due::Ping) => {
+                let ping_interval = self.clock.ping_interval();
+                if last_heard.elapsed() > ping_interval * 2 {
+                    return Err(Stop::close(close::KEEPALIVE_TIMEOUT, "Keep-alive timeout"));
                 }
-                Wake::Shutdown => Err(Stop::close(close::SERVICE_RESTART, "Server restarting")),
-                Wake::Clock(Due::Ping) => {
-                    if last_heard.elapsed() > settings.ping_interval * 2 {
-                        Err(Stop::close(close::KEEPALIVE_TIMEOUT, "Keep-alive timeout"))
-                    } else {
-                        Ok(vec![protocol::keepalive(self.protocol)])
-                    }
-                }
-            };
-            match step {
-                Ok(replies) if replies.is_empty() => {}
-                Ok(replies) => {
-                    // Queued, then written together: one write syscall for a burst. A peer
-                    // that stops reading blocks the write; it gets as long as a silent peer
-                    // gets (two ping intervals), then the connection and its memory go.
-                    let socket = &mut self.socket;
-                    let burst = async {
-                        for reply in replies {
-                            socket.feed(Message::Text(reply.into())).await?;
-                        }
-                        socket.flush().await
-                    };
-                    // Boxed: it exists only while writing, and inline it would size every
-                    // idle connection.
-                    match Box::pin(tokio::time::timeout(settings.ping_interval * 2, burst)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Stop::Gone,
-                        Err(_) => {
-                            tracing::debug!("websocket peer stopped reading; dropped");
-                            return Stop::Gone;
-                        }
-                    }
-                }
-                Err(stop) => return stop,
+                vec![protocol::keepalive(self.protocol)]
+            }
+        };
+        if replies.is_empty() {
+            return Ok(());
+        }
+        // Queued, then written together: one write syscall for a burst. A peer that stops
+        // reading blocks the write; it gets as long as a silent peer gets (two ping
+        // intervals), then the connection and its memory go.
+        let socket = &mut self.socket;
+        let burst = async {
+            for reply in replies {
+                socket.feed(Message::Text(reply.into())).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(self.clock.ping_interval() * 2, burst).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => {
+                tracing::debug!("websocket peer stopped reading; dropped");
+                Err(Stop::Gone)
             }
         }
     }
@@ -301,8 +323,8 @@ impl Connection {
         if shutdown.poll(cx).is_ready() {
             return Poll::Ready(Wake::Shutdown);
         }
-        if let Some(watch) = &mut self.session_watch
-            && let Poll::Ready(heard) = watch.poll_heard(cx)
+        if let Caller::Authenticated { session_watch, .. } = &mut self.caller
+            && let Poll::Ready(heard) = session_watch.poll_heard(cx)
         {
             return Poll::Ready(Wake::Session(heard));
         }
@@ -359,30 +381,14 @@ impl Connection {
     }
 
     async fn on_init(&mut self, payload: Value) -> Result<Vec<Outgoing>, Stop> {
-        if self.initialised {
+        let Caller::Unknown { sessions, presence, max_connections_per_user } =
+            std::mem::replace(&mut self.caller, Caller::Initialising)
+        else {
             return Err(Stop::close(close::TOO_MANY_INITS, "Too many initialisation requests"));
-        }
-        self.initialised = true;
+        };
         self.clock.init_received();
-        match self.authenticate(&payload).await {
-            Ok(viewer) => {
-                self.online =
-                    self.presence.connect(&viewer.user_id, self.max_connections_per_user).await;
-                if self.online.is_none() {
-                    return Err(Stop::close(
-                        close::TOO_MANY_CONNECTIONS,
-                        "Too many open connections for this user",
-                    ));
-                }
-                let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
-                self.clock.expire_at(Instant::now() + until_expiry);
-                self.auth = Some(RequestAuth::authenticated(viewer));
-                let mut replies = vec![protocol::ack()];
-                if self.protocol == Protocol::Legacy {
-                    replies.push(protocol::keepalive(Protocol::Legacy));
-                }
-                Ok(replies)
-            }
+        let (viewer, session_watch) = match authenticate(&sessions, &payload).await {
+            Ok(authenticated) => authenticated,
             Err(error) => {
                 let (code, reason) = match error {
                     AuthError::Invalid => (close::UNAUTHORIZED, "Unauthorized: invalid token"),
@@ -392,24 +398,27 @@ impl Connection {
                 // Legacy clients expect to be told before the socket closes.
                 let farewell =
                     (self.protocol == Protocol::Legacy).then(|| protocol::connection_error(reason));
-                Err(Stop::Close { code, reason, farewell })
+                return Err(Stop::Close { code, reason, farewell });
             }
+        };
+        let Some(online) = presence.connect(&viewer.user_id, max_connections_per_user).await else {
+            return Err(Stop::close(
+                close::TOO_MANY_CONNECTIONS,
+                "Too many open connections for this user",
+            ));
+        };
+        let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
+        self.clock.expire_at(Instant::now() + until_expiry);
+        self.caller = Caller::Authenticated {
+            auth: RequestAuth::authenticated(viewer),
+            session_watch,
+            _online: online,
+        };
+        let mut replies = vec![protocol::ack()];
+        if self.protocol == Protocol::Legacy {
+            replies.push(protocol::keepalive(Protocol::Legacy));
         }
-    }
-
-    /// Checks the token in the init payload and starts watching for its session's end.
-    async fn authenticate(&mut self, payload: &Value) -> Result<Viewer, AuthError> {
-        let token = sessions::token_from_init_payload(payload).ok_or(AuthError::Invalid)?;
-        match self.sessions.authenticate_and_watch(&token).await {
-            Ok((viewer, watch)) => {
-                self.session_watch = Some(watch);
-                Ok(viewer)
-            }
-            Err(error) => {
-                tracing::debug!(%error, "websocket refused");
-                Err(error)
-            }
-        }
+        Ok(replies)
     }
 
     fn on_subscribe(
@@ -417,9 +426,10 @@ impl Connection {
         id: String,
         request: async_graphql::Request,
     ) -> Result<Vec<Outgoing>, Stop> {
-        let Some(auth) = self.auth.clone() else {
+        let Caller::Authenticated { auth, .. } = &self.caller else {
             return Err(Stop::close(close::UNAUTHORIZED, "Unauthorized"));
         };
+        let auth = auth.clone();
         if self.operations.contains_key(&id) {
             return Err(Stop::close(
                 close::SUBSCRIBER_EXISTS,
@@ -474,4 +484,15 @@ impl Connection {
             Some(response) => vec![protocol::next(self.protocol, id, &response)],
         }
     }
+}
+
+/// Checks the token in `connection_init`'s payload and starts watching for its session's end.
+async fn authenticate(
+    sessions: &Sessions,
+    payload: &Value,
+) -> Result<(Viewer, SessionWatch), AuthError> {
+    let token = sessions::token_from_init_payload(payload).ok_or(AuthError::Invalid)?;
+    sessions.authenticate_and_watch(&token).await.inspect_err(|error| {
+        tracing::debug!(%error, "websocket refused");
+    })
 }
