@@ -388,7 +388,7 @@ fn print_table(report: &Report) {
     if let Some(idle) = &report.idle {
         println!();
         println!(
-            "idle: {} {} opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+            "idle: {} {} opened in {:.1} s; server RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection ({:.1} KiB each for the second half)",
             idle.connections,
             if idle.with_events {
                 "connections (messageReceived + chatEvents)"
@@ -398,7 +398,8 @@ fn print_table(report: &Report) {
             idle.open_seconds,
             idle.rss_before_bytes as f64 / 1048576.0,
             idle.rss_after_bytes as f64 / 1048576.0,
-            idle.bytes_per_connection / 1024.0
+            idle.bytes_per_connection / 1024.0,
+            idle.bytes_per_connection_second_half / 1024.0
         );
         let live = &idle.live_while_open;
         println!(

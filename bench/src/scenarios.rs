@@ -51,8 +51,43 @@ pub struct IdleFigures {
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub bytes_per_connection: f64,
+    /// RSS with the first half open (and settled).
+    pub rss_half_bytes: u64,
+    /// What each connection of the second half added: the first half also pays what grows
+    /// with use up to a bound (the store's page caches, the allocator's per-thread heaps), so
+    /// this is nearer the cost of one more connection on a server that already holds many.
+    pub bytes_per_connection_second_half: f64,
     /// Live delivery between 20 other pairs at 200 msg/s while every idle connection is open.
     pub live_while_open: DeliveryFigures,
+}
+
+/// Opens one authenticated `messageReceived` subscription (and `chatEvents`, with
+/// `with_events`) per user, 128 at a time; `offset` spreads them over loopback sources.
+async fn open_idle(
+    target: &Target,
+    users: &[User],
+    offset: usize,
+    with_events: bool,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    // Spread over 127.0.0.1..=127.0.0.8 (all loopback on Linux): ~28,000 ports each.
+    let source = |n: usize| Some(std::net::IpAddr::from([127, 0, 0, 1 + (n % 8) as u8]));
+    let opened: Vec<_> = stream::iter(users.iter().enumerate())
+        .map(|(n, user)| async move {
+            let mut ws = target.subscribe_from(&user.token, source(offset + n)).await?;
+            if with_events {
+                subscribe_events(&mut ws).await?;
+            }
+            // Read (and answer the server's pings) from the moment it is open: when opening
+            // them all takes longer than the server's keep-alive, the first ones would
+            // otherwise be dropped as silent.
+            anyhow::Ok(tokio::spawn(async move {
+                let _ = receive(ws, false, |_| {}).await;
+            }))
+        })
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    opened.into_iter().collect()
 }
 
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
@@ -77,31 +112,17 @@ pub async fn idle_connections(
     let users = register_many(&target, count, 64).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = server.rss_bytes().context("idle memory needs the server's pid")?;
-    eprintln!("  opening {count} subscriptions");
+    eprintln!("  opening {count} subscriptions, in two halves");
+    let (first, second) = users.split_at(count / 2);
     let started = Instant::now();
-    // Spread over 127.0.0.1..=127.0.0.8 (all loopback on Linux): ~28,000 ports each.
-    let source = |n: usize| Some(std::net::IpAddr::from([127, 0, 0, 1 + (n % 8) as u8]));
-    let opened: Vec<_> = stream::iter(users.iter().enumerate())
-        .map(|(n, user)| {
-            let target = &target;
-            async move {
-                let mut ws = target.subscribe_from(&user.token, source(n)).await?;
-                if with_events {
-                    subscribe_events(&mut ws).await?;
-                }
-                // Read (and answer the server's pings) from the moment it is open: when opening
-                // them all takes longer than the server's keep-alive, the first ones would
-                // otherwise be dropped as silent.
-                anyhow::Ok(tokio::spawn(async move {
-                    let _ = receive(ws, false, |_| {}).await;
-                }))
-            }
-        })
-        .buffer_unordered(128)
-        .collect()
-        .await;
-    let open_seconds = started.elapsed().as_secs_f64();
-    let holders = opened.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let mut holders = open_idle(&target, first, 0, with_events).await?;
+    let mut open_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_half = server.rss_bytes().context("server memory")?;
+    let started = Instant::now();
+    holders.extend(open_idle(&target, second, first.len(), with_events).await?);
+    open_time += started.elapsed();
+    let open_seconds = open_time.as_secs_f64();
     // Let the server finish starting every subscription and settle (and wait for other copies
     // of this tool, with --idle-hold).
     if !hold.is_zero() {
@@ -127,6 +148,9 @@ pub async fn idle_connections(
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,
         bytes_per_connection: rss_after.saturating_sub(rss_before) as f64 / count as f64,
+        rss_half_bytes: rss_half,
+        bytes_per_connection_second_half: rss_after.saturating_sub(rss_half) as f64
+            / second.len().max(1) as f64,
         live_while_open,
     })
 }
