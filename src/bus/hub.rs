@@ -35,7 +35,8 @@ impl Entry {
     }
 }
 
-type Entries = Arc<Mutex<HashMap<String, Entry>>>;
+/// Keyed by shared text: each subscription's cleanup holds the same key rather than a copy.
+type Entries = Arc<Mutex<HashMap<Arc<str>, Entry>>>;
 
 /// Topics by key (`inbox:<user>`, `events:<user>`, `sessions`). A std mutex: held only for
 /// map operations, never across an `.await`. An entry goes when its last subscriber does.
@@ -61,26 +62,28 @@ impl Hub {
         Hub { entries: Arc::default(), on_empty }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Subscribes to `key`, creating the topic (not yet ready unless `ready`) if needed.
     pub fn listen(&self, key: &str, capacity: usize, ready: bool) -> Listening {
-        let (fanout, reader, ready, created) = {
+        let (key, fanout, reader, ready, created) = {
             let mut entries = self.entries();
-            let created = !entries.contains_key(key);
-            let entry = entries.entry(key.to_string()).or_insert_with(|| Entry {
+            let existing = entries.get_key_value(key).map(|(key, _)| key.clone());
+            let created = existing.is_none();
+            let key = existing.unwrap_or_else(|| Arc::from(key));
+            let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
                 fanout: Fanout::new(capacity),
                 ready: (!ready).then(|| watch::channel(false).0),
             });
             let ready = entry.ready.as_ref().map(watch::Sender::subscribe);
-            (entry.fanout.clone(), entry.fanout.join(), ready, created)
+            (key, entry.fanout.clone(), entry.fanout.join(), ready, created)
         };
         let subscription = Box::pin(HubSubscription {
             fanout,
             reader,
-            _cleanup: Cleanup { hub: self.clone(), key: key.to_string() },
+            _cleanup: Cleanup { hub: self.clone(), key },
         });
         Listening { subscription, ready, created }
     }
@@ -102,7 +105,7 @@ impl Hub {
 
     /// Every topic with local subscribers.
     pub fn keys(&self) -> Vec<String> {
-        self.entries().keys().cloned().collect()
+        self.entries().keys().map(|key| key.to_string()).collect()
     }
 
     /// Whether `key` has local subscribers.
@@ -175,7 +178,7 @@ impl Stream for HubSubscription {
 /// user who ever connected.
 struct Cleanup {
     hub: Hub,
-    key: String,
+    key: Arc<str>,
 }
 
 impl Drop for Cleanup {

@@ -43,7 +43,11 @@ impl SessionWatchers {
     /// and [`BusEvent::Lagged`] whenever an ending may have been missed.
     pub fn watch(&self, session_id: &SessionId) -> BusSubscription {
         let watch = Arc::new(Watch::default());
-        self.watches().entry(session_id.clone()).or_default().push(watch.clone());
+        // Most sessions have one connection: room for one, not the four a first push makes.
+        self.watches()
+            .entry(session_id.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(watch.clone());
         Box::pin(Watching {
             watch,
             lags_seen: 0,

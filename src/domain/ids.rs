@@ -2,6 +2,10 @@
 //!
 //! Ids are opaque strings assigned by the store. Any string is a well-formed id (a client may
 //! send one that names nothing, and the store answers "not found"), so making one never fails.
+//!
+//! An id is shared text (`Arc<str>`): a cloned id points at the same bytes. An idle connection
+//! keeps its user's and session's ids in several places (its caller, its session watch, its
+//! presence, its delivery), and a delivered message's ids are copied into every event.
 
 /// Declares an opaque id newtype.
 macro_rules! id_type {
@@ -11,11 +15,11 @@ macro_rules! id_type {
             Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
         )]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// Wraps an id the store assigned or a client sent.
-            pub fn new(id: impl Into<String>) -> Self {
+            pub fn new(id: impl Into<std::sync::Arc<str>>) -> Self {
                 $name(id.into())
             }
 
@@ -26,7 +30,7 @@ macro_rules! id_type {
 
             /// The id as an owned string.
             pub fn into_string(self) -> String {
-                self.0
+                self.0.to_string()
             }
         }
 

@@ -21,11 +21,13 @@
 
 use std::{
     collections::{BTreeSet, VecDeque},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
 use async_trait::async_trait;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt, future::BoxFuture};
 
 use crate::{
     bus::{BusEvent, BusResult, BusSubscription, MessageBus},
@@ -64,13 +66,15 @@ pub async fn replay_then_live(
     Ok(stream(StoreBacklog { store, user_id }, live))
 }
 
-/// Where the backlog comes from: one user's unacknowledged messages in the store.
+/// Where the backlog comes from: one user's unacknowledged messages in the store. Cloned for
+/// each read, which then borrows nothing of the stream.
 #[async_trait]
-trait Backlog: Send + Sync + 'static {
+trait Backlog: Clone + Unpin + Send + Sync + 'static {
     /// Unacknowledged messages with `seq > after_seq`, oldest first, at most `limit`.
     async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>>;
 }
 
+#[derive(Clone)]
 struct StoreBacklog {
     store: Arc<dyn Store>,
     user_id: UserId,
@@ -93,13 +97,11 @@ fn stream<B: Backlog>(
         phase: Phase::Replaying,
         read_up_to: 0,
         page_size: FIRST_PAGE,
+        reading: None,
         pending: VecDeque::new(),
         emitted: Emitted::default(),
     };
-    futures::stream::unfold(state, |mut state| async move {
-        let item = state.next().await?;
-        Some((item, state))
-    })
+    state
 }
 
 enum Phase {
@@ -125,83 +127,99 @@ struct Delivery<B> {
     read_up_to: i64,
     /// Messages to ask for in the next backlog read.
     page_size: usize,
+    /// The backlog read under way.
+    reading: Option<BoxFuture<'static, StoreResult<Vec<Message>>>>,
     /// Backlog messages read but not yet emitted.
     pending: VecDeque<Message>,
     emitted: Emitted,
 }
 
-impl<B: Backlog> Delivery<B> {
-    async fn next(&mut self) -> Option<StoreResult<Message>> {
+/// Written by hand rather than as an `unfold` of an `async` block, which kept the state twice
+/// (once in the block, once for the next item) in every idle subscription.
+impl<B: Backlog> Stream for Delivery<B> {
+    type Item = StoreResult<Message>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            while let Some(message) = self.pending.pop_front() {
-                if self.emitted.record_read(message.seq) {
-                    return Some(Ok(message));
+            while let Some(message) = this.pending.pop_front() {
+                if this.emitted.record_read(message.seq) {
+                    return Poll::Ready(Some(Ok(message)));
                 }
             }
-            match self.phase {
-                Phase::Done => return None,
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
                 Phase::Replaying => {
-                    let page = match self.backlog.read(self.read_up_to, self.page_size).await {
+                    let (after_seq, limit) = (this.read_up_to, this.page_size);
+                    let reading = this.reading.get_or_insert_with(|| {
+                        let backlog = this.backlog.clone();
+                        Box::pin(async move { backlog.read(after_seq, limit).await })
+                    });
+                    let read = std::task::ready!(reading.as_mut().poll(cx));
+                    this.reading = None;
+                    let page = match read {
                         Ok(page) => page,
                         Err(error) => {
-                            self.phase = Phase::Done;
-                            return Some(Err(error));
+                            this.phase = Phase::Done;
+                            return Poll::Ready(Some(Err(error)));
                         }
                     };
-                    let limit = self.page_size;
-                    self.page_size = next_page_size(&page);
+                    this.page_size = next_page_size(&page);
                     if let Some(last) = page.last() {
-                        self.read_up_to = last.seq;
+                        this.read_up_to = last.seq;
                     }
                     if page.len() < limit {
-                        self.phase = Phase::PassRead;
+                        this.phase = Phase::PassRead;
                     }
-                    self.pending.extend(page);
+                    this.pending.extend(page);
                 }
                 Phase::PassRead => {
-                    self.emitted.end_pass();
-                    self.phase = Phase::Live;
+                    this.emitted.end_pass();
+                    this.phase = Phase::Live;
                 }
                 Phase::Live => {
-                    if self.emitted.wants_compaction() {
-                        self.start_pass();
+                    if this.emitted.wants_compaction() {
+                        this.start_pass();
                         continue;
                     }
                     // Unconstrained: with the task's tokio budget spent, a subscription that
                     // has events buffered answers "not ready", which here would be taken for
                     // "nothing buffered" and forget acknowledged messages whose live events are
                     // still queued: they would be sent again.
-                    let ready = tokio::task::coop::unconstrained(self.live.next()).now_or_never();
-                    let event = match ready {
-                        Some(event) => event,
-                        None => {
-                            // Nothing buffered: every event published before now has been seen,
-                            // so messages the last pass found acknowledged cannot come back.
-                            self.emitted.forget_retired();
-                            self.live.next().await
-                        }
+                    let live = &mut this.live;
+                    let mut next =
+                        tokio::task::coop::unconstrained(futures::future::poll_fn(|cx| {
+                            live.poll_next_unpin(cx)
+                        }));
+                    let Poll::Ready(event) = Pin::new(&mut next).poll(cx) else {
+                        // Nothing buffered: every event published before now has been seen,
+                        // so messages the last pass found acknowledged cannot come back.
+                        this.emitted.forget_retired();
+                        return Poll::Pending;
                     };
                     match event {
                         Some(BusEvent::Message(message)) => {
-                            if self.emitted.record_live(message.seq) {
-                                return Some(Ok(Message::clone(&message)));
+                            if this.emitted.record_live(message.seq) {
+                                return Poll::Ready(Some(Ok(Message::clone(&message))));
                             }
                         }
                         Some(BusEvent::Lagged) => {
                             tracing::warn!("subscriber lagged; catching up from the store");
-                            self.start_pass();
+                            this.start_pass();
                         }
                         // Inbox topics carry only messages; anything else is ignored.
                         Some(
                             BusEvent::SessionEnded | BusEvent::SessionsEnded(_) | BusEvent::Chat(_),
                         ) => {}
-                        None => self.phase = Phase::Done,
+                        None => this.phase = Phase::Done,
                     }
                 }
             }
         }
     }
+}
 
+impl<B: Backlog> Delivery<B> {
     /// Re-reads the backlog from its start, emitting what was missed and forgetting what has
     /// been acknowledged.
     fn start_pass(&mut self) {
@@ -283,7 +301,6 @@ impl Emitted {
 mod tests {
     use std::{
         collections::{BTreeMap, HashMap},
-        pin::Pin,
         sync::{
             Mutex,
             atomic::{AtomicUsize, Ordering},
@@ -291,6 +308,7 @@ mod tests {
     };
 
     use chrono::Utc;
+    use futures::FutureExt;
 
     use super::*;
     use crate::{
