@@ -91,7 +91,7 @@ fn stream<B: Backlog>(
     backlog: B,
     live: BusSubscription,
 ) -> impl Stream<Item = StoreResult<Message>> + Send {
-    let state = Delivery {
+    Delivery {
         backlog,
         live,
         phase: Phase::Replaying,
@@ -100,8 +100,7 @@ fn stream<B: Backlog>(
         reading: None,
         pending: VecDeque::new(),
         emitted: Emitted::default(),
-    };
-    state
+    }
 }
 
 enum Phase {
