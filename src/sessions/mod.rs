@@ -85,7 +85,9 @@ impl Sessions {
             self.bus.watch_session(&session_id).await.map_err(|error| {
                 AuthError::Store(AppError::ServiceUnavailable(error.to_string()))
             })?;
-        let viewer = self.check(&session_id, &claims.sub).await?;
+        let mut viewer = self.check(&session_id, &claims.sub).await?;
+        // One copy of the id for both, kept as long as the connection is open.
+        viewer.session_id = session_id.clone();
         let watch = SessionWatch { events, session_id, store: self.store.clone() };
         Ok((viewer, watch))
     }
