@@ -3,7 +3,7 @@
 //!
 //! Session endings travel on one topic for all sessions ([`Topic::Sessions`](super::Topic)),
 //! not a topic per session: a logout is rare, and an idle connection then holds a small entry
-//! here (~300 bytes) instead of a broadcast channel and its subscription (~700 bytes), and a
+//! here (~160 bytes) instead of a broadcast channel and its subscription (~700 bytes), and a
 //! Redis instance one channel instead of one per open connection.
 
 use std::{
