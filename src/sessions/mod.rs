@@ -293,8 +293,8 @@ impl RequestAuth {
     }
 
     /// A connection whose caller was already authenticated (a websocket, at `connection_init`).
-    pub fn authenticated(viewer: Viewer) -> Self {
-        RequestAuth(Caller::Known(Arc::new(viewer)))
+    pub fn authenticated(viewer: Arc<Viewer>) -> Self {
+        RequestAuth(Caller::Known(viewer))
     }
 
     /// The caller, or `UNAUTHENTICATED`.

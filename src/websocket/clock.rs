@@ -22,9 +22,8 @@ pub(super) enum Due {
 }
 
 pub(super) struct Clock {
+    /// Set for the earliest of the three deadlines.
     timer: Pin<Box<Sleep>>,
-    /// The deadline the timer is set for: the earliest of the three.
-    set_for: Instant,
     /// Until `connection_init` comes.
     init_by: Option<Instant>,
     next_ping: Instant,
@@ -39,10 +38,8 @@ impl Clock {
     pub(super) fn new(init_timeout: Duration, ping_interval: Duration) -> Self {
         let now = Instant::now();
         let (init_by, next_ping) = (now + init_timeout, now + ping_interval);
-        let set_for = init_by.min(next_ping);
         Clock {
-            timer: Box::pin(tokio::time::sleep_until(set_for)),
-            set_for,
+            timer: Box::pin(tokio::time::sleep_until(init_by.min(next_ping))),
             init_by: Some(init_by),
             next_ping,
             expires_at: None,
@@ -90,8 +87,8 @@ impl Clock {
             };
             // A fired timer stays fired: set it again (for a later deadline once one is due),
             // and poll it again so it wakes this task.
-            self.set_for = self.earliest();
-            self.timer.as_mut().reset(self.set_for);
+            let earliest = self.earliest();
+            self.timer.as_mut().reset(earliest);
             if let Some(due) = due {
                 return Poll::Ready(due);
             }
@@ -105,8 +102,7 @@ impl Clock {
     /// Sets the timer for the earliest deadline, if that changed.
     fn rearm(&mut self) {
         let earliest = self.earliest();
-        if earliest != self.set_for {
-            self.set_for = earliest;
+        if earliest != self.timer.deadline() {
             self.timer.as_mut().reset(earliest);
         }
     }

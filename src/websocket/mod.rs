@@ -13,6 +13,7 @@ pub mod protocol;
 use std::{
     any::Any,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -147,10 +148,32 @@ pub fn serve(
     // An `async` block rather than an `async fn` taking the connection by value: such a
     // function moves its argument into a second slot of its future. It captures nothing else
     // (the settings live on in the connection's clock and limits).
+    //
+    // The loop is written here rather than in an `async fn`: what this future holds while it
+    // waits is what every idle connection costs for its whole life (tokio rounds a task up to
+    // 128 bytes), and a method's future keeps its arguments twice. So handling a wake is a
+    // future of its own, boxed for as long as the handling takes.
     async move {
         // Made here, not passed in: a future moved into this block would be kept twice.
-        let started = std::pin::pin!(connection._open.shutdown_started());
-        let stop = connection.run(started).await;
+        let mut shutdown = std::pin::pin!(connection._open.shutdown_started());
+        let mut last_heard = Instant::now();
+        let mut socket_first = true;
+        let stop = loop {
+            // Polled by hand rather than through `select!`, which keeps a future per branch in
+            // every idle connection: each source here is polled in place.
+            let wake = std::future::poll_fn(|cx| {
+                connection.poll_wake(cx, shutdown.as_mut(), socket_first)
+            })
+            .await;
+            // The socket and the operations take turns at going first, so neither starves.
+            socket_first = !socket_first;
+            if let Wake::Frame(Some(Ok(_))) = wake {
+                last_heard = Instant::now();
+            }
+            if let Err(stop) = Box::pin(connection.on_wake(wake, last_heard)).await {
+                break stop;
+            }
+        };
         // Boxed: only a closing connection needs it.
         Box::pin(connection.close(stop)).await;
     }
@@ -173,7 +196,7 @@ enum Caller {
     Initialising,
     Authenticated {
         /// Every operation shares it.
-        auth: RequestAuth,
+        viewer: Arc<Viewer>,
         /// Fires when the caller's session is ended.
         session_watch: SessionWatch,
         /// This connection's place among its user's connections (keeping them online).
@@ -216,31 +239,6 @@ impl Connection {
                 let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, socket.flush()).await;
             }
             Stop::Gone => {}
-        }
-    }
-
-    /// Serves the connection until it must stop, or until `shutdown` (the server's) resolves.
-    ///
-    /// Only what waiting needs lives in this future: every idle connection keeps it for its
-    /// whole life (and tokio rounds a task up to 128 bytes), so handling a wake is a future of
-    /// its own, boxed for as long as the handling takes.
-    async fn run(&mut self, mut shutdown: Pin<&mut impl Future<Output = ()>>) -> Stop {
-        let mut last_heard = Instant::now();
-        let mut socket_first = true;
-        loop {
-            // Polled by hand rather than through `select!`, which keeps a future per branch in
-            // every idle connection: each source here is polled in place.
-            let wake =
-                std::future::poll_fn(|cx| self.poll_wake(cx, shutdown.as_mut(), socket_first))
-                    .await;
-            // The socket and the operations take turns at going first, so neither starves.
-            socket_first = !socket_first;
-            if let Wake::Frame(Some(Ok(_))) = wake {
-                last_heard = Instant::now();
-            }
-            if let Err(stop) = Box::pin(self.on_wake(wake, last_heard)).await {
-                return stop;
-            }
         }
     }
 
@@ -409,11 +407,8 @@ impl Connection {
         };
         let until_expiry = (viewer.expires_at - Utc::now()).to_std().unwrap_or_default();
         self.clock.expire_at(Instant::now() + until_expiry);
-        self.caller = Caller::Authenticated {
-            auth: RequestAuth::authenticated(viewer),
-            session_watch,
-            _online: online,
-        };
+        self.caller =
+            Caller::Authenticated { viewer: Arc::new(viewer), session_watch, _online: online };
         let mut replies = vec![protocol::ack()];
         if self.protocol == Protocol::Legacy {
             replies.push(protocol::keepalive(Protocol::Legacy));
@@ -426,10 +421,10 @@ impl Connection {
         id: String,
         request: async_graphql::Request,
     ) -> Result<Vec<Outgoing>, Stop> {
-        let Caller::Authenticated { auth, .. } = &self.caller else {
+        let Caller::Authenticated { viewer, .. } = &self.caller else {
             return Err(Stop::close(close::UNAUTHORIZED, "Unauthorized"));
         };
-        let auth = auth.clone();
+        let auth = RequestAuth::authenticated(viewer.clone());
         if self.operations.contains_key(&id) {
             return Err(Stop::close(
                 close::SUBSCRIBER_EXISTS,
