@@ -80,6 +80,10 @@ struct Args {
     /// of theirs open at once.
     #[arg(long, default_value_t = 0.0)]
     idle_hold: f64,
+    /// Messages queued for each idle user before it subscribes: its connection replays them
+    /// in one burst, then idles (what a client reconnecting after a busy hour costs).
+    #[arg(long, default_value_t = 0)]
+    idle_backlog: usize,
     /// Messages to queue and replay.
     #[arg(long, default_value_t = 100_000)]
     replay: usize,
@@ -187,13 +191,13 @@ async fn main() -> anyhow::Result<()> {
     if wants("idle") {
         eprintln!("idle connections: {}", args.idle);
         let server = chat_server(&args, 4).await?;
-        let idle = scenarios::idle_connections(
-            &server,
-            args.idle,
-            args.idle_events,
-            Duration::from_secs_f64(args.idle_hold),
-        )
-        .await?;
+        let options = scenarios::IdleOptions {
+            count: args.idle,
+            with_events: args.idle_events,
+            hold: Duration::from_secs_f64(args.idle_hold),
+            backlog: args.idle_backlog,
+        };
+        let idle = scenarios::idle_connections(&server, &options).await?;
         report.idle = Some(idle);
         server.stop().await;
     }
@@ -401,6 +405,9 @@ fn print_table(report: &Report) {
             idle.bytes_per_connection / 1024.0,
             idle.bytes_per_connection_second_half / 1024.0
         );
+        if idle.backlog > 0 {
+            println!("idle: each connection first replayed {} queued messages", idle.backlog);
+        }
         let live = &idle.live_while_open;
         println!(
             "idle: meanwhile, live delivery at {:.0} msg/s between 20 other pairs: p50 {:.1} ms, p99 {:.1} ms ({} of {} delivered)",

@@ -47,6 +47,8 @@ pub struct IdleFigures {
     pub connections: usize,
     /// Whether each connection also held a `chatEvents` subscription.
     pub with_events: bool,
+    /// Messages each connection replayed on opening.
+    pub backlog: usize,
     pub open_seconds: f64,
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
@@ -59,6 +61,25 @@ pub struct IdleFigures {
     pub bytes_per_connection_second_half: f64,
     /// Live delivery between 20 other pairs at 200 msg/s while every idle connection is open.
     pub live_while_open: DeliveryFigures,
+}
+
+/// Queues `per_user` messages for each of `users`, from 16 senders, 64 in flight.
+async fn queue_backlogs(target: &Target, users: &[User], per_user: usize) -> anyhow::Result<()> {
+    let senders = register_many(target, 16, 16).await?;
+    let total = users.len() * per_user;
+    eprintln!("  queueing {per_user} messages for each of them ({total} in all)");
+    let results: Vec<anyhow::Result<()>> = stream::iter(0..total)
+        .map(|n| {
+            let route = Route {
+                token: senders[n % senders.len()].token.clone(),
+                recipient: users[n % users.len()].id.clone(),
+            };
+            async move { target.send(&route, &format!("backlog message {n}")).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Opens one authenticated `messageReceived` subscription (and `chatEvents`, with
@@ -92,12 +113,23 @@ async fn open_idle(
 
 /// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
 /// server's resident memory before and after.
+/// What the idle scenario opens.
+pub struct IdleOptions {
+    /// Connections, one user each.
+    pub count: usize,
+    /// Each also holds a `chatEvents` subscription.
+    pub with_events: bool,
+    /// How long to hold them open before measuring.
+    pub hold: Duration,
+    /// Messages queued for each user before it subscribes (replayed in one burst on opening).
+    pub backlog: usize,
+}
+
 pub async fn idle_connections(
     server: &Server,
-    count: usize,
-    with_events: bool,
-    hold: Duration,
+    options: &IdleOptions,
 ) -> anyhow::Result<IdleFigures> {
+    let &IdleOptions { count, with_events, hold, backlog } = options;
     let needed = count as u64 + 1024;
     let limit = crate::open_file_limit();
     if limit < needed {
@@ -110,6 +142,9 @@ pub async fn idle_connections(
     let target = Target::chat(&server.base_url, &server.label);
     eprintln!("  registering {count} users");
     let users = register_many(&target, count, 64).await?;
+    if backlog > 0 {
+        queue_backlogs(&target, &users, backlog).await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = server.rss_bytes().context("idle memory needs the server's pid")?;
     eprintln!("  opening {count} subscriptions, in two halves");
@@ -144,6 +179,7 @@ pub async fn idle_connections(
     Ok(IdleFigures {
         connections: count,
         with_events,
+        backlog,
         open_seconds,
         rss_before_bytes: rss_before,
         rss_after_bytes: rss_after,

@@ -174,6 +174,9 @@ impl<B: Backlog> Stream for Delivery<B> {
                 }
                 Phase::PassRead => {
                     this.emitted.end_pass();
+                    // The pass's pages are emitted: give their room back, or a connection that
+                    // replayed a backlog keeps it (~200 bytes a message) while it idles.
+                    this.pending = VecDeque::new();
                     this.phase = Phase::Live;
                 }
                 Phase::Live => {

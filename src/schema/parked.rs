@@ -27,6 +27,8 @@ use std::{
     task::{Context as TaskContext, Poll},
 };
 
+use tokio::sync::Semaphore;
+
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, Object, Request, Response, Schema, SchemaBuilder,
     ValidationMode, Variables,
@@ -54,6 +56,11 @@ const MAX_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most items of one subscription run at once.
 const MAX_BATCH: usize = 64;
+/// Most batches running at once in the whole server. A batch of 64 needs ~250 KiB while it
+/// runs (each delivery clones the document and builds a response); when thousands of clients
+/// reconnect at once (a restart) and each replays its backlog, unbounded that was 1.3 GB for
+/// 5,000 connections, and the allocator kept much of it. Far more than two cores can run.
+const MAX_BATCHES_RUNNING: usize = 64;
 
 /// One item for a parked subscription, as its resolver produced it.
 pub(super) enum Item {
@@ -154,6 +161,8 @@ impl DeliveryRoot {
 #[derive(Clone)]
 pub(super) struct Parking {
     delivery: DeliverySchema,
+    /// Permits for batches running at once ([`MAX_BATCHES_RUNNING`]).
+    running: Arc<Semaphore>,
     /// Parkable documents already validated once, rewritten for [`DeliverySchema`]; shared by
     /// every subscription that sent the same text.
     documents: Arc<Mutex<Documents>>,
@@ -246,6 +255,9 @@ impl Stream for Deliveries {
             if let Some(response) = self.ready.next() {
                 return Poll::Ready(Some(response));
             }
+            // A spent batch still holds its buffer (up to 64 responses): let it go, or an idle
+            // subscription keeps the room of the largest batch it ever delivered.
+            self.ready = Vec::new().into_iter();
             if let Some(running) = &mut self.running {
                 let responses = std::task::ready!(running.as_mut().poll(cx));
                 self.running = None;
@@ -265,6 +277,8 @@ impl Stream for Deliveries {
             }
             let run = self.run.clone();
             self.running = Some(Box::pin(async move {
+                // Never closed, so a permit always comes.
+                let _permit = run.running.acquire().await;
                 future::join_all(batch.into_iter().map(|item| run.execute(item))).await
             }));
         }
@@ -274,6 +288,8 @@ impl Stream for Deliveries {
 /// What each delivery of one parked subscription runs.
 struct Run {
     schema: DeliverySchema,
+    /// Shared by every parked subscription.
+    running: Arc<Semaphore>,
     document: Arc<ExecutableDocument>,
     variables: Variables,
     auth: RequestAuth,
@@ -301,7 +317,8 @@ pub(super) struct Parkable {
 
 impl Parking {
     pub(super) fn new(delivery: DeliverySchema) -> Self {
-        Parking { delivery, documents: Arc::default() }
+        let running = Arc::new(Semaphore::new(MAX_BATCHES_RUNNING));
+        Parking { delivery, running, documents: Arc::default() }
     }
 
     /// Whether `request` can be parked, and the document each of its messages runs as.
@@ -344,7 +361,9 @@ impl Parking {
         auth: RequestAuth,
         client: ClientAddress,
     ) -> Deliveries {
-        let run = Run { schema: self.delivery.clone(), document, variables, auth, client };
+        let schema = self.delivery.clone();
+        let running = self.running.clone();
+        let run = Run { schema, running, document, variables, auth, client };
         let ready = Vec::new().into_iter();
         Deliveries { items: items.fuse(), run: Arc::new(run), running: None, ready }
     }
