@@ -4,6 +4,7 @@
 //! `SHUTDOWN_TIMEOUT` whatever clients do.
 
 use std::{
+    future::Ready,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -12,7 +13,6 @@ use std::{
 };
 
 use futures::future::Either;
-use std::future::Ready;
 use tokio::sync::{Notify, futures::OwnedNotified};
 
 /// Shared between the serve loop (which starts the shutdown) and every websocket (which

@@ -111,8 +111,6 @@ async fn open_idle(
     opened.into_iter().collect()
 }
 
-/// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
-/// server's resident memory before and after.
 /// What the idle scenario opens.
 pub struct IdleOptions {
     /// Connections, one user each.
@@ -125,6 +123,8 @@ pub struct IdleOptions {
     pub backlog: usize,
 }
 
+/// Opens `count` authenticated `messageReceived` subscriptions (one user each) and reads the
+/// server's resident memory before, halfway and after.
 pub async fn idle_connections(
     server: &Server,
     options: &IdleOptions,

@@ -27,8 +27,6 @@ use std::{
     task::{Context as TaskContext, Poll},
 };
 
-use tokio::sync::Semaphore;
-
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, Object, Request, Response, Schema, SchemaBuilder,
     ValidationMode, Variables,
@@ -39,6 +37,7 @@ use futures::{
     future::{self, BoxFuture, Either},
     stream::{BoxStream, Fuse},
 };
+use tokio::sync::Semaphore;
 
 use super::{
     error_codes::ErrorCodes, event_nodes::ChatEventNode,
