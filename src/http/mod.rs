@@ -7,12 +7,13 @@
 mod graphiql;
 mod graphql;
 pub mod negotiation;
+mod upgrade;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
@@ -36,22 +37,11 @@ use crate::{
     sessions::{self, RequestAuth, Sessions},
     shutdown::Shutdown,
     store::Store,
-    websocket::{self, WebsocketSettings, protocol::Protocol},
+    websocket::{self, Socket, WebsocketSettings, protocol::Protocol},
 };
 
 /// How long browsers may cache a CORS preflight answer (Chrome caps it at two hours).
 const CORS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// Websocket read buffer per connection, and the most read from the socket at once. tungstenite
-/// grows it to hold the frames it reads (a `subscribe` is some hundreds of bytes) and never
-/// shrinks it, so every idle connection keeps what its first frames grew. Measured with massif
-/// per idle subscription: starting at 512, 1,017 bytes; at 256, 1,077; at 128, 822. Client
-/// frames are small; a rare large one is read in more, smaller reads.
-const WS_READ_BUFFER_BYTES: usize = 128;
-/// Outgoing bytes queued before a websocket write; the serve loop flushes after each burst.
-/// tungstenite keeps its write buffer's largest size for the connection's life, so a client
-/// that once replayed a backlog kept ~22 KiB at 16 KiB here; at 2 KiB a burst goes out in a
-/// few writes instead of one, at the same replay (41-43k msg/s) and delivery throughput.
-const WS_WRITE_BUFFER_BYTES: usize = 2048;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -232,41 +222,26 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
             "BAD_REQUEST",
         );
     };
-    let upgrade = match WebSocketUpgrade::from_request_parts(parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            let message = rejection.body_text();
-            return request_error(
-                ResponseFormat::Json,
-                rejection.status(),
-                &message,
-                "BAD_REQUEST",
-            );
+    let upgrade::Accepted { response, pending } = match upgrade::accept(parts, protocol.name()) {
+        Ok(accepted) => accepted,
+        Err((status, message)) => {
+            return request_error(ResponseFormat::Json, status, message, "BAD_REQUEST");
         }
     };
-    let settings = state.websocket.settings;
     // The socket keeps its connection's place under MAX_CONNECTIONS for as long as it is open.
     let hold = parts.extensions.remove::<ConnectionHold>();
     // Operations on the socket (sign-ins included) are limited per client like HTTP requests.
     let client = client_address(parts, state.trusted_proxies);
-    upgrade
-        .protocols([protocol.name()])
-        // tungstenite's defaults (128 KiB read and write buffers) are sized for large messages
-        // and cost that much per idle subscription; chat frames are small, and the buffers
-        // grow on demand for the rare large one.
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(settings.max_message_bytes)
-        .max_frame_size(settings.max_message_bytes)
-        .on_upgrade(move |socket| {
-            // A task of its own, and axum's upgrade task ends here: awaited inside it, the
-            // connection would carry that task's state (~270 B) for its whole life.
-            let connection =
-                websocket::serve(socket, protocol, state.websocket, client, Box::new(hold));
-            tokio::spawn(connection);
-            std::future::ready(())
-        })
-        .into_response()
+    tokio::spawn(async move {
+        let Some((stream, read_ahead)) = upgrade::connection(pending).await else { return };
+        let socket = Socket::new(stream, &read_ahead, state.websocket.settings.max_message_bytes);
+        // A task of its own, and this one ends here: awaited inside it, the connection would
+        // carry this task's state for its whole life.
+        let connection =
+            websocket::serve(socket, protocol, state.websocket, client, Box::new(hold));
+        tokio::spawn(connection);
+    });
+    response
 }
 
 /// Whether `origin` is this server itself (GraphiQL served from here), by the `Host` header.

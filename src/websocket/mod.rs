@@ -9,6 +9,9 @@
 
 mod clock;
 pub mod protocol;
+mod socket;
+
+pub use self::socket::Socket;
 
 use std::{
     any::Any,
@@ -19,9 +22,8 @@ use std::{
 };
 
 use async_graphql::Response;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chrono::Utc;
-use futures::{FutureExt, SinkExt, StreamExt, stream::BoxStream};
+use futures::{FutureExt, StreamExt, stream::BoxStream};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_stream::StreamMap;
@@ -29,6 +31,7 @@ use tokio_stream::StreamMap;
 use self::{
     clock::{Clock, Due},
     protocol::{ClientMessage, Outgoing, Protocol, close},
+    socket::{Incoming, ReadError},
 };
 use crate::{
     client_address::ClientAddress,
@@ -55,13 +58,6 @@ pub struct WebsocketSettings {
     pub max_connections_per_user: usize,
 }
 
-/// Whether a read failed because the client sent more than `WS_MAX_MESSAGE_BYTES`. axum does
-/// not expose tungstenite's error type, so this reads the capacity error's message.
-fn is_too_big(error: &axum::Error) -> bool {
-    let text = error.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
-}
-
 /// Most results written to a websocket in one go.
 const MAX_BURST: usize = 64;
 
@@ -69,19 +65,30 @@ const MAX_BURST: usize = 64;
 enum Stop {
     /// Send `farewell` if any, then close with this code and reason.
     Close { code: u16, reason: &'static str, farewell: Option<Outgoing> },
-    /// The peer sent a Close frame: the library has queued the reply, which must be flushed,
-    /// or the client sees 1006 (abnormal closure) instead of its own clean close.
-    ClosedByPeer,
+    /// The peer sent a Close frame (with this code): it gets its answer, or it sees 1006
+    /// (abnormal closure) instead of its own clean close.
+    ClosedByPeer(Option<u16>),
     /// The peer went away; nothing to send.
     Gone,
 }
 
-/// How long a close handshake may take to write before the socket is dropped anyway.
+/// How long the closing handshake may take (our Close written, the client's read) before the
+/// socket is dropped anyway.
 const CLOSE_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Stop {
     fn close(code: u16, reason: &'static str) -> Self {
         Stop::Close { code, reason, farewell: None }
+    }
+
+    /// Why the client's frames could not be read on.
+    fn unreadable(error: ReadError) -> Self {
+        match error {
+            ReadError::TooBig => Stop::close(close::MESSAGE_TOO_BIG, "Message too big"),
+            ReadError::Protocol(rule) => Stop::close(socket::PROTOCOL_ERROR, rule),
+            ReadError::NotUtf8 => Stop::close(socket::INVALID_PAYLOAD, "Text must be UTF-8"),
+            ReadError::Broken => Stop::Gone,
+        }
     }
 }
 
@@ -90,8 +97,8 @@ type Operation = BoxStream<'static, Option<Box<Response>>>;
 
 /// What woke a connection's loop.
 enum Wake {
-    /// The client sent a frame, the read failed, or the socket closed (`None`).
-    Frame(Option<Result<Message, axum::Error>>),
+    /// The client sent a message, its frames could not be read, or it hung up (`None`).
+    Frame(Option<Result<Incoming, ReadError>>),
     /// An operation produced a result, or ended (`None`).
     Result(String, Option<Box<Response>>),
     Session(Heard),
@@ -120,7 +127,7 @@ pub struct Shared {
 /// so the future holds each piece once. Its size is what every idle connection costs for its
 /// whole life (an `async fn` keeps its arguments beside whatever is built from them).
 pub fn serve(
-    socket: WebSocket,
+    socket: Socket,
     protocol: Protocol,
     shared: Shared,
     client: ClientAddress,
@@ -209,7 +216,7 @@ enum Caller {
 struct Connection {
     _open: ConnectionGuard,
     _hold: Box<dyn Any + Send>,
-    socket: WebSocket,
+    socket: Socket,
     protocol: Protocol,
     /// Where the socket comes from: every operation carries it, so sign-ins sent over the
     /// socket count against the same per-client limits as over HTTP.
@@ -224,22 +231,22 @@ struct Connection {
 }
 
 impl Connection {
-    /// Says goodbye as `stop` asks.
+    /// Says goodbye as `stop` asks, giving the handshake at most [`CLOSE_REPLY_TIMEOUT`].
     async fn close(&mut self, stop: Stop) {
         let socket = &mut self.socket;
-        match stop {
-            Stop::Close { code, reason, farewell } => {
-                if let Some(message) = farewell {
-                    let _ = socket.send(Message::Text(message.into())).await;
+        let goodbye = async {
+            match stop {
+                Stop::Close { code, reason, farewell } => {
+                    if let Some(message) = farewell {
+                        socket.queue_text(&message);
+                    }
+                    socket.close(code, reason).await;
                 }
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                Stop::ClosedByPeer(code) => socket.answer_close(code).await,
+                Stop::Gone => {}
             }
-            Stop::ClosedByPeer => {
-                let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, socket.flush()).await;
-            }
-            Stop::Gone => {}
-        }
+        };
+        let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, goodbye).await;
     }
 
     /// Handles what woke the loop: answers, writes the answers, or says why to stop.
@@ -248,10 +255,8 @@ impl Connection {
             // Boxed: handling a frame (authentication above all) needs a large future, and
             // inline it would size the allocation that every delivered message makes.
             Wake::Frame(Some(Ok(frame))) => Box::pin(self.on_frame(frame)).await?,
-            Wake::Frame(Some(Err(error))) if is_too_big(&error) => {
-                return Err(Stop::close(close::MESSAGE_TOO_BIG, "Message too big"));
-            }
-            Wake::Frame(_) => return Err(Stop::Gone),
+            Wake::Frame(Some(Err(error))) => return Err(Stop::unreadable(error)),
+            Wake::Frame(None) => return Err(Stop::Gone),
             Wake::Result(id, result) => self.ready_results(&id, result),
             Wake::Clock(Due::InitTimeout) => {
                 return Err(Stop::close(close::INIT_TIMEOUT, "Connection initialisation timeout"));
@@ -286,7 +291,7 @@ impl Connection {
                 vec![protocol::keepalive(self.protocol)]
             }
         };
-        if replies.is_empty() {
+        if replies.is_empty() && !self.socket.has_output() {
             return Ok(());
         }
         // Queued, then written together: one write syscall for a burst. A peer that stops
@@ -295,7 +300,7 @@ impl Connection {
         let socket = &mut self.socket;
         let burst = async {
             for reply in replies {
-                socket.feed(Message::Text(reply.into())).await?;
+                socket.feed_text(&reply).await?;
             }
             socket.flush().await
         };
@@ -331,7 +336,7 @@ impl Connection {
         }
         for socket_turn in [socket_first, !socket_first] {
             if socket_turn {
-                if let Poll::Ready(frame) = self.socket.poll_next_unpin(cx) {
+                if let Poll::Ready(frame) = self.socket.poll_next(cx) {
                     return Poll::Ready(Wake::Frame(frame));
                 }
             } else if !self.operations.is_empty()
@@ -344,17 +349,21 @@ impl Connection {
     }
 
     /// Handles one frame from the client, returning the messages to send back.
-    async fn on_frame(&mut self, frame: Message) -> Result<Vec<Outgoing>, Stop> {
+    async fn on_frame(&mut self, frame: Incoming) -> Result<Vec<Outgoing>, Stop> {
         let text = match frame {
-            Message::Text(text) => text,
-            Message::Close(_) => return Err(Stop::ClosedByPeer),
-            Message::Binary(_) => {
+            Incoming::Text(text) => text,
+            Incoming::Close(code) => return Err(Stop::ClosedByPeer(code)),
+            Incoming::Binary => {
                 return Err(Stop::close(close::BAD_REQUEST, "Binary frames are not supported"));
             }
-            // Websocket-level pings are answered by the library; both only prove liveness.
-            Message::Ping(_) | Message::Pong(_) => return Ok(Vec::new()),
+            // Websocket-level pings and pongs only prove liveness; a ping gets its pong.
+            Incoming::Ping(payload) => {
+                self.socket.queue_pong(&payload);
+                return Ok(Vec::new());
+            }
+            Incoming::Pong => return Ok(Vec::new()),
         };
-        let Some(message) = ClientMessage::parse(text.as_str(), self.protocol) else {
+        let Some(message) = ClientMessage::parse(&text, self.protocol) else {
             return Err(Stop::close(close::BAD_REQUEST, "Invalid message received"));
         };
         match message {
