@@ -29,18 +29,37 @@ pub struct User {
     pub phone_number: String,
 }
 
-/// Phone numbers no other run of this tool uses (valid US numbers, +1 202 2xx xxxx … 9xx).
-pub fn unique_phone_number() -> String {
+/// A random valid US number (+1 202 2xx xxxx … 9xx). Several copies of the tool may register
+/// into one store at once (`bench/idle_100k.sh`), so a number can be taken:
+/// [`Target::register`] then draws another.
+fn random_phone_number() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() as u64);
-        nanos % 5_000_000
-    });
-    let n = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 8_000_000;
-    format!("+1202{}", 2_000_000 + n)
+    // Randomly keyed per process; the counter makes each draw differ.
+    let mut hasher = STATE.get_or_init(Default::default).build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    format!("+1202{}", 2_000_000 + hasher.finish() % 8_000_000)
+}
+
+/// An error a GraphQL response carried.
+#[derive(Debug)]
+pub struct GraphqlError(Value);
+
+impl std::fmt::Display for GraphqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraphQL error: {}", self.0)
+    }
+}
+
+impl std::error::Error for GraphqlError {}
+
+/// Whether `error` is the server saying the phone number is taken.
+fn is_conflict(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<GraphqlError>()
+        .is_some_and(|GraphqlError(error)| error["extensions"]["code"] == "CONFLICT")
 }
 
 /// Where a send goes and how it travels.
@@ -179,17 +198,24 @@ impl Target {
         }
         let body: Value = request.send().await?.json().await?;
         if let Some(error) = body["errors"].get(0) {
-            bail!("GraphQL error: {error}");
+            return Err(GraphqlError(error.clone()).into());
         }
         Ok(body["data"].clone())
     }
 
-    /// Registers a new user.
+    /// Registers a new user; a phone number already taken is drawn again.
     pub async fn register(&self) -> anyhow::Result<User> {
-        let phone_number = unique_phone_number();
-        let input =
-            json!({ "phoneNumber": phone_number, "username": "bench", "password": PASSWORD });
-        let data = self.graphql("Register", json!({ "input": input }), None).await?;
+        let mut attempts = 0;
+        let (phone_number, data) = loop {
+            let phone_number = random_phone_number();
+            let input =
+                json!({ "phoneNumber": phone_number, "username": "bench", "password": PASSWORD });
+            match self.graphql("Register", json!({ "input": input }), None).await {
+                Ok(data) => break (phone_number, data),
+                Err(error) if attempts < 16 && is_conflict(&error) => attempts += 1,
+                Err(error) => return Err(error),
+            }
+        };
         let payload = &data["register"];
         Ok(User {
             id: payload["profileId"].as_str().context("no profileId")?.to_string(),
