@@ -34,7 +34,7 @@ use async_graphql::{
 };
 use futures::{
     Stream, StreamExt,
-    future::{self, BoxFuture, Either},
+    future::{self, Either},
     stream::{BoxStream, Fuse},
 };
 use tokio::sync::Semaphore;
@@ -236,14 +236,27 @@ impl Stream for Parked {
 /// in order: the users they show then load in one batch, where one at a time each waited for
 /// the user loader's batch window (a 20,000-message backlog replayed at 2,600 msg/s). Written
 /// by hand so that, idle, it holds only the item stream: no batch, no execution.
+///
+/// A batch runs as a task of its own, not inside the connection's: the connection polls its
+/// operations only between writes, and a client that reads slowly (a phone on a bad network)
+/// would otherwise keep one of the server's [`MAX_BATCHES_RUNNING`] permits for as long as its
+/// writes block, and 64 such clients would stall every other replay.
 pub(super) struct Deliveries {
     /// Fused: its end may be seen while gathering a batch, and is seen again after it.
     items: Fuse<ItemStream>,
     run: Arc<Run>,
-    /// The batch being executed.
-    running: Option<BoxFuture<'static, Vec<Response>>>,
+    /// The batch being executed; aborted if the subscription ends first.
+    running: Option<tokio::task::JoinHandle<Vec<Response>>>,
     /// Its responses, not yet taken.
     ready: std::vec::IntoIter<Response>,
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.abort();
+        }
+    }
 }
 
 impl Stream for Deliveries {
@@ -258,8 +271,14 @@ impl Stream for Deliveries {
             // subscription keeps the room of the largest batch it ever delivered.
             self.ready = Vec::new().into_iter();
             if let Some(running) = &mut self.running {
-                let responses = std::task::ready!(running.as_mut().poll(cx));
+                let finished = std::task::ready!(Pin::new(running).poll(cx));
                 self.running = None;
+                let Ok(responses) = finished else {
+                    // The batch panicked: end the subscription rather than skip its messages
+                    // (they are still unacknowledged, and replay when the client resubscribes).
+                    tracing::error!("a delivery batch failed; the subscription ends");
+                    return Poll::Ready(None);
+                };
                 self.ready = responses.into_iter();
                 continue;
             }
@@ -275,7 +294,7 @@ impl Stream for Deliveries {
                 }
             }
             let run = self.run.clone();
-            self.running = Some(Box::pin(async move {
+            self.running = Some(tokio::spawn(async move {
                 // Never closed, so a permit always comes.
                 let _permit = run.running.acquire().await;
                 future::join_all(batch.into_iter().map(|item| run.execute(item))).await
