@@ -492,6 +492,28 @@ impl WsClient {
         }
     }
 
+    /// Writes `bytes` to the socket as they are, under the websocket layer (for frames no
+    /// client library would send).
+    pub async fn send_raw_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.socket.get_mut().write_all(bytes).await.expect("raw write");
+    }
+
+    /// Sends a websocket ping frame and returns the payload of the pong that answers it.
+    pub async fn ping_frame(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.socket.send(WsMessage::Ping(payload.to_vec().into())).await.expect("ping sent");
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("server answered in time");
+            match frame {
+                Some(Ok(WsMessage::Pong(payload))) => return payload.to_vec(),
+                Some(Ok(WsMessage::Text(_))) => continue,
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        }
+    }
+
     /// Sends a raw text frame (for malformed-message tests).
     pub async fn send_text(&mut self, text: &str) {
         self.socket.send(WsMessage::text(text.to_string())).await.expect("websocket send");

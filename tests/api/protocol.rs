@@ -219,3 +219,37 @@ async fn the_clients_close_is_answered() {
     ws.subscribe_messages("1").await;
     assert_eq!(ws.close_with(1000).await, Some(1000));
 }
+
+/// Frames no client library sends, written raw: the server closes with the websocket
+/// protocol's own codes rather than dropping the connection.
+#[tokio::test]
+async fn frames_that_break_the_websocket_protocol_close_with_its_codes() {
+    let app = spawn_app().await;
+    let alice = user(&app).await;
+    // FIN + text, masked (key 0), two bytes that are not UTF-8.
+    let not_utf8 = [0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe];
+    // FIN + text, unmasked: a server must refuse it.
+    let unmasked = [0x81, 0x02, b'h', b'i'];
+    // A ping without FIN: control frames may not be fragmented.
+    let fragmented_ping = [0x09, 0x80, 0, 0, 0, 0];
+    for (bytes, code) in
+        [(&not_utf8[..], 1007), (&unmasked[..], 1002), (&fragmented_ping[..], 1002)]
+    {
+        let mut ws = raw(&app).await;
+        assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+        ws.send_raw_bytes(bytes).await;
+        assert_eq!(ws.recv().await, Incoming::Closed(Some(code)), "{bytes:?}");
+    }
+}
+
+/// A websocket ping frame gets its pong, and the connection carries on.
+#[tokio::test]
+async fn websocket_pings_are_answered() {
+    let app = spawn_app().await;
+    let alice = user(&app).await;
+    let mut ws = raw(&app).await;
+    assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+    assert_eq!(ws.ping_frame(b"still there?").await, b"still there?".to_vec());
+    ws.send_json(json!({ "type": "ping" })).await;
+    assert_eq!(ws.recv().await, Incoming::Json(json!({ "type": "pong" })));
+}
