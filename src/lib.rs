@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! lib.rs (wiring: build, serve)
-//!   http ──────────► websocket          axum routes, GraphiQL, /healthz; the graphql-ws loop
+//!   http ──────────► websocket          axum routes, GraphiQL, /healthz; graphql-ws, websocket frames
 //!     └──────┬──────────┘
 //!          schema                        GraphQL types and resolvers, one module per domain
 //!            │
