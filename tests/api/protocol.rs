@@ -15,6 +15,13 @@ async fn user(app: &TestApp) -> TestUser {
     app.register("+12025550143", "alice").await
 }
 
+/// A connection `user` has initialised (acknowledged).
+async fn initialised(app: &TestApp, user: &TestUser) -> WsClient {
+    let mut ws = raw(app).await;
+    assert!(matches!(ws.init(json!({ "token": user.token })).await, Incoming::Json(_)));
+    ws
+}
+
 fn closed_with(code: u16) -> Incoming {
     Incoming::Closed(Some(code))
 }
@@ -214,8 +221,7 @@ async fn an_unknown_subprotocol_is_refused_at_the_handshake() {
 async fn the_clients_close_is_answered() {
     let app = spawn_app().await;
     let alice = user(&app).await;
-    let mut ws = raw(&app).await;
-    assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+    let mut ws = initialised(&app, &alice).await;
     ws.subscribe_messages("1").await;
     assert_eq!(ws.close_with(1000).await, Some(1000));
 }
@@ -235,8 +241,7 @@ async fn frames_that_break_the_websocket_protocol_close_with_its_codes() {
     for (bytes, code) in
         [(&not_utf8[..], 1007), (&unmasked[..], 1002), (&fragmented_ping[..], 1002)]
     {
-        let mut ws = raw(&app).await;
-        assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+        let mut ws = initialised(&app, &alice).await;
         ws.send_raw_bytes(bytes).await;
         assert_eq!(ws.recv().await, Incoming::Closed(Some(code)), "{bytes:?}");
     }
@@ -247,8 +252,7 @@ async fn frames_that_break_the_websocket_protocol_close_with_its_codes() {
 async fn websocket_pings_are_answered() {
     let app = spawn_app().await;
     let alice = user(&app).await;
-    let mut ws = raw(&app).await;
-    assert!(matches!(ws.init(json!({ "token": alice.token })).await, Incoming::Json(_)));
+    let mut ws = initialised(&app, &alice).await;
     assert_eq!(ws.ping_frame(b"still there?").await, b"still there?".to_vec());
     ws.send_json(json!({ "type": "ping" })).await;
     assert_eq!(ws.recv().await, Incoming::Json(json!({ "type": "pong" })));
