@@ -479,6 +479,55 @@ mod tests {
         assert!(!documents.by_key.is_empty() && documents.by_key.len() < 100);
     }
 
+    fn message(seq: i64) -> Item {
+        use crate::domain::{MessageContent, MessageId, UserId};
+        Item::Message(Ok(Message {
+            id: MessageId::new(format!("m{seq}")),
+            seq,
+            sender_id: UserId::new("alice"),
+            recipient_id: UserId::new("bob"),
+            content: MessageContent::from_stored("hi".into()),
+            client_message_id: None,
+            sent_at: chrono::Utc::now(),
+            delivered_at: None,
+            read_at: None,
+        }))
+    }
+
+    /// A subscription whose connection stops polling it (its writes blocked by a client that
+    /// reads slowly) must not keep a batch permit: with more such subscriptions than permits,
+    /// every other subscription's deliveries would stall.
+    #[tokio::test]
+    async fn subscriptions_that_stop_being_polled_keep_no_batch_permit() {
+        let parking = Parking::new(delivery_schema(|builder| builder));
+        let document =
+            Arc::new(rewritten("subscription { messageReceived { id } }", None).unwrap());
+        let deliver = |seq| {
+            let items = futures::stream::iter([message(seq)]).chain(futures::stream::pending());
+            parking.deliver(
+                items.boxed(),
+                document.clone(),
+                Variables::default(),
+                RequestAuth::from_token(None),
+                ClientAddress::default(),
+            )
+        };
+        // Every permit taken, so the batches below wait for one...
+        let taken = parking.running.clone().acquire_many_owned(MAX_BATCHES_RUNNING as u32);
+        let taken = taken.await.unwrap();
+        let mut stalled: Vec<_> = (0..MAX_BATCHES_RUNNING as i64).map(deliver).collect();
+        for deliveries in &mut stalled {
+            assert!(futures::poll!(deliveries.next()).is_pending());
+        }
+        // ...and are given them while their connections no longer poll.
+        drop(taken);
+        let mut fresh = deliver(1_000);
+        let delivered =
+            tokio::time::timeout(std::time::Duration::from_secs(10), fresh.next()).await;
+        let response = delivered.expect("a batch permit came").expect("a response");
+        assert_eq!(response.data.to_string(), r#"{messageReceived: {id: "m1000"}}"#);
+    }
+
     #[test]
     fn picks_the_named_operation() {
         let query = "query Q { me { id } } subscription S { messageReceived { id } }";
