@@ -28,6 +28,7 @@ use std::{
 
 use async_trait::async_trait;
 use futures::{Stream, StreamExt, future::BoxFuture};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     bus::{BusEvent, BusResult, BusSubscription, MessageBus},
@@ -38,12 +39,15 @@ use crate::{
 /// Bytes of message content a backlog read aims to hold, so a page of long messages does not
 /// pin megabytes per connection. The number of messages per read follows from the previous
 /// page's average size, between [`MIN_PAGE`] and [`MAX_PAGE`].
-const PAGE_BYTES: usize = 256 * 1024;
+const PAGE_BYTES: usize = 64 * 1024;
 /// Fewest messages per backlog read (at the largest content size, 4,000 four-byte characters,
-/// one page is then about [`PAGE_BYTES`]).
+/// one page is then about 256 KiB).
 const MIN_PAGE: usize = 16;
-/// Most messages per backlog read.
-const MAX_PAGE: usize = 500;
+/// Most messages per backlog read: one delivery batch (`schema::parked`'s `MAX_BATCH`), which
+/// takes the whole page at once, so the page's [`PageGate`] permit is given back before the
+/// batch runs. (At 500, replay of 100,000 for one client measured 44,000 msg/s; see
+/// BENCHMARKS for 64.)
+const MAX_PAGE: usize = 64;
 /// Messages per read before anything is known about their size.
 const FIRST_PAGE: usize = 64;
 /// Bytes counted per message besides its content (ids, timestamps, allocation).
@@ -54,6 +58,25 @@ const MESSAGE_OVERHEAD: usize = 160;
 /// 64 KiB kept by a connection that had gone quiet after a busy hour.)
 const COMPACT_AFTER: usize = 256;
 
+/// Most backlog pages held at once in the whole server, read but not yet handed on.
+const MAX_PAGES_HELD: usize = 128;
+
+/// Bounds the backlog pages held at once, server-wide ([`MAX_PAGES_HELD`]). When thousands of
+/// clients reconnect together (a restart), each read its first page at once and held it while
+/// it waited its turn to be delivered: ~25 KiB per connection for 64 short messages, which the
+/// allocator kept after the replay (32-40 KiB per connection afterwards, 5,000 connections).
+/// A stream takes a permit before it reads a page and gives it back once the page is handed
+/// on (a page is at most [`MAX_PAGE`] messages and about [`PAGE_BYTES`], 256 KiB at worst: at
+/// most ~32 MB for all of them, ~3 MB for short messages).
+#[derive(Clone)]
+pub struct PageGate(Arc<Semaphore>);
+
+impl Default for PageGate {
+    fn default() -> Self {
+        PageGate(Arc::new(Semaphore::new(MAX_PAGES_HELD)))
+    }
+}
+
 /// All messages for `user_id`: first the unacknowledged backlog oldest first, then live ones.
 ///
 /// Listening has started when this returns, before the stream is first polled.
@@ -61,9 +84,10 @@ pub async fn replay_then_live(
     store: Arc<dyn Store>,
     bus: &dyn MessageBus,
     user_id: UserId,
+    pages: &PageGate,
 ) -> BusResult<impl Stream<Item = StoreResult<Message>> + Send + use<>> {
     let live = bus.subscribe(&user_id).await?;
-    Ok(stream(StoreBacklog { store, user_id }, live))
+    Ok(stream(StoreBacklog { store, user_id }, live, pages.clone()))
 }
 
 /// Where the backlog comes from: one user's unacknowledged messages in the store. Cloned for
@@ -90,10 +114,13 @@ impl Backlog for StoreBacklog {
 fn stream<B: Backlog>(
     backlog: B,
     live: BusSubscription,
+    pages: PageGate,
 ) -> impl Stream<Item = StoreResult<Message>> + Send {
     Delivery {
         backlog,
         live,
+        pages,
+        held: None,
         phase: Phase::Replaying,
         read_up_to: 0,
         page_size: FIRST_PAGE,
@@ -126,8 +153,12 @@ struct Delivery<B> {
     read_up_to: i64,
     /// Messages to ask for in the next backlog read.
     page_size: usize,
-    /// The backlog read under way.
-    reading: Option<BoxFuture<'static, StoreResult<Vec<Message>>>>,
+    /// Permits to hold a backlog page.
+    pages: PageGate,
+    /// This stream's permit, while `pending` holds a page.
+    held: Option<OwnedSemaphorePermit>,
+    /// The backlog read under way (its permit first).
+    reading: Option<BoxFuture<'static, (StoreResult<Vec<Message>>, Option<OwnedSemaphorePermit>)>>,
     /// Backlog messages read but not yet emitted.
     pending: VecDeque<Message>,
     emitted: Emitted,
@@ -142,20 +173,31 @@ impl<B: Backlog> Stream for Delivery<B> {
         let this = self.get_mut();
         loop {
             while let Some(message) = this.pending.pop_front() {
+                if this.pending.is_empty() {
+                    // The page is handed on: another stream may read one.
+                    this.held = None;
+                }
                 if this.emitted.record_read(message.seq) {
                     return Poll::Ready(Some(Ok(message)));
                 }
             }
+            this.held = None;
             match this.phase {
                 Phase::Done => return Poll::Ready(None),
                 Phase::Replaying => {
                     let (after_seq, limit) = (this.read_up_to, this.page_size);
                     let reading = this.reading.get_or_insert_with(|| {
                         let backlog = this.backlog.clone();
-                        Box::pin(async move { backlog.read(after_seq, limit).await })
+                        let pages = this.pages.0.clone();
+                        Box::pin(async move {
+                            // Never closed, so a permit always comes.
+                            let permit = pages.acquire_owned().await.ok();
+                            (backlog.read(after_seq, limit).await, permit)
+                        })
                     });
-                    let read = std::task::ready!(reading.as_mut().poll(cx));
+                    let (read, permit) = std::task::ready!(reading.as_mut().poll(cx));
                     this.reading = None;
+                    this.held = permit;
                     let page = match read {
                         Ok(page) => page,
                         Err(error) => {
@@ -372,7 +414,8 @@ mod tests {
         inbox: &Inbox,
         bus: &InProcessBus,
     ) -> Pin<Box<impl Stream<Item = StoreResult<Message>> + use<>>> {
-        Box::pin(stream(inbox.clone(), bus.subscribe(&UserId::new("bob")).await.unwrap()))
+        let live = bus.subscribe(&UserId::new("bob")).await.unwrap();
+        Box::pin(stream(inbox.clone(), live, PageGate::default()))
     }
 
     /// Stores and publishes message `seq`, and checks that it is the stream's next.
@@ -490,6 +533,34 @@ mod tests {
         assert!(stream.next().now_or_never().is_none(), "something was re-sent");
     }
 
+    #[tokio::test]
+    async fn backlog_pages_waiting_to_be_delivered_are_bounded_server_wide() {
+        let inbox = Inbox::default();
+        for seq in 1..=3 {
+            inbox.add(seq, "hi");
+        }
+        let bus = InProcessBus::default();
+        let pages = PageGate::default();
+        let mut streams = Vec::new();
+        for _ in 0..=MAX_PAGES_HELD {
+            let live = bus.subscribe(&UserId::new("bob")).await.unwrap();
+            streams.push(Box::pin(stream(inbox.clone(), live, pages.clone())));
+        }
+        // Each of the first MAX_PAGES_HELD reads its page and hands on its first message,
+        // holding the rest; the last waits without reading.
+        for stream in &mut streams[..MAX_PAGES_HELD] {
+            assert_eq!(stream.next().await.unwrap().unwrap().seq, 1);
+        }
+        let last = streams.last_mut().unwrap();
+        assert!(futures::poll!(last.next()).is_pending());
+        assert_eq!(inbox.reads.load(Ordering::SeqCst), MAX_PAGES_HELD);
+        // One page handed on whole lets it read.
+        for seq in 2..=3 {
+            assert_eq!(streams[0].next().await.unwrap().unwrap().seq, seq);
+        }
+        assert_eq!(streams.last_mut().unwrap().next().await.unwrap().unwrap().seq, 1);
+    }
+
     #[test]
     fn pages_hold_about_the_byte_budget() {
         let inbox = Inbox::default();
@@ -499,7 +570,7 @@ mod tests {
         assert_eq!(next_page_size(&long), MIN_PAGE);
         let medium: Vec<_> = (1..=10).map(|seq| inbox.add(seq, &"x".repeat(1000))).collect();
         let size = next_page_size(&medium);
-        assert!(size * (1000 + MESSAGE_OVERHEAD) <= PAGE_BYTES && size > 200, "{size}");
+        assert!(size * (1000 + MESSAGE_OVERHEAD) <= PAGE_BYTES && size > MIN_PAGE, "{size}");
         assert_eq!(next_page_size(&[]), FIRST_PAGE);
     }
 }

@@ -35,6 +35,8 @@ pub struct Messaging {
     bus: Arc<dyn MessageBus>,
     /// The per-sender message limit.
     limits: Arc<RateLimits>,
+    /// Bounds the backlog pages held by replaying subscriptions, server-wide.
+    pages: delivery::PageGate,
 }
 
 /// What a client asked to send, already parsed.
@@ -69,7 +71,7 @@ pub struct ChatListPage {
 impl Messaging {
     /// The service over `store`, waking subscribers through `bus`.
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn MessageBus>, limits: Arc<RateLimits>) -> Self {
-        Messaging { store, bus, limits }
+        Messaging { store, bus, limits, pages: delivery::PageGate::default() }
     }
 
     /// Stores a message from `viewer` and wakes the recipient's live subscriptions.
@@ -268,7 +270,8 @@ impl Messaging {
         viewer: &Viewer,
     ) -> AppResult<impl Stream<Item = StoreResult<Message>> + use<>> {
         let user = viewer.user_id.clone();
-        Ok(delivery::replay_then_live(self.store.clone(), self.bus.as_ref(), user).await?)
+        let (store, bus) = (self.store.clone(), self.bus.as_ref());
+        Ok(delivery::replay_then_live(store, bus, user, &self.pages).await?)
     }
 }
 

@@ -240,13 +240,18 @@ impl Stream for Parked {
 /// A batch runs as a task of its own, not inside the connection's: the connection polls its
 /// operations only between writes, and a client that reads slowly (a phone on a bad network)
 /// would otherwise keep one of the server's [`MAX_BATCHES_RUNNING`] permits for as long as its
-/// writes block, and 64 such clients would stall every other replay.
+/// writes block, and 64 such clients would stall every other replay. The task borrows the item
+/// stream and gathers the rest of the batch only once it has its permit: what is ready meanwhile
+/// waits in the delivery's backlog page, whose memory is bounded server-wide
+/// (`messages::delivery::PageGate`), rather than in a batch per waiting subscription.
 pub(super) struct Deliveries {
-    /// Fused: its end may be seen while gathering a batch, and is seen again after it.
-    items: Fuse<ItemStream>,
+    /// Fused: its end may be seen while gathering a batch, and is seen again after it. Lent to
+    /// the running batch's task (`None` meanwhile).
+    items: Option<Fuse<ItemStream>>,
     run: Arc<Run>,
-    /// The batch being executed; aborted if the subscription ends first.
-    running: Option<tokio::task::JoinHandle<Vec<Response>>>,
+    /// The batch being executed, which hands the items back; aborted if the subscription ends
+    /// first.
+    running: Option<tokio::task::JoinHandle<(Fuse<ItemStream>, Vec<Response>)>>,
     /// Its responses, not yet taken.
     ready: std::vec::IntoIter<Response>,
 }
@@ -273,31 +278,41 @@ impl Stream for Deliveries {
             if let Some(running) = &mut self.running {
                 let finished = std::task::ready!(Pin::new(running).poll(cx));
                 self.running = None;
-                let Ok(responses) = finished else {
+                let Ok((items, responses)) = finished else {
                     // The batch panicked: end the subscription rather than skip its messages
                     // (they are still unacknowledged, and replay when the client resubscribes).
                     tracing::error!("a delivery batch failed; the subscription ends");
                     return Poll::Ready(None);
                 };
+                self.items = Some(items);
                 self.ready = responses.into_iter();
                 continue;
             }
-            let Some(first) = std::task::ready!(self.items.poll_next_unpin(cx)) else {
+            let Some(items) = &mut self.items else {
                 return Poll::Ready(None);
             };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.items.poll_next_unpin(cx) {
-                    Poll::Ready(Some(item)) => batch.push(item),
-                    // The end, if it came, is seen again on the next poll.
-                    _ => break,
-                }
-            }
+            let Some(first) = std::task::ready!(items.poll_next_unpin(cx)) else {
+                return Poll::Ready(None);
+            };
+            let Some(mut items) = self.items.take() else {
+                return Poll::Ready(None);
+            };
             let run = self.run.clone();
             self.running = Some(tokio::spawn(async move {
                 // Never closed, so a permit always comes.
                 let _permit = run.running.acquire().await;
-                future::join_all(batch.into_iter().map(|item| run.execute(item))).await
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    let next = std::future::poll_fn(|cx| Poll::Ready(items.poll_next_unpin(cx)));
+                    match next.await {
+                        Poll::Ready(Some(item)) => batch.push(item),
+                        // The end, if it came, is seen again when the stream is next polled.
+                        _ => break,
+                    }
+                }
+                let responses =
+                    future::join_all(batch.into_iter().map(|item| run.execute(item))).await;
+                (items, responses)
             }));
         }
     }
@@ -383,7 +398,7 @@ impl Parking {
         let running = self.running.clone();
         let run = Run { schema, running, document, variables, auth, client };
         let ready = Vec::new().into_iter();
-        Deliveries { items: items.fuse(), run: Arc::new(run), running: None, ready }
+        Deliveries { items: Some(items.fuse()), run: Arc::new(run), running: None, ready }
     }
 
     fn remember(&self, key: DocumentKey, document: Arc<ExecutableDocument>) {
