@@ -144,6 +144,9 @@ enum Phase {
     Done,
 }
 
+/// A backlog read: the page, and the permit to hold it (see [`PageGate`]).
+type PageRead = BoxFuture<'static, (StoreResult<Vec<Message>>, Option<OwnedSemaphorePermit>)>;
+
 struct Delivery<B> {
     backlog: B,
     /// Subscribed before the backlog is read; buffers live events meanwhile.
@@ -158,7 +161,7 @@ struct Delivery<B> {
     /// This stream's permit, while `pending` holds a page.
     held: Option<OwnedSemaphorePermit>,
     /// The backlog read under way (its permit first).
-    reading: Option<BoxFuture<'static, (StoreResult<Vec<Message>>, Option<OwnedSemaphorePermit>)>>,
+    reading: Option<PageRead>,
     /// Backlog messages read but not yet emitted.
     pending: VecDeque<Message>,
     emitted: Emitted,
