@@ -232,13 +232,13 @@ async fn websocket(state: AppState, parts: &mut Parts) -> Response {
     let hold = parts.extensions.remove::<ConnectionHold>();
     // Operations on the socket (sign-ins included) are limited per client like HTTP requests.
     let client = client_address(parts, state.trusted_proxies);
+    let shared = state.websocket;
     tokio::spawn(async move {
         let Some((stream, read_ahead)) = upgrade::connection(pending).await else { return };
-        let socket = Socket::new(stream, &read_ahead, state.websocket.settings.max_message_bytes);
+        let socket = Socket::new(stream, &read_ahead, shared.settings.max_message_bytes);
         // A task of its own, and this one ends here: awaited inside it, the connection would
         // carry this task's state for its whole life.
-        let connection =
-            websocket::serve(socket, protocol, state.websocket, client, Box::new(hold));
+        let connection = websocket::serve(socket, protocol, shared, client, Box::new(hold));
         tokio::spawn(connection);
     });
     response

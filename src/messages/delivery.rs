@@ -184,6 +184,7 @@ impl<B: Backlog> Stream for Delivery<B> {
                     return Poll::Ready(Some(Ok(message)));
                 }
             }
+            // Also when the page was empty, or held only what had been emitted already.
             this.held = None;
             match this.phase {
                 Phase::Done => return Poll::Ready(None),

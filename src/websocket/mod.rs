@@ -85,8 +85,8 @@ impl Stop {
     fn unreadable(error: ReadError) -> Self {
         match error {
             ReadError::TooBig => Stop::close(close::MESSAGE_TOO_BIG, "Message too big"),
-            ReadError::Protocol(rule) => Stop::close(socket::PROTOCOL_ERROR, rule),
-            ReadError::NotUtf8 => Stop::close(socket::INVALID_PAYLOAD, "Text must be UTF-8"),
+            ReadError::Protocol(rule) => Stop::close(close::PROTOCOL_ERROR, rule),
+            ReadError::NotUtf8 => Stop::close(close::INVALID_PAYLOAD, "Text must be UTF-8"),
             ReadError::Broken => Stop::Gone,
         }
     }

@@ -61,6 +61,11 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 1008;
     /// A message larger than `WS_MAX_MESSAGE_BYTES`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A frame that breaks the websocket protocol (RFC 6455); also the answer to a client's
+    /// Close with a code that may not be sent. Final.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message (or close reason) that is not UTF-8. Final.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The peer stopped answering keep-alive pings. "Going away" rather than an error code, so a
     /// tab that froze and wakes up reconnects by itself.
     pub const KEEPALIVE_TIMEOUT: u16 = 1001;

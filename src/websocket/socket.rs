@@ -31,6 +31,8 @@ use tungstenite::{
     },
 };
 
+use super::protocol::close;
+
 /// Most bytes read from the socket at once (onto the stack, so nothing is kept while idle).
 const READ_CHUNK: usize = 4096;
 /// Outgoing bytes queued before they are written while a burst is still being queued. The
@@ -267,7 +269,7 @@ impl Socket {
     /// Answers the client's Close frame (echoing its code, as RFC 6455 section 5.5.1 suggests);
     /// the server then closes the connection first.
     pub async fn answer_close(&mut self, code: Option<u16>) {
-        let code = code.map(|code| if may_echo(code) { code } else { PROTOCOL_ERROR });
+        let code = code.map(|code| if may_echo(code) { code } else { close::PROTOCOL_ERROR });
         self.queue_close(code, "");
         let _ = self.flush().await;
     }
@@ -286,11 +288,6 @@ impl Socket {
         self.queue(OpCode::Control(Control::Close), &payload);
     }
 }
-
-/// Close code for a frame that breaks the protocol.
-pub const PROTOCOL_ERROR: u16 = 1002;
-/// Close code for a text message that is not UTF-8.
-pub const INVALID_PAYLOAD: u16 = 1007;
 
 /// Whether `code` may be sent in a Close frame (RFC 6455 section 7.4): 1004-1006 and 1015 are
 /// reserved for reporting, and 1016-2999 are unassigned.

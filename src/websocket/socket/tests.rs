@@ -219,7 +219,7 @@ async fn closing_sends_the_code_and_waits_for_the_client_to_answer() {
 
 #[tokio::test]
 async fn a_client_close_is_echoed_unless_its_code_is_reserved() {
-    for (sent, answered) in [(1000, 1000), (4000, 4000), (1005, PROTOCOL_ERROR)] {
+    for (sent, answered) in [(1000, 1000), (4000, 4000), (1005, close::PROTOCOL_ERROR)] {
         let (mut socket, client) = pair(&[]).await;
         let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         let mut payload = u16::to_be_bytes(sent).to_vec();
