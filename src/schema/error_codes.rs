@@ -70,10 +70,16 @@ impl Extension for ErrorCodes {
         next: NextExecute<'_>,
     ) -> Response {
         let mut response = next.run(ctx, operation_name).await;
-        response.errors =
-            response.errors.into_iter().map(|error| with_code(error, "BAD_USER_INPUT")).collect();
+        code_execution_errors(&mut response);
         response
     }
+}
+
+/// Codes the errors of an executed operation: values that failed to convert are
+/// `BAD_USER_INPUT`; errors already coded keep their code.
+pub(super) fn code_execution_errors(response: &mut Response) {
+    let errors = std::mem::take(&mut response.errors);
+    response.errors = errors.into_iter().map(|error| with_code(error, "BAD_USER_INPUT")).collect();
 }
 
 /// Sets `extensions.code` unless the error has one already.

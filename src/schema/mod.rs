@@ -6,6 +6,7 @@
 mod account;
 mod context;
 mod conversations;
+mod delivery_plan;
 pub mod document_shape;
 mod error_codes;
 mod event_nodes;
@@ -158,7 +159,8 @@ pub fn build(services: Services, limits: &Limits) -> AppSchema {
     let schema =
         if limits.graphql_introspection { builder } else { builder.disable_introspection() };
     let delivery = parked::delivery_schema(|builder| with_services(builder, &services));
-    AppSchema { schema: schema.finish(), parking: Parking::new(delivery) }
+    let users = UserLoader::data_loader(services.directory.clone());
+    AppSchema { schema: schema.finish(), parking: Parking::new(delivery, Some(users)) }
 }
 
 /// `builder` with every service (and the user loader) as schema data.

@@ -30,6 +30,7 @@ use std::{
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, Object, Request, Response, Schema, SchemaBuilder,
     ValidationMode, Variables,
+    dataloader::DataLoader,
     parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection},
 };
 use futures::{
@@ -40,8 +41,8 @@ use futures::{
 use tokio::sync::Semaphore;
 
 use super::{
-    error_codes::ErrorCodes, event_nodes::ChatEventNode,
-    parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE,
+    delivery_plan::Plan, error_codes::code_execution_errors, event_nodes::ChatEventNode,
+    parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE, users::UserLoader,
 };
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};
 
@@ -118,10 +119,12 @@ pub(super) fn delivery_schema(
         SchemaBuilder<DeliveryRoot, EmptyMutation, EmptySubscription>,
     ) -> SchemaBuilder<DeliveryRoot, EmptyMutation, EmptySubscription>,
 ) -> DeliverySchema {
+    // No extensions: with any, async-graphql runs every field of every delivered message
+    // through the extension chain (a boxed future per extension and two registry lookups per
+    // field). Errors are coded in `Run::execute` instead: parse and validation errors cannot
+    // occur here, every document having been validated against the real schema before it was
+    // parked (this schema's validation only guards against fragment cycles).
     let builder = Schema::build(DeliveryRoot, EmptyMutation, EmptySubscription)
-        .extension(ErrorCodes)
-        // Every document was validated against the real schema before it was parked; this
-        // only guards against fragment cycles.
         .validation_mode(ValidationMode::Fast);
     data(builder).finish()
 }
@@ -165,6 +168,21 @@ pub(super) struct Parking {
     /// Parkable documents already validated once, rewritten for [`DeliverySchema`]; shared by
     /// every subscription that sent the same text.
     documents: Arc<Mutex<Documents>>,
+    /// Loads the users a compiled [`Plan`] shows; `None` runs every delivery on the schema.
+    users: Option<Arc<DataLoader<UserLoader>>>,
+}
+
+/// A parked document, and its selection compiled when it can be.
+pub(super) struct Compiled {
+    document: ExecutableDocument,
+    plan: Option<Plan>,
+}
+
+impl Compiled {
+    fn new(document: ExecutableDocument) -> Self {
+        let plan = Plan::compile(&document);
+        Compiled { document, plan }
+    }
 }
 
 type DocumentKey = (String, Option<String>);
@@ -172,7 +190,7 @@ type DocumentKey = (String, Option<String>);
 /// Documents by query text and operation name, and their estimated size.
 #[derive(Default)]
 struct Documents {
-    by_key: HashMap<DocumentKey, Arc<ExecutableDocument>>,
+    by_key: HashMap<DocumentKey, Arc<Compiled>>,
     bytes: usize,
 }
 
@@ -323,35 +341,48 @@ struct Run {
     schema: DeliverySchema,
     /// Shared by every parked subscription.
     running: Arc<Semaphore>,
-    document: Arc<ExecutableDocument>,
+    document: Arc<Compiled>,
+    users: Option<Arc<DataLoader<UserLoader>>>,
     variables: Variables,
     auth: RequestAuth,
     client: ClientAddress,
 }
 
 impl Run {
-    /// `item` as the subscription's response.
+    /// `item` as the subscription's response: rendered by the document's [`Plan`] if it has
+    /// one, else run on the delivery schema.
     async fn execute(&self, item: Item) -> Response {
+        if let (Some(plan), Some(users), Item::Message(Ok(message))) =
+            (&self.document.plan, &self.users, &item)
+            && let Some(response) = plan.render(message, users).await
+        {
+            return response;
+        }
         let mut request = Request::new(String::new())
             .variables(self.variables.clone())
             .data(Delivered(Mutex::new(Some(item))))
             .data(self.auth.clone())
             .data(self.client);
-        request.set_parsed_query(ExecutableDocument::clone(&self.document));
-        self.schema.execute(request).await
+        request.set_parsed_query(self.document.document.clone());
+        let mut response = self.schema.execute(request).await;
+        code_execution_errors(&mut response);
+        response
     }
 }
 
 /// A subscription that may be parked: the document it runs as per message.
 pub(super) struct Parkable {
     key: Option<DocumentKey>,
-    document: Arc<ExecutableDocument>,
+    document: Arc<Compiled>,
 }
 
 impl Parking {
-    pub(super) fn new(delivery: DeliverySchema) -> Self {
+    /// Parks on `delivery`; with `users`, documents that compile are rendered by their
+    /// [`Plan`] (loading users through it) instead.
+    pub(super) fn new(delivery: DeliverySchema, users: Option<DataLoader<UserLoader>>) -> Self {
         let running = Arc::new(Semaphore::new(MAX_BATCHES_RUNNING));
-        Parking { delivery, running, documents: Arc::default() }
+        let users = users.map(Arc::new);
+        Parking { delivery, running, documents: Arc::default(), users }
     }
 
     /// Whether `request` can be parked, and the document each of its messages runs as.
@@ -369,7 +400,7 @@ impl Parking {
         }
         let document = async_graphql::parser::parse_query(&request.query).ok()?;
         let document = as_delivery_query(document, request.operation_name.as_deref())?;
-        Some(Parkable { key, document: Arc::new(document) })
+        Some(Parkable { key, document: Arc::new(Compiled::new(document)) })
     }
 
     /// Starts `request` through `started` (the real schema's stream, with `handover` in its
@@ -389,19 +420,20 @@ impl Parking {
     fn deliver(
         &self,
         items: ItemStream,
-        document: Arc<ExecutableDocument>,
+        document: Arc<Compiled>,
         variables: Variables,
         auth: RequestAuth,
         client: ClientAddress,
     ) -> Deliveries {
         let schema = self.delivery.clone();
         let running = self.running.clone();
-        let run = Run { schema, running, document, variables, auth, client };
+        let users = self.users.clone();
+        let run = Run { schema, running, document, users, variables, auth, client };
         let ready = Vec::new().into_iter();
         Deliveries { items: Some(items.fuse()), run: Arc::new(run), running: None, ready }
     }
 
-    fn remember(&self, key: DocumentKey, document: Arc<ExecutableDocument>) {
+    fn remember(&self, key: DocumentKey, document: Arc<Compiled>) {
         let bytes = key.0.len() * (DOCUMENT_BYTES_PER_QUERY_BYTE + 1);
         let mut documents = self.cached();
         if documents.bytes + bytes > MAX_CACHE_BYTES {
@@ -482,9 +514,10 @@ mod tests {
 
     #[test]
     fn the_document_cache_stays_bounded() {
-        let parking = Parking::new(delivery_schema(|builder| builder));
-        let document =
-            Arc::new(rewritten("subscription { messageReceived { id } }", None).unwrap());
+        let parking = Parking::new(delivery_schema(|builder| builder), None);
+        let document = Arc::new(Compiled::new(
+            rewritten("subscription { messageReceived { id } }", None).unwrap(),
+        ));
         let padding = "#".repeat(4000);
         for n in 0..100 {
             parking.remember((format!("{padding}{n}"), None), document.clone());
@@ -514,9 +547,10 @@ mod tests {
     /// every other subscription's deliveries would stall.
     #[tokio::test]
     async fn subscriptions_that_stop_being_polled_keep_no_batch_permit() {
-        let parking = Parking::new(delivery_schema(|builder| builder));
-        let document =
-            Arc::new(rewritten("subscription { messageReceived { id } }", None).unwrap());
+        let parking = Parking::new(delivery_schema(|builder| builder), None);
+        let document = Arc::new(Compiled::new(
+            rewritten("subscription { messageReceived { id } }", None).unwrap(),
+        ));
         let deliver = |seq| {
             let items = futures::stream::iter([message(seq)]).chain(futures::stream::pending());
             parking.deliver(

@@ -1,0 +1,261 @@
+//! Live messages rendered straight from a compiled selection.
+//!
+//! A parked `messageReceived` used to run its document as a query on the delivery schema for
+//! every message: clone the document, validate it, build a query environment, and resolve each
+//! field through async-graphql's executor (a boxed future and a context per field). That was
+//! the largest part of a message's cost after the durable write (15% of the server's CPU at
+//! saturation, `perf`), and all of a replay's.
+//!
+//! Yet what clients select on a live message is nearly always plain data: the message's own
+//! fields and a few of its sender's and recipient's. So when a document is parked its selection
+//! is compiled once, if it is made only of such fields, into the list of values to write
+//! ([`Plan`]), shared by every subscription that sent the same text; each message is then
+//! rendered from it directly. Anything else (arguments, directives, a field that reads more
+//! than the message and its two users, a fragment on another type) is not compiled and runs on
+//! the schema as before, and so does a message whose users cannot be loaded (the schema then
+//! reports why). The test at the bottom holds both paths to the same bytes.
+
+use std::collections::HashMap;
+
+use async_graphql::{
+    Name, Positioned, Response, ScalarType, Value,
+    dataloader::DataLoader,
+    indexmap::IndexMap,
+    parser::types::{
+        DocumentOperations, ExecutableDocument, Field, FragmentDefinition, Selection, SelectionSet,
+    },
+};
+
+use super::{Timestamp, messages::MessageStatus, users::UserLoader};
+use crate::domain::{Message, User, UserId};
+
+/// How deep fragments may nest in a compiled selection (validation has already refused cycles;
+/// this only bounds the walk).
+const MAX_FRAGMENT_DEPTH: usize = 16;
+
+/// A `messageReceived` selection compiled to the fields it writes, in response order.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// The root field's response key (its alias, or `messageReceived`).
+    key: Name,
+    fields: Vec<(Name, MessageField)>,
+}
+
+#[derive(Debug)]
+enum MessageField {
+    Typename,
+    Id,
+    SenderId,
+    RecipientId,
+    Content,
+    SentAt,
+    DeliveredAt,
+    ReadAt,
+    Status,
+    ClientMessageId,
+    Sender(Vec<(Name, UserField)>),
+    Recipient(Vec<(Name, UserField)>),
+}
+
+#[derive(Debug)]
+enum UserField {
+    Typename,
+    Id,
+    Username,
+    PhoneVerified,
+}
+
+type Fragments = HashMap<Name, Positioned<FragmentDefinition>>;
+
+impl Plan {
+    /// Compiles `document` (a parked `messageReceived`, already rewritten as a delivery query
+    /// and validated), or `None` if any of it needs the schema.
+    pub(super) fn compile(document: &ExecutableDocument) -> Option<Plan> {
+        let DocumentOperations::Single(operation) = &document.operations else {
+            return None;
+        };
+        let [root] = operation.node.selection_set.node.items.as_slice() else {
+            return None;
+        };
+        let Selection::Field(root) = &root.node else {
+            return None;
+        };
+        if root.node.name.node != "messageReceived" {
+            return None;
+        }
+        let fields = grouped(&root.node.selection_set.node, "Message", &document.fragments)?;
+        let fields = fields
+            .into_iter()
+            .map(|(key, occurrences)| {
+                let field = match occurrences[0].name.node.as_str() {
+                    "__typename" => MessageField::Typename,
+                    "id" => MessageField::Id,
+                    "senderId" => MessageField::SenderId,
+                    "recipientId" => MessageField::RecipientId,
+                    "content" => MessageField::Content,
+                    "sentAt" => MessageField::SentAt,
+                    "deliveredAt" => MessageField::DeliveredAt,
+                    "readAt" => MessageField::ReadAt,
+                    "status" => MessageField::Status,
+                    "clientMessageId" => MessageField::ClientMessageId,
+                    "sender" => MessageField::Sender(user_fields(&occurrences, document)?),
+                    "recipient" => MessageField::Recipient(user_fields(&occurrences, document)?),
+                    _ => return None,
+                };
+                Some((key, field))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Plan { key: root.node.response_key().node.clone(), fields })
+    }
+
+    /// `message` as its subscription's response, or `None` if one of its users cannot be
+    /// loaded (the schema's path then says why).
+    pub(super) async fn render(
+        &self,
+        message: &Message,
+        users: &DataLoader<UserLoader>,
+    ) -> Option<Response> {
+        let mut object = IndexMap::with_capacity(self.fields.len());
+        for (key, field) in &self.fields {
+            let value = match field {
+                MessageField::Typename => Value::String("Message".into()),
+                MessageField::Id => Value::String(message.id.to_string()),
+                MessageField::SenderId => Value::String(message.sender_id.to_string()),
+                MessageField::RecipientId => Value::String(message.recipient_id.to_string()),
+                MessageField::Content => Value::String(message.content.as_str().into()),
+                MessageField::SentAt => Timestamp(message.sent_at).to_value(),
+                MessageField::DeliveredAt => time(message.delivered_at),
+                MessageField::ReadAt => time(message.read_at),
+                MessageField::Status => MessageStatus::from(message.status()).into(),
+                MessageField::ClientMessageId => message
+                    .client_message_id
+                    .as_ref()
+                    .map_or(Value::Null, |id| Value::String(id.as_str().into())),
+                MessageField::Sender(fields) => user(&message.sender_id, fields, users).await?,
+                MessageField::Recipient(fields) => {
+                    user(&message.recipient_id, fields, users).await?
+                }
+            };
+            object.insert(key.clone(), value);
+        }
+        let mut data = IndexMap::with_capacity(1);
+        data.insert(self.key.clone(), Value::Object(object));
+        Some(Response::new(Value::Object(data)))
+    }
+}
+
+fn time(at: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    at.map_or(Value::Null, |at| Timestamp(at).to_value())
+}
+
+/// The user `id` as `fields` select them.
+async fn user(
+    id: &UserId,
+    fields: &[(Name, UserField)],
+    users: &DataLoader<UserLoader>,
+) -> Option<Value> {
+    let user: User = users.load_one(id.clone()).await.ok()??;
+    let object = fields.iter().map(|(key, field)| {
+        let value = match field {
+            UserField::Typename => Value::String("User".into()),
+            UserField::Id => Value::String(user.id.to_string()),
+            UserField::Username => Value::String(user.username.as_str().into()),
+            UserField::PhoneVerified => Value::Boolean(user.phone_verified),
+        };
+        (key.clone(), value)
+    });
+    Some(Value::Object(object.collect()))
+}
+
+/// The `User` fields selected by every occurrence of one `sender` or `recipient` key (a key
+/// selected twice has its selections merged, as GraphQL asks).
+fn user_fields(
+    occurrences: &[&Field],
+    document: &ExecutableDocument,
+) -> Option<Vec<(Name, UserField)>> {
+    let mut merged = Vec::new();
+    for field in occurrences {
+        merged.extend(grouped(&field.selection_set.node, "User", &document.fragments)?);
+    }
+    let mut fields: Vec<(Name, UserField)> = Vec::new();
+    for (key, occurrences) in merged {
+        if fields.iter().any(|(seen, _)| *seen == key) {
+            continue;
+        }
+        let field = match occurrences[0].name.node.as_str() {
+            "__typename" => UserField::Typename,
+            "id" => UserField::Id,
+            "username" => UserField::Username,
+            "phoneVerified" => UserField::PhoneVerified,
+            _ => return None,
+        };
+        fields.push((key, field));
+    }
+    Some(fields)
+}
+
+/// The fields of `set` (on type `on`) by response key, in the order the keys first appear,
+/// fragments inlined; `None` if anything in it is more than plain fields.
+fn grouped<'a>(
+    set: &'a SelectionSet,
+    on: &str,
+    fragments: &'a Fragments,
+) -> Option<Vec<(Name, Vec<&'a Field>)>> {
+    let mut fields = Vec::new();
+    flatten(set, on, fragments, 0, &mut fields)?;
+    let mut grouped: Vec<(Name, Vec<&Field>)> = Vec::new();
+    for field in fields {
+        let key = field.response_key().node.clone();
+        match grouped.iter_mut().find(|(seen, _)| *seen == key) {
+            // Validation guarantees fields sharing a key are the same field.
+            Some((_, occurrences)) => occurrences.push(field),
+            None => grouped.push((key, vec![field])),
+        }
+    }
+    Some(grouped)
+}
+
+fn flatten<'a>(
+    set: &'a SelectionSet,
+    on: &str,
+    fragments: &'a Fragments,
+    depth: usize,
+    out: &mut Vec<&'a Field>,
+) -> Option<()> {
+    if depth > MAX_FRAGMENT_DEPTH {
+        return None;
+    }
+    for selection in &set.items {
+        match &selection.node {
+            Selection::Field(field) => {
+                let field = &field.node;
+                if !field.arguments.is_empty() || !field.directives.is_empty() {
+                    return None;
+                }
+                out.push(field);
+            }
+            Selection::FragmentSpread(spread) => {
+                let fragment = &fragments.get(&spread.node.fragment_name.node)?.node;
+                if !spread.node.directives.is_empty()
+                    || !fragment.directives.is_empty()
+                    || fragment.type_condition.node.on.node != on
+                {
+                    return None;
+                }
+                flatten(&fragment.selection_set.node, on, fragments, depth + 1, out)?;
+            }
+            Selection::InlineFragment(inline) => {
+                let inline = &inline.node;
+                let condition = inline.type_condition.as_ref().map(|c| c.node.on.node.as_str());
+                if !inline.directives.is_empty() || condition.is_some_and(|c| c != on) {
+                    return None;
+                }
+                flatten(&inline.selection_set.node, on, fragments, depth + 1, out)?;
+            }
+        }
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests;
