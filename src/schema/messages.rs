@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use super::{
     Timestamp,
     context::ContextExt,
+    message_selection::SentMessage,
     parked::{Item, hand_over},
     users::{UserNode, known_user},
 };
@@ -175,10 +176,10 @@ impl MessageMutation {
         &self,
         ctx: &Context<'_>,
         input: SendMessageInput,
-    ) -> async_graphql::Result<Message> {
+    ) -> async_graphql::Result<SentMessage> {
         let viewer = ctx.viewer().await?;
         let request = SendRequest::try_from(input)?;
-        Ok(ctx.service::<Messaging>()?.send(&viewer, request).await?)
+        Ok(SentMessage(ctx.service::<Messaging>()?.send(&viewer, request).await?))
     }
 
     /// Acknowledges messages the caller has received, so they are not replayed again. Only the

@@ -6,11 +6,11 @@
 mod account;
 mod context;
 mod conversations;
-mod delivery_plan;
 pub mod document_shape;
 mod error_codes;
 mod event_nodes;
 mod events;
+mod message_selection;
 mod messages;
 mod parked;
 mod parsed_queries;

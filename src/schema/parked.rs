@@ -41,7 +41,7 @@ use futures::{
 use tokio::sync::Semaphore;
 
 use super::{
-    delivery_plan::Plan, error_codes::code_execution_errors, event_nodes::ChatEventNode,
+    error_codes::code_execution_errors, event_nodes::ChatEventNode, message_selection::Plan,
     parsed_queries::DOCUMENT_BYTES_PER_QUERY_BYTE, users::UserLoader,
 };
 use crate::{client_address::ClientAddress, domain::Message, sessions::RequestAuth};

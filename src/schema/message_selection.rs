@@ -1,29 +1,32 @@
-//! Live messages rendered straight from a compiled selection.
+//! Messages rendered straight from a compiled selection.
 //!
 //! A parked `messageReceived` used to run its document as a query on the delivery schema for
 //! every message: clone the document, validate it, build a query environment, and resolve each
 //! field through async-graphql's executor (a boxed future and a context per field). That was
 //! the largest part of a message's cost after the durable write (15% of the server's CPU at
-//! saturation, `perf`), and all of a replay's.
+//! saturation, `perf`), and all of a replay's. `sendMessage` rendered its result the same way
+//! (8%).
 //!
-//! Yet what clients select on a live message is nearly always plain data: the message's own
-//! fields and a few of its sender's and recipient's. So when a document is parked its selection
-//! is compiled once, if it is made only of such fields, into the list of values to write
-//! ([`Plan`]), shared by every subscription that sent the same text; each message is then
-//! rendered from it directly. Anything else (arguments, directives, a field that reads more
-//! than the message and its two users, a fragment on another type) is not compiled and runs on
-//! the schema as before, and so does a message whose users cannot be loaded (the schema then
-//! reports why). The test at the bottom holds both paths to the same bytes.
+//! Yet what clients select on a message is nearly always plain data: the message's own fields
+//! and a few of its sender's and recipient's. So such a selection is compiled
+//! ([`MessageSelection`]) into the list of values to write, and each message is rendered from
+//! it directly: once per parked document ([`Plan`], shared by every subscription that sent the
+//! same text), and per request for `sendMessage`'s result ([`SentMessage`]). Anything else
+//! (arguments, directives, a field that reads more than the message and its two users, a
+//! fragment on another type) is not compiled and runs on the schema as before, and so does a
+//! message whose users cannot be loaded (the schema then reports why). The tests hold both
+//! paths to the same output.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use async_graphql::{
-    Name, Positioned, Response, ScalarType, Value,
+    ContextSelectionSet, Name, OutputType, Positioned, Response, ScalarType, ServerResult, Value,
     dataloader::DataLoader,
     indexmap::IndexMap,
     parser::types::{
         DocumentOperations, ExecutableDocument, Field, FragmentDefinition, Selection, SelectionSet,
     },
+    registry::Registry,
 };
 
 use super::{Timestamp, messages::MessageStatus, users::UserLoader};
@@ -33,13 +36,17 @@ use crate::domain::{Message, User, UserId};
 /// this only bounds the walk).
 const MAX_FRAGMENT_DEPTH: usize = 16;
 
-/// A `messageReceived` selection compiled to the fields it writes, in response order.
+/// A parked `messageReceived` document compiled: its root key and the message's selection.
 #[derive(Debug)]
 pub(super) struct Plan {
     /// The root field's response key (its alias, or `messageReceived`).
     key: Name,
-    fields: Vec<(Name, MessageField)>,
+    selection: MessageSelection,
 }
+
+/// The fields a selection on `Message` writes, in response order.
+#[derive(Debug)]
+pub(super) struct MessageSelection(Vec<(Name, MessageField)>);
 
 #[derive(Debug)]
 enum MessageField {
@@ -83,8 +90,29 @@ impl Plan {
         if root.node.name.node != "messageReceived" {
             return None;
         }
-        let fields = grouped(&root.node.selection_set.node, "Message", &document.fragments)?;
-        let fields = fields
+        let selection =
+            MessageSelection::compile(&root.node.selection_set.node, &document.fragments)?;
+        Some(Plan { key: root.node.response_key().node.clone(), selection })
+    }
+
+    /// `message` as its subscription's response, or `None` if one of its users cannot be
+    /// loaded (the schema's path then says why).
+    pub(super) async fn render(
+        &self,
+        message: &Message,
+        users: &DataLoader<UserLoader>,
+    ) -> Option<Response> {
+        let mut data = IndexMap::with_capacity(1);
+        data.insert(self.key.clone(), self.selection.render(message, users).await?);
+        Some(Response::new(Value::Object(data)))
+    }
+}
+
+impl MessageSelection {
+    /// Compiles `set` (a selection on `Message`, already validated), or `None` if any of it
+    /// needs the schema.
+    pub(super) fn compile(set: &SelectionSet, fragments: &Fragments) -> Option<Self> {
+        let fields = grouped(set, "Message", fragments)?
             .into_iter()
             .map(|(key, occurrences)| {
                 let field = match occurrences[0].name.node.as_str() {
@@ -98,25 +126,24 @@ impl Plan {
                     "readAt" => MessageField::ReadAt,
                     "status" => MessageField::Status,
                     "clientMessageId" => MessageField::ClientMessageId,
-                    "sender" => MessageField::Sender(user_fields(&occurrences, document)?),
-                    "recipient" => MessageField::Recipient(user_fields(&occurrences, document)?),
+                    "sender" => MessageField::Sender(user_fields(&occurrences, fragments)?),
+                    "recipient" => MessageField::Recipient(user_fields(&occurrences, fragments)?),
                     _ => return None,
                 };
                 Some((key, field))
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Plan { key: root.node.response_key().node.clone(), fields })
+        Some(MessageSelection(fields))
     }
 
-    /// `message` as its subscription's response, or `None` if one of its users cannot be
-    /// loaded (the schema's path then says why).
+    /// `message` as this selection shows it, or `None` if one of its users cannot be loaded.
     pub(super) async fn render(
         &self,
         message: &Message,
         users: &DataLoader<UserLoader>,
-    ) -> Option<Response> {
-        let mut object = IndexMap::with_capacity(self.fields.len());
-        for (key, field) in &self.fields {
+    ) -> Option<Value> {
+        let mut object = IndexMap::with_capacity(self.0.len());
+        for (key, field) in &self.0 {
             let value = match field {
                 MessageField::Typename => Value::String("Message".into()),
                 MessageField::Id => Value::String(message.id.to_string()),
@@ -138,9 +165,39 @@ impl Plan {
             };
             object.insert(key.clone(), value);
         }
-        let mut data = IndexMap::with_capacity(1);
-        data.insert(self.key.clone(), Value::Object(object));
-        Some(Response::new(Value::Object(data)))
+        Some(Value::Object(object))
+    }
+}
+
+/// `sendMessage`'s result: a [`Message`] that renders itself from its compiled selection when
+/// it can, and otherwise resolves as `Message` does. The schema sees the `Message` type.
+pub(super) struct SentMessage(pub Message);
+
+impl OutputType for SentMessage {
+    fn type_name() -> Cow<'static, str> {
+        Message::type_name()
+    }
+
+    fn create_type_info(registry: &mut Registry) -> String {
+        Message::create_type_info(registry)
+    }
+
+    async fn resolve(
+        &self,
+        ctx: &ContextSelectionSet<'_>,
+        field: &Positioned<Field>,
+    ) -> ServerResult<Value> {
+        // The request's fragments are reached through `query_env`: public, though left out of
+        // async-graphql's docs (its derived resolvers read it); nothing else leads to them.
+        let fragments = &ctx.query_env.fragments;
+        if let Some(selection) =
+            MessageSelection::compile(&field.node.selection_set.node, fragments)
+            && let Ok(users) = ctx.data::<DataLoader<UserLoader>>()
+            && let Some(value) = selection.render(&self.0, users).await
+        {
+            return Ok(value);
+        }
+        self.0.resolve(ctx, field).await
     }
 }
 
@@ -169,13 +226,10 @@ async fn user(
 
 /// The `User` fields selected by every occurrence of one `sender` or `recipient` key (a key
 /// selected twice has its selections merged, as GraphQL asks).
-fn user_fields(
-    occurrences: &[&Field],
-    document: &ExecutableDocument,
-) -> Option<Vec<(Name, UserField)>> {
+fn user_fields(occurrences: &[&Field], fragments: &Fragments) -> Option<Vec<(Name, UserField)>> {
     let mut merged = Vec::new();
     for field in occurrences {
-        merged.extend(grouped(&field.selection_set.node, "User", &document.fragments)?);
+        merged.extend(grouped(&field.selection_set.node, "User", fragments)?);
     }
     let mut fields: Vec<(Name, UserField)> = Vec::new();
     for (key, occurrences) in merged {

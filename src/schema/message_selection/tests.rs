@@ -8,8 +8,8 @@ use crate::{
     users::Directory,
 };
 
-/// The `Message` type as the delivery schema shows it: a root whose `messageReceived` is the
-/// message (what `DeliveryRoot` resolves to an item).
+/// A root with the message twice: as `Message` (what the delivery schema's root resolves an
+/// item to) and as `sendMessage` returns it.
 struct Root(Message);
 
 #[Object]
@@ -17,6 +17,18 @@ impl Root {
     async fn message_received(&self) -> Message {
         self.0.clone()
     }
+
+    async fn sent(&self) -> SentMessage {
+        SentMessage(self.0.clone())
+    }
+}
+
+/// The one value under `data` in `response`.
+fn only_value(response: &Response) -> serde_json::Value {
+    let data = serde_json::to_value(&response.data).unwrap();
+    let object = data.as_object().unwrap();
+    assert_eq!(object.len(), 1, "{data}");
+    object.values().next().unwrap().clone()
 }
 
 fn compiled(query: &str) -> Option<Plan> {
@@ -83,6 +95,20 @@ async fn a_plan_renders_what_the_schema_would() {
                 serde_json::to_value(&executed).unwrap(),
                 "{query}"
             );
+            // The same selection on `sendMessage`'s result type.
+            let sent = schema.execute(query.replace("messageReceived", "sent")).await;
+            assert!(sent.errors.is_empty(), "{query}: {:?}", sent.errors);
+            assert_eq!(only_value(&sent), only_value(&executed), "{query}");
+        }
+        // What a plan cannot hold, `sendMessage`'s result resolves as `Message` does.
+        for query in [
+            "{ messageReceived { id sender { phoneNumber online } } }",
+            "{ messageReceived { ...F } } fragment F on Message { id @include(if: true) }",
+        ] {
+            let executed = schema.execute(query).await;
+            let sent = schema.execute(query.replace("messageReceived", "sent")).await;
+            assert!(executed.errors.is_empty() && sent.errors.is_empty(), "{query}");
+            assert_eq!(only_value(&sent), only_value(&executed), "{query}");
         }
     }
 }
