@@ -16,7 +16,7 @@ use crate::{
     bus::{BusEvent, MessageBus},
     domain::{
         ChatEvent, ClientMessageId, Conversation, Cursor, Message, MessageContent, MessageId,
-        NewMessage, PageSize, UserId, Viewer,
+        NewMessage, PageSize, User, UserId, Viewer,
     },
     error::{AppError, AppResult},
     rate_limits::RateLimits,
@@ -59,6 +59,16 @@ pub struct HistoryPage {
     pub has_older: bool,
 }
 
+/// A message just sent, with the two users it is between as the send found them, so a caller
+/// that shows them (`sendMessage`'s result) needs no second read.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message: Message,
+    /// `None` only if the sender's account has no row (it is then refused by the store).
+    pub sender: Option<User>,
+    pub recipient: User,
+}
+
 /// One page of the chat list, newest activity first.
 #[derive(Debug, Clone)]
 pub struct ChatListPage {
@@ -79,7 +89,7 @@ impl Messaging {
     /// A retry with the same `client_message_id` returns the first message and publishes
     /// nothing.
     #[tracing::instrument(skip_all, fields(sender = %viewer.user_id))]
-    pub async fn send(&self, viewer: &Viewer, request: SendRequest) -> AppResult<Message> {
+    pub async fn send(&self, viewer: &Viewer, request: SendRequest) -> AppResult<Sent> {
         self.limits.check_send(viewer.user_id.as_str()).await?;
         if request.recipient_id == viewer.user_id {
             return Err(AppError::BadUserInput("you cannot send a message to yourself".into()));
@@ -91,14 +101,16 @@ impl Messaging {
         // who does not exist (a deleted account), so the sender learns nothing about the block
         // or the unfinished sign-up.
         let sender = self.store.user_by_id(&viewer.user_id).await?;
-        if sender.is_some_and(|sender| !sender.phone_verified) {
+        if sender.as_ref().is_some_and(|sender| !sender.phone_verified) {
             return Err(AppError::PhoneNotVerified);
         }
         let recipient = self.store.user_by_id(&request.recipient_id).await?;
-        if recipient.is_none_or(|recipient| recipient.is_deleted() || !recipient.phone_verified)
-            || self.store.blocks(&request.recipient_id, &viewer.user_id).await?
-        {
-            return Err(AppError::NotFound("recipient not found".into()));
+        let not_found = || AppError::NotFound("recipient not found".into());
+        let recipient = recipient
+            .filter(|recipient| !recipient.is_deleted() && recipient.phone_verified)
+            .ok_or_else(not_found)?;
+        if self.store.blocks(&request.recipient_id, &viewer.user_id).await? {
+            return Err(not_found());
         }
         let inserted = self
             .store
@@ -110,17 +122,18 @@ impl Messaging {
                 sent_at: Utc::now(),
             })
             .await?;
-        match inserted {
+        let message = match inserted {
             Inserted::Created(message) => {
                 let message = Arc::new(message);
                 self.bus.publish(message.clone()).await;
                 // The sender's other devices show what was sent from this one.
                 let sent = Arc::new(ChatEvent::MessageSent(Message::clone(&message)));
                 self.bus.publish_event(&viewer.user_id, sent).await;
-                Ok(Arc::unwrap_or_clone(message))
+                Arc::unwrap_or_clone(message)
             }
-            Inserted::Existing(message) => Ok(message),
-        }
+            Inserted::Existing(message) => message,
+        };
+        Ok(Sent { message, sender, recipient })
     }
 
     /// Acknowledges messages on behalf of their recipient, returning them in the order asked.
@@ -310,7 +323,10 @@ mod tests {
         let mut inbox = world.bus.subscribe(&bob.id).await.unwrap();
         let messaging = messaging(&world);
 
-        let sent = messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
+        let Sent { message: sent, sender: from, recipient: to } =
+            messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
+        // With the users it is between, as the checks read them (`sendMessage` shows them).
+        assert_eq!((from.map(|user| user.id), to.id), (Some(alice.id.clone()), bob.id.clone()));
         let stored = world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap();
         assert_eq!(stored, vec![sent.clone()]);
         match inbox.next().await {
@@ -318,7 +334,8 @@ mod tests {
             other => panic!("expected the message on the bus, got {other:?}"),
         }
 
-        let retried = messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap();
+        let retried =
+            messaging.send(&sender, request(&bob.id, "hi", Some("k1"))).await.unwrap().message;
         assert_eq!(retried, sent, "the retry returns the original");
         assert!(inbox.next().now_or_never().is_none(), "and publishes nothing");
         assert_eq!(world.store.undelivered_messages(&bob.id, 0, 10).await.unwrap().len(), 1);
@@ -344,8 +361,9 @@ mod tests {
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
         let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
         let messaging = messaging(&world);
-        let first = messaging.send(&as_alice, request(&bob.id, "one", None)).await.unwrap();
-        let second = messaging.send(&as_alice, request(&bob.id, "two", None)).await.unwrap();
+        let first = messaging.send(&as_alice, request(&bob.id, "one", None)).await.unwrap().message;
+        let second =
+            messaging.send(&as_alice, request(&bob.id, "two", None)).await.unwrap().message;
 
         let by_sender = messaging.mark_delivered(&as_alice, vec![first.id.clone()]).await;
         assert_eq!(by_sender.unwrap_err().code(), "FORBIDDEN");
@@ -403,7 +421,7 @@ mod tests {
         let mut alices = Box::pin(messaging.events(&as_alice).await.unwrap());
         let mut bobs = Box::pin(messaging.events(&as_bob).await.unwrap());
 
-        let sent = messaging.send(&as_alice, request(&bob.id, "hi", None)).await.unwrap();
+        let sent = messaging.send(&as_alice, request(&bob.id, "hi", None)).await.unwrap().message;
         assert_eq!(next(&mut alices), Some(ChatEvent::MessageSent(sent.clone())));
         assert_eq!(next(&mut bobs), None, "events are about one's own messages");
 
@@ -433,10 +451,11 @@ mod tests {
         let (alice, bob) = (world.user("+12025550143").await, world.user("+12025550144").await);
         let (as_alice, as_bob) = (world.viewer(&alice).await, world.viewer(&bob).await);
         let messaging = messaging(&world);
-        let missed = messaging.send(&as_alice, request(&bob.id, "while away", None)).await.unwrap();
+        let missed =
+            messaging.send(&as_alice, request(&bob.id, "while away", None)).await.unwrap().message;
         let mut stream = Box::pin(messaging.subscribe(&as_bob).await.unwrap());
         assert_eq!(stream.next().await.unwrap().unwrap(), missed);
-        let live = messaging.send(&as_alice, request(&bob.id, "now", None)).await.unwrap();
+        let live = messaging.send(&as_alice, request(&bob.id, "now", None)).await.unwrap().message;
         assert_eq!(stream.next().await.unwrap().unwrap(), live);
     }
 }

@@ -30,7 +30,10 @@ use async_graphql::{
 };
 
 use super::{Timestamp, messages::MessageStatus, users::UserLoader};
-use crate::domain::{Message, User, UserId};
+use crate::{
+    domain::{Message, User, UserId},
+    messages::Sent,
+};
 
 /// How deep fragments may nest in a compiled selection (validation has already refused cycles;
 /// this only bounds the walk).
@@ -97,11 +100,7 @@ impl Plan {
 
     /// `message` as its subscription's response, or `None` if one of its users cannot be
     /// loaded (the schema's path then says why).
-    pub(super) async fn render(
-        &self,
-        message: &Message,
-        users: &DataLoader<UserLoader>,
-    ) -> Option<Response> {
+    pub(super) async fn render(&self, message: &Message, users: &impl Users) -> Option<Response> {
         let mut data = IndexMap::with_capacity(1);
         data.insert(self.key.clone(), self.selection.render(message, users).await?);
         Some(Response::new(Value::Object(data)))
@@ -136,12 +135,8 @@ impl MessageSelection {
         Some(MessageSelection(fields))
     }
 
-    /// `message` as this selection shows it, or `None` if one of its users cannot be loaded.
-    pub(super) async fn render(
-        &self,
-        message: &Message,
-        users: &DataLoader<UserLoader>,
-    ) -> Option<Value> {
+    /// `message` as this selection shows it, or `None` if one of its users cannot be found.
+    pub(super) async fn render(&self, message: &Message, users: &impl Users) -> Option<Value> {
         let mut object = IndexMap::with_capacity(self.0.len());
         for (key, field) in &self.0 {
             let value = match field {
@@ -169,9 +164,10 @@ impl MessageSelection {
     }
 }
 
-/// `sendMessage`'s result: a [`Message`] that renders itself from its compiled selection when
-/// it can, and otherwise resolves as `Message` does. The schema sees the `Message` type.
-pub(super) struct SentMessage(pub Message);
+/// `sendMessage`'s result: the [`Message`], rendered from its compiled selection when it can
+/// (with the users the send read), and otherwise resolved as `Message` is. The schema sees the
+/// `Message` type.
+pub(super) struct SentMessage(pub Sent);
 
 impl OutputType for SentMessage {
     fn type_name() -> Cow<'static, str> {
@@ -192,12 +188,11 @@ impl OutputType for SentMessage {
         let fragments = &ctx.query_env.fragments;
         if let Some(selection) =
             MessageSelection::compile(&field.node.selection_set.node, fragments)
-            && let Ok(users) = ctx.data::<DataLoader<UserLoader>>()
-            && let Some(value) = selection.render(&self.0, users).await
+            && let Some(value) = selection.render(&self.0.message, &self.0).await
         {
             return Ok(value);
         }
-        self.0.resolve(ctx, field).await
+        self.0.message.resolve(ctx, field).await
     }
 }
 
@@ -205,13 +200,30 @@ fn time(at: Option<chrono::DateTime<chrono::Utc>>) -> Value {
     at.map_or(Value::Null, |at| Timestamp(at).to_value())
 }
 
+/// Where a rendered message's users come from.
+pub(super) trait Users: Sync {
+    /// The user `id`, or `None` if it cannot be had (the schema's path then says why).
+    fn user(&self, id: &UserId) -> impl Future<Output = Option<User>> + Send;
+}
+
+/// Through the user loader, batched with every other load waiting at the moment.
+impl Users for DataLoader<UserLoader> {
+    async fn user(&self, id: &UserId) -> Option<User> {
+        self.load_one(id.clone()).await.ok()?
+    }
+}
+
+/// Users already read: `sendMessage`'s, which its checks read just before.
+impl Users for Sent {
+    async fn user(&self, id: &UserId) -> Option<User> {
+        let mut known = self.sender.iter().chain([&self.recipient]);
+        known.find(|user| user.id == *id).cloned()
+    }
+}
+
 /// The user `id` as `fields` select them.
-async fn user(
-    id: &UserId,
-    fields: &[(Name, UserField)],
-    users: &DataLoader<UserLoader>,
-) -> Option<Value> {
-    let user: User = users.load_one(id.clone()).await.ok()??;
+async fn user(id: &UserId, fields: &[(Name, UserField)], users: &impl Users) -> Option<Value> {
+    let user = users.user(id).await?;
     let object = fields.iter().map(|(key, field)| {
         let value = match field {
             UserField::Typename => Value::String("User".into()),

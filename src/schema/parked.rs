@@ -354,7 +354,7 @@ impl Run {
     async fn execute(&self, item: Item) -> Response {
         if let (Some(plan), Some(users), Item::Message(Ok(message))) =
             (&self.document.plan, &self.users, &item)
-            && let Some(response) = plan.render(message, users).await
+            && let Some(response) = plan.render(message, &**users).await
         {
             return response;
         }

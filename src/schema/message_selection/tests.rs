@@ -4,18 +4,19 @@ use chrono::{TimeDelta, Utc};
 use super::*;
 use crate::{
     domain::{ClientMessageId, MessageContent, MessageId},
+    messages::Sent,
     testing::{self, World},
     users::Directory,
 };
 
 /// A root with the message twice: as `Message` (what the delivery schema's root resolves an
-/// item to) and as `sendMessage` returns it.
-struct Root(Message);
+/// item to) and as `sendMessage` returns it, with the users the send read.
+struct Root(Sent);
 
 #[Object]
 impl Root {
     async fn message_received(&self) -> Message {
-        self.0.clone()
+        self.0.message.clone()
     }
 
     async fn sent(&self) -> SentMessage {
@@ -82,7 +83,13 @@ async fn a_plan_renders_what_the_schema_would() {
     let directory = Directory::new(world.store.clone(), testing::limits(|_| {}), world.bus.clone());
     let users = UserLoader::data_loader(directory.clone());
     for message in messages {
-        let schema = Schema::build(Root(message.clone()), EmptyMutation, EmptySubscription)
+        let (sender, recipient) = if message.sender_id == alice.id {
+            (alice.clone(), bob.clone())
+        } else {
+            (bob.clone(), alice.clone())
+        };
+        let sent = Sent { message: message.clone(), sender: Some(sender), recipient };
+        let schema = Schema::build(Root(sent), EmptyMutation, EmptySubscription)
             .data(UserLoader::data_loader(directory.clone()))
             .finish();
         for query in PLANNED {
