@@ -58,6 +58,9 @@ const MESSAGE_OVERHEAD: usize = 160;
 /// 64 KiB kept by a connection that had gone quiet after a busy hour.)
 const COMPACT_AFTER: usize = 256;
 
+/// `seq`s per read when a pass skims what it has already sent (8 bytes each, no content).
+const SEQ_PAGE: usize = 512;
+
 /// Most backlog pages held at once in the whole server, read but not yet handed on.
 const MAX_PAGES_HELD: usize = 128;
 
@@ -96,6 +99,8 @@ pub async fn replay_then_live(
 trait Backlog: Clone + Unpin + Send + Sync + 'static {
     /// Unacknowledged messages with `seq > after_seq`, oldest first, at most `limit`.
     async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>>;
+    /// The `seq`s of the same messages.
+    async fn read_seqs(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<i64>>;
 }
 
 #[derive(Clone)]
@@ -108,6 +113,10 @@ struct StoreBacklog {
 impl Backlog for StoreBacklog {
     async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>> {
         self.store.undelivered_messages(&self.user_id, after_seq, limit).await
+    }
+
+    async fn read_seqs(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<i64>> {
+        self.store.undelivered_seqs(&self.user_id, after_seq, limit).await
     }
 }
 
@@ -122,6 +131,7 @@ fn stream<B: Backlog>(
         pages,
         held: None,
         phase: Phase::Replaying,
+        skim: false,
         read_up_to: 0,
         page_size: FIRST_PAGE,
         reading: None,
@@ -144,14 +154,27 @@ enum Phase {
     Done,
 }
 
-/// A backlog read: the page, and the permit to hold it (see [`PageGate`]).
-type PageRead = BoxFuture<'static, (StoreResult<Vec<Message>>, Option<OwnedSemaphorePermit>)>;
+/// A backlog read under way.
+type PageRead = BoxFuture<'static, Read>;
+
+enum Read {
+    /// A page of messages, and the permit to hold it (see [`PageGate`]).
+    Messages(StoreResult<Vec<Message>>, Option<OwnedSemaphorePermit>),
+    /// A page of `seq`s only.
+    Seqs(StoreResult<Vec<i64>>),
+}
 
 struct Delivery<B> {
     backlog: B,
     /// Subscribed before the backlog is read; buffers live events meanwhile.
     live: BusSubscription,
     phase: Phase,
+    /// Whether the pass reads `seq`s before messages. A pass re-reads mostly what it has sent
+    /// already (a client that does not acknowledge has it all still in the store), and for
+    /// those the `seq`s are enough: whole messages (content, ids, allocations) are read only for
+    /// a page that holds one not sent yet, and for the rest of that pass. Off for the first
+    /// replay, which has sent nothing.
+    skim: bool,
     /// Highest `seq` read from the store's backlog in this pass so far.
     read_up_to: i64,
     /// Messages to ask for in the next backlog read.
@@ -190,21 +213,31 @@ impl<B: Backlog> Stream for Delivery<B> {
                 Phase::Done => return Poll::Ready(None),
                 Phase::Replaying => {
                     let (after_seq, limit) = (this.read_up_to, this.page_size);
+                    let skim = this.skim;
                     let reading = this.reading.get_or_insert_with(|| {
                         let backlog = this.backlog.clone();
                         let pages = this.pages.0.clone();
                         Box::pin(async move {
+                            if skim {
+                                return Read::Seqs(backlog.read_seqs(after_seq, SEQ_PAGE).await);
+                            }
                             // Never closed, so a permit always comes.
                             let permit = pages.acquire_owned().await.ok();
-                            (backlog.read(after_seq, limit).await, permit)
+                            Read::Messages(backlog.read(after_seq, limit).await, permit)
                         })
                     });
-                    let (read, permit) = std::task::ready!(reading.as_mut().poll(cx));
+                    let read = std::task::ready!(reading.as_mut().poll(cx));
                     this.reading = None;
-                    this.held = permit;
                     let page = match read {
-                        Ok(page) => page,
-                        Err(error) => {
+                        Read::Seqs(Ok(seqs)) => {
+                            this.skimmed(&seqs);
+                            continue;
+                        }
+                        Read::Messages(Ok(page), permit) => {
+                            this.held = permit;
+                            page
+                        }
+                        Read::Seqs(Err(error)) | Read::Messages(Err(error), _) => {
                             this.phase = Phase::Done;
                             return Poll::Ready(Some(Err(error)));
                         }
@@ -273,7 +306,25 @@ impl<B: Backlog> Delivery<B> {
     fn start_pass(&mut self) {
         self.emitted.start_pass();
         self.read_up_to = 0;
+        self.skim = true;
         self.phase = Phase::Replaying;
+    }
+
+    /// Takes a page of `seq`s: those sent before the first that was not are recorded as read
+    /// and the pass goes on after them, reading whole messages from that first one on.
+    fn skimmed(&mut self, seqs: &[i64]) {
+        let sent = seqs.iter().take_while(|&&seq| self.emitted.contains(seq)).count();
+        for &seq in &seqs[..sent] {
+            self.emitted.record_read(seq);
+        }
+        if let Some(&last) = seqs[..sent].last() {
+            self.read_up_to = last;
+        }
+        if sent < seqs.len() {
+            self.skim = false;
+        } else if seqs.len() < SEQ_PAGE {
+            self.phase = Phase::PassRead;
+        }
     }
 }
 
@@ -370,7 +421,10 @@ mod tests {
     #[derive(Clone, Default)]
     struct Inbox {
         messages: Arc<Mutex<BTreeMap<i64, Message>>>,
+        /// Reads of either kind.
         reads: Arc<AtomicUsize>,
+        /// Reads of whole messages.
+        message_reads: Arc<AtomicUsize>,
         /// Called before each read returns, with the number of reads so far.
         during_read: Arc<Mutex<Option<ReadHook>>>,
     }
@@ -395,17 +449,28 @@ mod tests {
         fn acknowledge_up_to(&self, seq: i64) {
             self.messages.lock().unwrap().retain(|s, _| *s > seq);
         }
+
+        fn count_read(&self) {
+            let reads = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(hook) = self.during_read.lock().unwrap().as_mut() {
+                hook(reads);
+            }
+        }
     }
 
     #[async_trait]
     impl Backlog for Inbox {
         async fn read(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<Message>> {
-            let reads = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Some(hook) = self.during_read.lock().unwrap().as_mut() {
-                hook(reads);
-            }
+            self.message_reads.fetch_add(1, Ordering::SeqCst);
+            self.count_read();
             let messages = self.messages.lock().unwrap();
             Ok(messages.range(after_seq + 1..).take(limit).map(|(_, m)| m.clone()).collect())
+        }
+
+        async fn read_seqs(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<i64>> {
+            self.count_read();
+            let messages = self.messages.lock().unwrap();
+            Ok(messages.range(after_seq + 1..).take(limit).map(|(seq, _)| *seq).collect())
         }
     }
 
@@ -534,6 +599,34 @@ mod tests {
             // leave the next one twice as far away, not make passes back to back.
             assert!(inbox.reads.load(Ordering::SeqCst) < 40, "passes back to back at {seq}");
         }
+        assert!(stream.next().now_or_never().is_none(), "something was re-sent");
+        // Every message came live, so the passes skimmed seqs: whole messages were read once for
+        // the (empty) backlog at the start, then once per pass, from the newest message (stored,
+        // its live event not yet taken when the pass began) on. Not a page per 64 messages.
+        let passes = 2; // at 257 and 515 unacknowledged messages
+        assert_eq!(inbox.message_reads.load(Ordering::SeqCst), 1 + passes);
+    }
+
+    #[tokio::test]
+    async fn a_pass_reads_whole_messages_from_the_first_it_has_not_sent() {
+        let inbox = Inbox::default();
+        let bus = InProcessBus::default();
+        let mut stream = bobs_stream(&inbox, &bus).await;
+        // Sent live, never acknowledged: one past the point where the stream makes a pass.
+        let compacting = COMPACT_AFTER as i64 + 1;
+        for seq in 1..=compacting {
+            deliver_live(&bus, &inbox, &mut stream, seq).await;
+        }
+        // Then one is stored whose live event never comes (as if lost with a lag): the pass
+        // that starts before the next live message must find it.
+        let missed = compacting + 1;
+        inbox.add(missed, "missed");
+        let reads_before = inbox.message_reads.load(Ordering::SeqCst);
+        publish(&bus, inbox.add(missed + 1, "live")).await;
+        let order = take_unique(&mut stream, 2).await;
+        assert_eq!(order, [missed, missed + 1]);
+        // The seqs before it were skimmed; whole messages were read from it on, in one page.
+        assert_eq!(inbox.message_reads.load(Ordering::SeqCst), reads_before + 1);
         assert!(stream.next().now_or_never().is_none(), "something was re-sent");
     }
 

@@ -158,6 +158,18 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> StoreResult<Vec<Message>>;
+    /// The `seq`s of [`Store::undelivered_messages`] for the same arguments: what a delivery
+    /// stream's compaction pass needs of the messages it has already sent (a store answers it
+    /// from its index alone; this default reads the messages).
+    async fn undelivered_seqs(
+        &self,
+        recipient_id: &UserId,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<i64>> {
+        let messages = self.undelivered_messages(recipient_id, after_seq, limit).await?;
+        Ok(messages.iter().map(|message| message.seq).collect())
+    }
     /// The messages with these ids that exist, in no particular order.
     async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>>;
     /// Sets `delivered_at` on those of `ids` addressed to `recipient_id` that have none yet.

@@ -251,6 +251,13 @@ async fn backlog_is_undelivered_messages_in_send_order(store: Arc<dyn Store>) {
         .map(|m| m.content.as_str().to_string())
         .collect();
     assert_eq!(remaining, ["m0", "m2", "m3", "m4", "m5", "m6"]);
+
+    // The seqs alone, page by page, are those of the same messages.
+    let seq = |n: usize| sent[n].seq;
+    assert_eq!(store.undelivered_seqs(&bob.id, 0, 100).await.unwrap(), [0, 2, 3, 4, 5, 6].map(seq));
+    assert_eq!(store.undelivered_seqs(&bob.id, seq(2), 2).await.unwrap(), [seq(3), seq(4)]);
+    let alices = store.undelivered_seqs(&alice.id, 0, 100).await.unwrap();
+    assert!(matches!(alices.as_slice(), [only] if *only > seq(6)), "{alices:?}");
 }
 
 async fn acknowledgement_only_touches_the_recipients_messages(store: Arc<dyn Store>) {

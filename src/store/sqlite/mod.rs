@@ -734,6 +734,24 @@ impl Store for SqliteStore {
         })
     }
 
+    /// From the `messages_undelivered` index alone ([`UNDELIVERED_SEQS`]).
+    async fn undelivered_seqs(
+        &self,
+        recipient_id: &UserId,
+        after_seq: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<i64>> {
+        self.read(|c| {
+            let mut query = c.prepare_cached(UNDELIVERED_SEQS).map_err(sql)?;
+            let seqs = query
+                .query_map(params![recipient_id.as_str(), after_seq, limit as i64], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map_err(sql)?;
+            seqs.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+        })
+    }
+
     async fn messages_by_ids(&self, ids: &[MessageId]) -> StoreResult<Vec<Message>> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -852,9 +870,31 @@ impl Store for SqliteStore {
     }
 }
 
+/// Answered from the `messages_undelivered` index alone: it holds `recipient_id` and `seq` (the
+/// rowid) of every undelivered message, so no row is read.
+const UNDELIVERED_SEQS: &str = "SELECT seq FROM messages
+     WHERE recipient_id = ?1 AND delivered_at IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undelivered_seqs_are_read_from_the_index_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let connection = Connection::open(&path).unwrap();
+        let plan: Vec<String> = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNDELIVERED_SEQS}"))
+            .unwrap()
+            .query_map(params!["u", 0, 10], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(plan.len(), 1, "{plan:?}");
+        assert!(plan[0].contains("COVERING INDEX messages_undelivered"), "{plan:?}");
+    }
 
     #[test]
     fn processes_opening_one_new_database_together_migrate_it_once() {

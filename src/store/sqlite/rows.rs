@@ -94,6 +94,14 @@ pub const MIGRATIONS: &[&str] = &[
         attempts   INTEGER NOT NULL
     ) WITHOUT ROWID;
 "#,
+    // The undelivered index also carries `delivered_at` (always null in it), so that a delivery
+    // stream's compaction pass reads the `seq`s of a backlog from the index alone: SQLite does
+    // not count a partial index as covering a column its own condition names.
+    r#"
+    DROP INDEX messages_undelivered;
+    CREATE INDEX messages_undelivered ON messages(recipient_id, seq, delivered_at)
+        WHERE delivered_at IS NULL;
+"#,
 ];
 
 pub const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at";
