@@ -12,10 +12,12 @@
 //! resolver leaves its stream there and returns an empty one, async-graphql's stream ends and
 //! is dropped, and the subscription is *parked*: what waits is the resolver's stream and an
 //! `Arc` of the document, shared by every subscription that sent the same text. Each item is
-//! then turned into its `next` payload by running the same selection as a query on
-//! [`DeliverySchema`], whose root has the same field (`messageReceived` or `chatEvents`),
-//! resolved to that item. The payload is the one the subscription would have produced: same
-//! selection, aliases, fragments, variables and errors.
+//! then turned into its `next` payload: written straight from the document's compiled
+//! selection when it has one (`message_selection`: plain fields of a message and its users),
+//! else by running the same selection as a query on [`DeliverySchema`], whose root has the
+//! same field (`messageReceived` or `chatEvents`), resolved to that item. The payload is the
+//! one the subscription would have produced: same selection, aliases, fragments, variables and
+//! errors.
 //!
 //! Only operations that select exactly one of those fields at their root, without arguments or
 //! directives there, are parked; anything else runs the usual way.
@@ -173,7 +175,7 @@ pub(super) struct Parking {
 }
 
 /// A parked document, and its selection compiled when it can be.
-pub(super) struct Compiled {
+struct Compiled {
     document: ExecutableDocument,
     plan: Option<Plan>,
 }
