@@ -160,7 +160,7 @@ pub fn build(services: Services, limits: &Limits) -> AppSchema {
         if limits.graphql_introspection { builder } else { builder.disable_introspection() };
     let delivery = parked::delivery_schema(|builder| with_services(builder, &services));
     let users = UserLoader::data_loader(services.directory.clone());
-    AppSchema { schema: schema.finish(), parking: Parking::new(delivery, Some(users)) }
+    AppSchema { schema: schema.finish(), parking: Parking::new(delivery, users) }
 }
 
 /// `builder` with every service (and the user loader) as schema data.

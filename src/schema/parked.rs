@@ -170,8 +170,8 @@ pub(super) struct Parking {
     /// Parkable documents already validated once, rewritten for [`DeliverySchema`]; shared by
     /// every subscription that sent the same text.
     documents: Arc<Mutex<Documents>>,
-    /// Loads the users a compiled [`Plan`] shows; `None` runs every delivery on the schema.
-    users: Option<Arc<DataLoader<UserLoader>>>,
+    /// Loads the users a compiled [`Plan`] shows.
+    users: Arc<DataLoader<UserLoader>>,
 }
 
 /// A parked document, and its selection compiled when it can be.
@@ -344,7 +344,7 @@ struct Run {
     /// Shared by every parked subscription.
     running: Arc<Semaphore>,
     document: Arc<Compiled>,
-    users: Option<Arc<DataLoader<UserLoader>>>,
+    users: Arc<DataLoader<UserLoader>>,
     variables: Variables,
     auth: RequestAuth,
     client: ClientAddress,
@@ -354,9 +354,8 @@ impl Run {
     /// `item` as the subscription's response: rendered by the document's [`Plan`] if it has
     /// one, else run on the delivery schema.
     async fn execute(&self, item: Item) -> Response {
-        if let (Some(plan), Some(users), Item::Message(Ok(message))) =
-            (&self.document.plan, &self.users, &item)
-            && let Some(response) = plan.render(message, &**users).await
+        if let (Some(plan), Item::Message(Ok(message))) = (&self.document.plan, &item)
+            && let Some(response) = plan.render(message, &*self.users).await
         {
             return response;
         }
@@ -379,11 +378,11 @@ pub(super) struct Parkable {
 }
 
 impl Parking {
-    /// Parks on `delivery`; with `users`, documents that compile are rendered by their
-    /// [`Plan`] (loading users through it) instead.
-    pub(super) fn new(delivery: DeliverySchema, users: Option<DataLoader<UserLoader>>) -> Self {
+    /// Parks on `delivery`; documents that compile are rendered by their [`Plan`] instead,
+    /// loading users through `users`.
+    pub(super) fn new(delivery: DeliverySchema, users: DataLoader<UserLoader>) -> Self {
         let running = Arc::new(Semaphore::new(MAX_BATCHES_RUNNING));
-        let users = users.map(Arc::new);
+        let users = Arc::new(users);
         Parking { delivery, running, documents: Arc::default(), users }
     }
 
@@ -491,6 +490,15 @@ fn as_delivery_query(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{testing, users::Directory};
+
+    /// Parking on a delivery schema without services, with a user loader over `world`'s
+    /// store (the documents below select no user).
+    fn parking(world: &testing::World) -> Parking {
+        let limits = testing::limits(|_| {});
+        let directory = Directory::new(world.store.clone(), limits, world.bus.clone());
+        Parking::new(delivery_schema(|builder| builder), UserLoader::data_loader(directory))
+    }
 
     fn rewritten(query: &str, name: Option<&str>) -> Option<ExecutableDocument> {
         as_delivery_query(async_graphql::parser::parse_query(query).unwrap(), name)
@@ -516,7 +524,8 @@ mod tests {
 
     #[test]
     fn the_document_cache_stays_bounded() {
-        let parking = Parking::new(delivery_schema(|builder| builder), None);
+        let world = testing::World::new();
+        let parking = parking(&world);
         let document = Arc::new(Compiled::new(
             rewritten("subscription { messageReceived { id } }", None).unwrap(),
         ));
@@ -549,7 +558,8 @@ mod tests {
     /// every other subscription's deliveries would stall.
     #[tokio::test]
     async fn subscriptions_that_stop_being_polled_keep_no_batch_permit() {
-        let parking = Parking::new(delivery_schema(|builder| builder), None);
+        let world = testing::World::new();
+        let parking = parking(&world);
         let document = Arc::new(Compiled::new(
             rewritten("subscription { messageReceived { id } }", None).unwrap(),
         ));
