@@ -171,9 +171,9 @@ struct Delivery<B> {
     phase: Phase,
     /// Whether the pass reads `seq`s before messages. A pass re-reads mostly what it has sent
     /// already (a client that does not acknowledge has it all still in the store), and for
-    /// those the `seq`s are enough: whole messages (content, ids, allocations) are read only for
-    /// a page that holds one not sent yet, and for the rest of that pass. Off for the first
-    /// replay, which has sent nothing.
+    /// those the `seq`s are enough: whole messages (content, ids, allocations) are read only
+    /// from the first one not sent yet to the end of the pass. Off for the first replay, which
+    /// has sent nothing.
     skim: bool,
     /// Highest `seq` read from the store's backlog in this pass so far.
     read_up_to: i64,

@@ -724,17 +724,14 @@ impl Store for SqliteStore {
         self.read(|c| {
             query_messages(
                 c,
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages
-                     WHERE recipient_id = ?1 AND delivered_at IS NULL AND seq > ?2
-                     ORDER BY seq LIMIT ?3"
-                ),
+                &format!("SELECT {MESSAGE_COLUMNS} {UNDELIVERED_BACKLOG}"),
                 params![recipient_id.as_str(), after_seq, limit as i64],
             )
         })
     }
 
-    /// From the `messages_undelivered` index alone ([`UNDELIVERED_SEQS`]).
+    /// From the `messages_undelivered` index alone: it holds `recipient_id` and `seq` (the
+    /// rowid) of every undelivered message, so no row is read.
     async fn undelivered_seqs(
         &self,
         recipient_id: &UserId,
@@ -742,7 +739,8 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<i64>> {
         self.read(|c| {
-            let mut query = c.prepare_cached(UNDELIVERED_SEQS).map_err(sql)?;
+            let mut query =
+                c.prepare_cached(&format!("SELECT seq {UNDELIVERED_BACKLOG}")).map_err(sql)?;
             let seqs = query
                 .query_map(params![recipient_id.as_str(), after_seq, limit as i64], |row| {
                     row.get::<_, i64>(0)
@@ -870,9 +868,10 @@ impl Store for SqliteStore {
     }
 }
 
-/// Answered from the `messages_undelivered` index alone: it holds `recipient_id` and `seq` (the
-/// rowid) of every undelivered message, so no row is read.
-const UNDELIVERED_SEQS: &str = "SELECT seq FROM messages
+/// A recipient's unacknowledged messages after a `seq`, oldest first, at most a limit: one
+/// clause for [`Store::undelivered_messages`] and [`Store::undelivered_seqs`], which must select
+/// the same messages.
+const UNDELIVERED_BACKLOG: &str = "FROM messages
      WHERE recipient_id = ?1 AND delivered_at IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3";
 
 #[cfg(test)]
@@ -886,7 +885,7 @@ mod tests {
         drop(SqliteStore::open(&path).unwrap());
         let connection = Connection::open(&path).unwrap();
         let plan: Vec<String> = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {UNDELIVERED_SEQS}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN SELECT seq {UNDELIVERED_BACKLOG}"))
             .unwrap()
             .query_map(params!["u", 0, 10], |row| row.get::<_, String>(3))
             .unwrap()
