@@ -239,25 +239,23 @@ async fn user(id: &UserId, fields: &[(Name, UserField)], users: &impl Users) -> 
 /// The `User` fields selected by every occurrence of one `sender` or `recipient` key (a key
 /// selected twice has its selections merged, as GraphQL asks).
 fn user_fields(occurrences: &[&Field], fragments: &Fragments) -> Option<Vec<(Name, UserField)>> {
-    let mut merged = Vec::new();
+    let mut fields = Vec::new();
     for field in occurrences {
-        merged.extend(grouped(&field.selection_set.node, "User", fragments)?);
+        flatten(&field.selection_set.node, "User", fragments, 0, &mut fields)?;
     }
-    let mut fields: Vec<(Name, UserField)> = Vec::new();
-    for (key, occurrences) in merged {
-        if fields.iter().any(|(seen, _)| *seen == key) {
-            continue;
-        }
-        let field = match occurrences[0].name.node.as_str() {
-            "__typename" => UserField::Typename,
-            "id" => UserField::Id,
-            "username" => UserField::Username,
-            "phoneVerified" => UserField::PhoneVerified,
-            _ => return None,
-        };
-        fields.push((key, field));
-    }
-    Some(fields)
+    by_key(fields)
+        .into_iter()
+        .map(|(key, occurrences)| {
+            let field = match occurrences[0].name.node.as_str() {
+                "__typename" => UserField::Typename,
+                "id" => UserField::Id,
+                "username" => UserField::Username,
+                "phoneVerified" => UserField::PhoneVerified,
+                _ => return None,
+            };
+            Some((key, field))
+        })
+        .collect()
 }
 
 /// The fields of `set` (on type `on`) by response key, in the order the keys first appear,
@@ -269,6 +267,11 @@ fn grouped<'a>(
 ) -> Option<Vec<(Name, Vec<&'a Field>)>> {
     let mut fields = Vec::new();
     flatten(set, on, fragments, 0, &mut fields)?;
+    Some(by_key(fields))
+}
+
+/// `fields` by response key, in the order the keys first appear.
+fn by_key(fields: Vec<&Field>) -> Vec<(Name, Vec<&Field>)> {
     let mut grouped: Vec<(Name, Vec<&Field>)> = Vec::new();
     for field in fields {
         let key = field.response_key().node.clone();
@@ -278,7 +281,7 @@ fn grouped<'a>(
             None => grouped.push((key, vec![field])),
         }
     }
-    Some(grouped)
+    grouped
 }
 
 fn flatten<'a>(
