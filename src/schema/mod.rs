@@ -17,6 +17,7 @@ mod parsed_queries;
 mod sessions;
 mod timestamp;
 mod users;
+mod validated_operations;
 mod verification;
 
 pub use timestamp::Timestamp;

@@ -1,10 +1,11 @@
 //! Parsing with a cache and a shape check: every document is measured (see [`document_shape`])
 //! before async-graphql validates it, and documents that pass validation are kept parsed, so the
-//! few operations a client sends again and again are parsed once.
+//! few operations a client sends again and again are parsed once. An operation whose validation
+//! cannot depend on its variables' values (see [`validated_operations`]) is validated once, too.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use async_graphql::{
@@ -12,12 +13,13 @@ use async_graphql::{
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
     },
-    parser::types::{DocumentOperations, ExecutableDocument},
+    parser::types::{DocumentOperations, ExecutableDocument, OperationDefinition},
 };
 
 use super::{
     document_shape::{self, ShapeLimits},
     error_codes::with_code,
+    validated_operations::{self, variables_settle_validation},
 };
 
 /// Longer queries are parsed each time (they are rare, and would make the cache large).
@@ -35,19 +37,30 @@ pub(super) const DOCUMENT_BYTES_PER_QUERY_BYTE: usize = 160;
 pub(super) struct ParsedQueries {
     cache: Arc<Mutex<Cache>>,
     limits: ShapeLimits,
+    /// Fields whose complexity is computed from their arguments, read from the schema's registry
+    /// by the first request (an extension factory never sees the registry).
+    complexity_fields: Arc<OnceLock<HashSet<String>>>,
 }
 
 impl ParsedQueries {
     pub(super) fn new(limits: ShapeLimits) -> Self {
-        ParsedQueries { cache: Arc::default(), limits }
+        ParsedQueries { cache: Arc::default(), limits, complexity_fields: Arc::default() }
     }
 }
 
 #[derive(Default)]
 struct Cache {
-    documents: HashMap<String, ExecutableDocument>,
+    documents: HashMap<String, Parsed>,
     /// Estimated bytes held by `documents`.
     bytes: usize,
+}
+
+/// A document that passed validation for at least one of its operations.
+struct Parsed {
+    document: ExecutableDocument,
+    /// Operations (by the name requests ask for them by) whose validation passed with variables
+    /// that settle it, and what it measured: requests with settled variables reuse it.
+    settled: Vec<(Option<String>, ValidationResult)>,
 }
 
 impl Cache {
@@ -57,8 +70,18 @@ impl Cache {
             self.documents.clear();
             self.bytes = 0;
         }
-        if self.documents.insert(query, document).is_none() {
+        let parsed = Parsed { document, settled: Vec::new() };
+        if self.documents.insert(query, parsed).is_none() {
             self.bytes += bytes;
+        }
+    }
+
+    /// Remembers that `operation` of `query` validated to `result` with settled variables.
+    fn settle(&mut self, query: &str, operation: Option<String>, result: ValidationResult) {
+        if let Some(parsed) = self.documents.get_mut(query)
+            && !parsed.settled.iter().any(|(name, _)| *name == operation)
+        {
+            parsed.settled.push((operation, result));
         }
     }
 }
@@ -68,7 +91,8 @@ impl ExtensionFactory for ParsedQueries {
         Arc::new(ParseStep {
             cache: self.cache.clone(),
             limits: self.limits,
-            unvalidated: Mutex::default(),
+            complexity_fields: self.complexity_fields.clone(),
+            after_validation: Mutex::new(AfterValidation::Nothing),
         })
     }
 }
@@ -77,14 +101,45 @@ impl ExtensionFactory for ParsedQueries {
 struct ParseStep {
     cache: Arc<Mutex<Cache>>,
     limits: ShapeLimits,
-    /// The document this request parsed, waiting for validation before it may be cached:
-    /// caching invalid documents let anonymous clients pin memory with junk.
-    unvalidated: Mutex<Option<(String, ExecutableDocument)>>,
+    complexity_fields: Arc<OnceLock<HashSet<String>>>,
+    /// What the parse decided about validation, for the validation hook that follows it.
+    after_validation: Mutex<AfterValidation>,
+}
+
+/// What the validation hook does, decided while parsing (only the parse sees the request).
+enum AfterValidation {
+    /// Validate; nothing to remember.
+    Nothing,
+    /// Validate, and when it passes remember what the parse found: the document this request
+    /// parsed (waiting for validation before it may be cached: caching invalid documents let
+    /// anonymous clients pin memory with junk), and whether its operation validated with settled
+    /// variables.
+    Remember { query: String, parsed: Option<ExecutableDocument>, settled: Option<Option<String>> },
+    /// Do not validate: this operation passed before with settled variables, and so does this
+    /// request.
+    Skip(ValidationResult),
 }
 
 impl ParseStep {
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn after_validation(&self) -> std::sync::MutexGuard<'_, AfterValidation> {
+        self.after_validation.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `operation`'s complexity is computed from its variables (then it never settles).
+    fn complexity_reads_variables(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        document: &ExecutableDocument,
+        operation: &OperationDefinition,
+    ) -> bool {
+        let fields = self
+            .complexity_fields
+            .get_or_init(|| validated_operations::complexity_fields(&ctx.schema_env.registry));
+        validated_operations::complexity_reads_variables(fields, document, operation)
     }
 }
 
@@ -99,16 +154,18 @@ impl Extension for ParseStep {
         mut request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        let cached = self.cache().documents.get(&request.query).cloned();
-        let document = match cached {
-            Some(document) => document,
+        let name = request.operation_name.as_deref();
+        let cached = self.cache().documents.get(&request.query).map(|parsed| {
+            let settled = parsed.settled.iter().find(|(settled, _)| settled.as_deref() == name);
+            (parsed.document.clone(), settled.map(|(_, result)| *result))
+        });
+        let (document, settled_before, parsed) = match cached {
+            Some((document, settled_before)) => (document, settled_before, None),
             None => match async_graphql::parser::parse_query(&request.query) {
                 Ok(document) => {
-                    if request.query.len() <= MAX_CACHED_QUERY_BYTES {
-                        *self.unvalidated.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((request.query.clone(), document.clone()));
-                    }
-                    document
+                    let parsed =
+                        (request.query.len() <= MAX_CACHED_QUERY_BYTES).then(|| document.clone());
+                    (document, None, parsed)
                 }
                 // A syntax error is left for async-graphql to report in its usual form.
                 Err(_) => return next.run(ctx, request).await,
@@ -116,14 +173,37 @@ impl Extension for ParseStep {
         };
         // Measured after the other operations are dropped: only what runs is validated, and
         // a cached document may be asked for another of its operations next time.
-        let name = request.operation_name.as_deref();
         let document = only_the_named_operation(document, name).ok_or_else(|| {
             let message = format!("Unknown operation named \"{}\"", name.unwrap_or_default());
             with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
         })?;
-        document_shape::check(&document, &self.limits).map_err(|refusal| {
-            with_code(ServerError::new(refusal.to_string(), None), "GRAPHQL_VALIDATION_FAILED")
-        })?;
+        let registry = &ctx.schema_env.registry;
+        let operation = the_operation(&document, name);
+        let settles = operation.is_some_and(|operation| {
+            variables_settle_validation(registry, operation, &request.variables)
+        });
+        *self.after_validation() = match settled_before {
+            // The shape check passed before too: it reads nothing but the document.
+            Some(result) if settles => AfterValidation::Skip(result),
+            _ => {
+                document_shape::check(&document, &self.limits).map_err(|refusal| {
+                    let message = refusal.to_string();
+                    with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
+                })?;
+                // Asked only when the answer is used: the walk is over the whole document.
+                let settles = settles
+                    && settled_before.is_none()
+                    && operation.is_some_and(|operation| {
+                        !self.complexity_reads_variables(ctx, &document, operation)
+                    });
+                if (parsed.is_some() || settles) && request.query.len() <= MAX_CACHED_QUERY_BYTES {
+                    let settled = settles.then(|| request.operation_name.clone());
+                    AfterValidation::Remember { query: request.query.clone(), parsed, settled }
+                } else {
+                    AfterValidation::Nothing
+                }
+            }
+        };
         request.set_parsed_query(document);
         next.run(ctx, request).await
     }
@@ -133,12 +213,41 @@ impl Extension for ParseStep {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
+        let after = std::mem::replace(&mut *self.after_validation(), AfterValidation::Nothing);
+        let (query, parsed, settled) = match after {
+            AfterValidation::Skip(result) => return Ok(result),
+            AfterValidation::Nothing => return next.run(ctx).await,
+            AfterValidation::Remember { query, parsed, settled } => (query, parsed, settled),
+        };
         let result = next.run(ctx).await?;
-        let validated = self.unvalidated.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((query, document)) = validated {
-            self.cache().insert(query, document);
+        let mut cache = self.cache();
+        if let Some(document) = parsed {
+            cache.insert(query.clone(), document);
+        }
+        if let Some(operation) = settled {
+            cache.settle(&query, operation, result);
         }
         Ok(result)
+    }
+}
+
+/// The operation a request runs, from a document [`only_the_named_operation`] has trimmed:
+/// `None` when async-graphql will refuse the request for not naming one of several operations,
+/// or for naming the one anonymous operation.
+fn the_operation<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
+    match (&document.operations, name) {
+        (DocumentOperations::Single(operation), None) => Some(&operation.node),
+        (DocumentOperations::Single(_), Some(_)) => None,
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            operations.get(name).map(|operation| &operation.node)
+        }
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next().map(|operation| &operation.node)
+        }
+        (DocumentOperations::Multiple(_), None) => None,
     }
 }
 
@@ -186,54 +295,4 @@ fn only_the_named_operation(
 }
 
 #[cfg(test)]
-mod tests {
-    use async_graphql::{EmptyMutation, EmptySubscription, Object, Schema};
-
-    use super::*;
-
-    struct Query;
-
-    #[Object]
-    impl Query {
-        async fn value(&self) -> i32 {
-            1
-        }
-    }
-
-    /// Before: every parsed document was cached, so 512 distinct junk queries pinned hundreds
-    /// of megabytes.
-    #[tokio::test]
-    async fn only_documents_that_validate_are_cached() {
-        let limits = ShapeLimits { max_inlined_fields: 100, max_depth: 10, introspection: true };
-        let extension = ParsedQueries::new(limits);
-        let cache = extension.cache.clone();
-        let schema =
-            Schema::build(Query, EmptyMutation, EmptySubscription).extension(extension).finish();
-        let cached = || cache.lock().unwrap().documents.len();
-        for junk in ["{ nope }", "{ value nope }", "{ value(x: 1) }"] {
-            assert!(schema.execute(junk).await.is_err());
-        }
-        assert_eq!(cached(), 0);
-        assert!(schema.execute("{ value }").await.is_ok());
-        assert_eq!(cached(), 1);
-        // The cached document serves the next request.
-        assert_eq!(schema.execute("{ value }").await.data.to_string(), "{value: 1}");
-    }
-
-    #[test]
-    fn the_cache_is_bounded_by_bytes() {
-        let mut cache = Cache::default();
-        let document = async_graphql::parser::parse_query("{ __typename }").unwrap();
-        let query_bytes = 4000;
-        for n in 0..1000 {
-            let query = format!("{n:0>query_bytes$}");
-            cache.insert(query, document.clone());
-            assert!(cache.bytes <= MAX_CACHE_BYTES);
-        }
-        assert!(
-            cache.documents.len()
-                <= MAX_CACHE_BYTES / (query_bytes * DOCUMENT_BYTES_PER_QUERY_BYTE)
-        );
-        assert!(!cache.documents.is_empty());
-    }
-}
+mod tests;

@@ -890,3 +890,40 @@ async fn every_bad_input_is_refused_with_its_code_and_changes_nothing() {
 fn has_data(body: &Value) -> bool {
     body["data"].as_object().is_some_and(|fields| fields.values().any(|value| !value.is_null()))
 }
+
+/// An operation is validated in full once, and later requests for it whose variables settle its
+/// validation skip it: a bad variable must still be refused as before, by the same document, after
+/// it has run many times.
+#[tokio::test]
+async fn a_document_that_ran_before_still_refuses_bad_variables() {
+    let app = spawn_app_configured(&[]).await;
+    let alice = app.register("+12025550141", "alice").await;
+    let bob = app.register("+12025550142", "bob").await;
+    let bob_id = json!(bob.id);
+    for n in 0..3 {
+        let body = app.graphql(SEND, send(&bob_id, &format!("hi {n}"), None), Some(&alice.token));
+        assert!(body.await["data"]["sendMessage"]["id"].is_string());
+    }
+    let before = snapshot(&app, &[&alice, &bob]).await;
+    let invalid = "GRAPHQL_VALIDATION_FAILED";
+    let refused = [
+        (json!({ "input": { "recipientId": bob_id, "content": 5 } }), invalid),
+        (json!({ "input": { "recipientId": 1.5, "content": "hi" } }), invalid),
+        (json!({ "input": { "recipientId": bob_id } }), invalid),
+        (json!({ "input": { "recipientId": bob_id, "content": "hi", "admin": true } }), invalid),
+        (json!({ "input": { "recipientId": bob_id, "content": null } }), invalid),
+        (json!({ "input": null }), invalid),
+        // A variable left out fails when the resolver asks for it, as it always has.
+        (json!({}), "BAD_USER_INPUT"),
+    ];
+    for (variables, expected) in refused {
+        let body = app.graphql(SEND, variables.clone(), Some(&alice.token)).await;
+        let code = &body["errors"][0]["extensions"]["code"];
+        assert_eq!(code, expected, "{variables}: {body}");
+        assert!(!has_data(&body), "{variables}: {body}");
+    }
+    assert_eq!(snapshot(&app, &[&alice, &bob]).await, before);
+    // And the document still works.
+    let body = app.graphql(SEND, send(&bob_id, "still here", None), Some(&alice.token)).await;
+    assert!(body["data"]["sendMessage"]["id"].is_string(), "{body}");
+}
