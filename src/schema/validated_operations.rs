@@ -22,7 +22,13 @@
 //! a variable fill an argument of the same named type, no stricter than the variable's, so a
 //! value its own type accepts is accepted where it is used. And a missing variable does not
 //! settle, because async-graphql then skips checking the whole argument around it, literal
-//! parts included, which a later request that supplies it would not.
+//! parts included, which a later request that supplies it would not. Nothing else a request
+//! carries reaches validation here: no type or field of the schema is `visible` only to some
+//! requests (that would make validation read the request's data).
+//!
+//! This leans on async-graphql's internals as of 7.2.1 (pinned by `Cargo.lock`): the rule list in
+//! its `validation/mod.rs`, `is_valid_input_value` in `validation/utils.rs`, and the registry it
+//! exposes (doc-hidden) as `ExtensionContext::schema_env`. An upgrade re-reads those three.
 
 use std::collections::HashSet;
 
