@@ -3,7 +3,12 @@
 //! A token alone is never enough: the session it names must still exist in the store, which is
 //! what lets `logout` make a token useless before it expires.
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -32,7 +37,17 @@ pub struct TokenService {
     /// Pinned to HS256 so a token cannot pick its own algorithm (`none`, or an asymmetric one).
     validation: Validation,
     ttl: Duration,
+    /// Tokens whose signature this service has checked, with their claims. Checking a token
+    /// (decoding its header and claims, and the HMAC) was 3% of the server's CPU per
+    /// `sendMessage`, repeated for the same few tokens on every request; what it proves never
+    /// changes for a given token text, so only the expiry is checked again. Tokens are secrets:
+    /// this map is never printed. Bounded by [`MAX_VERIFIED_TOKENS`].
+    verified: Mutex<HashMap<String, Claims>>,
 }
+
+/// Most checked tokens remembered; when full the map starts over (a miss only costs a check).
+/// Each entry is a few hundred bytes.
+const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 /// Why a token was refused; an HTTP client only ever sees "invalid or expired token", while a
 /// websocket is closed with a code that tells expiry (get a fresh token) from forgery (sign in).
@@ -60,6 +75,7 @@ impl TokenService {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl,
+            verified: Mutex::default(),
         }
     }
 
@@ -91,12 +107,36 @@ impl TokenService {
 
     /// Checks the signature, algorithm and expiry of `token`.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`Self::verify`], with `now` (seconds since the epoch) for a token checked before.
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let known = self.verified().get(token).cloned();
+        if let Some(claims) = known {
+            // jsonwebtoken's rule, leeway 0: expired once `exp` is in the past.
+            if u64::try_from(claims.exp).is_ok_and(|exp| exp >= now) {
+                return Ok(claims);
+            }
+            self.verified().remove(token);
+            return Err(TokenError::Expired);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
-            })
+            })?;
+        let mut verified = self.verified();
+        if verified.len() >= MAX_VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verified(&self) -> MutexGuard<'_, HashMap<String, Claims>> {
+        self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -199,6 +239,39 @@ mod tests {
             )
             .unwrap();
         assert!(service.verify(&token).is_err());
+    }
+
+    /// A token checked once is remembered, but its expiry is checked on every use, on the same
+    /// rule as the first check (valid through the second `exp` names).
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        let expires_at = service.expiry_from(Utc::now()).unwrap();
+        let token = service
+            .issue(&UserId::new("user-1"), &SessionId::new("session-1"), expires_at)
+            .unwrap();
+        let claims = service.verify(&token).unwrap();
+        assert!(service.verified().contains_key(&token));
+        let exp = u64::try_from(claims.exp).unwrap();
+        assert_eq!(service.verify_at(&token, exp).unwrap(), claims);
+        assert!(matches!(service.verify_at(&token, exp + 1), Err(TokenError::Expired)));
+        // Forgotten once expired; a fresh check (at the real time) still accepts it.
+        assert!(!service.verified().contains_key(&token));
+        assert_eq!(service.verify(&token).unwrap(), claims);
+    }
+
+    #[test]
+    fn only_accepted_tokens_are_remembered_and_the_memory_is_bounded() {
+        let service = TokenService::new(SECRET, Duration::from_secs(60));
+        assert!(service.verify("not.a.token").is_err());
+        assert!(service.verified().is_empty());
+        let expires_at = service.expiry_from(Utc::now()).unwrap();
+        for n in 0..MAX_VERIFIED_TOKENS + 10 {
+            let session = SessionId::new(format!("session-{n}"));
+            let token = service.issue(&UserId::new("user-1"), &session, expires_at).unwrap();
+            service.verify(&token).unwrap();
+            assert!(service.verified().len() <= MAX_VERIFIED_TOKENS);
+        }
     }
 
     #[test]
