@@ -79,7 +79,7 @@ impl Sessions {
         &self,
         token: &str,
     ) -> Result<(Viewer, SessionWatch), AuthError> {
-        let claims = self.tokens.verify(token)?;
+        let claims = self.tokens.verify_once(token)?;
         let session_id = SessionId::new(claims.sid);
         let events =
             self.bus.watch_session(&session_id).await.map_err(|error| {

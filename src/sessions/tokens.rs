@@ -105,13 +105,21 @@ impl TokenService {
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
 
-    /// Checks the signature, algorithm and expiry of `token`.
+    /// Checks the signature, algorithm and expiry of `token`, and remembers it checked: for a
+    /// token presented with every request.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+        self.verify_at(token, jsonwebtoken::get_current_timestamp(), true)
     }
 
-    /// [`Self::verify`], with `now` (seconds since the epoch) for a token checked before.
-    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    /// [`Self::verify`] without remembering `token` (it may already be remembered): for a token
+    /// presented once for a long time, as a websocket's is. Remembering those would add a few
+    /// hundred bytes to every idle connection, for nothing.
+    pub fn verify_once(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp(), false)
+    }
+
+    /// Checks `token`, with `now` (seconds since the epoch) for a token checked before.
+    fn verify_at(&self, token: &str, now: u64, remember: bool) -> Result<Claims, TokenError> {
         let known = self.verified().get(token).cloned();
         if let Some(claims) = known {
             // jsonwebtoken's rule, leeway 0: expired once `exp` is in the past.
@@ -127,11 +135,13 @@ impl TokenService {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
             })?;
-        let mut verified = self.verified();
-        if verified.len() >= MAX_VERIFIED_TOKENS {
-            verified.clear();
+        if remember {
+            let mut verified = self.verified();
+            if verified.len() >= MAX_VERIFIED_TOKENS {
+                verified.clear();
+            }
+            verified.insert(token.to_owned(), claims.clone());
         }
-        verified.insert(token.to_owned(), claims.clone());
         Ok(claims)
     }
 
@@ -253,8 +263,8 @@ mod tests {
         let claims = service.verify(&token).unwrap();
         assert!(service.verified().contains_key(&token));
         let exp = u64::try_from(claims.exp).unwrap();
-        assert_eq!(service.verify_at(&token, exp).unwrap(), claims);
-        assert!(matches!(service.verify_at(&token, exp + 1), Err(TokenError::Expired)));
+        assert_eq!(service.verify_at(&token, exp, true).unwrap(), claims);
+        assert!(matches!(service.verify_at(&token, exp + 1, true), Err(TokenError::Expired)));
         // Forgotten once expired; a fresh check (at the real time) still accepts it.
         assert!(!service.verified().contains_key(&token));
         assert_eq!(service.verify(&token).unwrap(), claims);
@@ -264,6 +274,15 @@ mod tests {
     fn only_accepted_tokens_are_remembered_and_the_memory_is_bounded() {
         let service = TokenService::new(SECRET, Duration::from_secs(60));
         assert!(service.verify("not.a.token").is_err());
+        assert!(service.verified().is_empty());
+        let once = service
+            .issue(
+                &UserId::new("u"),
+                &SessionId::new("s"),
+                service.expiry_from(Utc::now()).unwrap(),
+            )
+            .unwrap();
+        assert!(service.verify_once(&once).is_ok());
         assert!(service.verified().is_empty());
         let expires_at = service.expiry_from(Utc::now()).unwrap();
         for n in 0..MAX_VERIFIED_TOKENS + 10 {
