@@ -155,6 +155,7 @@ impl Extension for ParseStep {
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
         let name = request.operation_name.as_deref();
+        let cacheable = request.query.len() <= MAX_CACHED_QUERY_BYTES;
         let cached = self.cache().documents.get(&request.query).map(|parsed| {
             let settled = parsed.settled.iter().find(|(settled, _)| settled.as_deref() == name);
             (parsed.document.clone(), settled.map(|(_, result)| *result))
@@ -163,8 +164,7 @@ impl Extension for ParseStep {
             Some((document, settled_before)) => (document, settled_before, None),
             None => match async_graphql::parser::parse_query(&request.query) {
                 Ok(document) => {
-                    let parsed =
-                        (request.query.len() <= MAX_CACHED_QUERY_BYTES).then(|| document.clone());
+                    let parsed = cacheable.then(|| document.clone());
                     (document, None, parsed)
                 }
                 // A syntax error is left for async-graphql to report in its usual form.
@@ -190,13 +190,14 @@ impl Extension for ParseStep {
                     let message = refusal.to_string();
                     with_code(ServerError::new(message, None), "GRAPHQL_VALIDATION_FAILED")
                 })?;
-                // Asked only when the answer is used: the walk is over the whole document.
+                // Here `settled_before` is `None` whenever `settles` holds. The walk is over the
+                // whole document, so it is asked last, only when its answer is used.
                 let settles = settles
-                    && settled_before.is_none()
+                    && cacheable
                     && operation.is_some_and(|operation| {
                         !self.complexity_reads_variables(ctx, &document, operation)
                     });
-                if (parsed.is_some() || settles) && request.query.len() <= MAX_CACHED_QUERY_BYTES {
+                if parsed.is_some() || settles {
                     let settled = settles.then(|| request.operation_name.clone());
                     AfterValidation::Remember { query: request.query.clone(), parsed, settled }
                 } else {
