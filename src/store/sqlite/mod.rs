@@ -201,12 +201,9 @@ fn is_unique_violation(error: &rusqlite::Error) -> bool {
 /// and its unread count (counted on the `messages_unread` index).
 /// Ends every session of user `user_id` inside the current write; returns their ids.
 fn delete_sessions_of(c: &Connection, user_id: &str) -> StoreResult<Vec<SessionId>> {
-    let mut statement =
-        c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 RETURNING id").map_err(sql)?;
-    let ids = statement
-        .query_map([user_id], |row| row.get::<_, String>(0).map(SessionId::new))
-        .map_err(sql)?;
-    ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+    query_rows(c, "DELETE FROM sessions WHERE user_id = ?1 RETURNING id", [user_id], |row| {
+        row.get::<_, String>(0).map(SessionId::new)
+    })
 }
 
 fn query_conversations(
@@ -214,26 +211,21 @@ fn query_conversations(
     condition: &str,
     params: impl rusqlite::Params,
 ) -> StoreResult<Vec<Conversation>> {
-    let mut statement = connection
-        .prepare_cached(&format!(
-            "SELECT {JOINED_MESSAGE_COLUMNS}, c.other_id,
-                    (SELECT COUNT(*) FROM messages u
-                      WHERE u.recipient_id = c.owner_id AND u.conversation = m.conversation
-                        AND u.read_at IS NULL)
-             FROM conversations c JOIN messages m ON m.seq = c.last_seq
-             WHERE {condition}"
-        ))
-        .map_err(sql)?;
-    let rows = statement
-        .query_map(params, |row| {
-            Ok(Conversation {
-                last_message: message_from_row(row)?,
-                with: UserId::new(row.get::<_, String>(9)?),
-                unread_count: row.get::<_, i64>(10)?.max(0) as u64,
-            })
+    let sql_text = format!(
+        "SELECT {JOINED_MESSAGE_COLUMNS}, c.other_id,
+                (SELECT COUNT(*) FROM messages u
+                  WHERE u.recipient_id = c.owner_id AND u.conversation = m.conversation
+                    AND u.read_at IS NULL)
+         FROM conversations c JOIN messages m ON m.seq = c.last_seq
+         WHERE {condition}"
+    );
+    query_rows(connection, &sql_text, params, |row| {
+        Ok(Conversation {
+            last_message: message_from_row(row)?,
+            with: UserId::new(row.get::<_, String>(9)?),
+            unread_count: row.get::<_, i64>(10)?.max(0) as u64,
         })
-        .map_err(sql)?;
-    rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+    })
 }
 
 fn query_messages(
@@ -241,8 +233,18 @@ fn query_messages(
     sql_text: &str,
     params: impl rusqlite::Params,
 ) -> StoreResult<Vec<Message>> {
+    query_rows(connection, sql_text, params, message_from_row)
+}
+
+/// Every row `sql_text` returns with `params`, each made by `row_to` (the statement is cached).
+fn query_rows<T>(
+    connection: &Connection,
+    sql_text: &str,
+    params: impl rusqlite::Params,
+    row_to: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
     let mut statement = connection.prepare_cached(sql_text).map_err(sql)?;
-    let rows = statement.query_map(params, message_from_row).map_err(sql)?;
+    let rows = statement.query_map(params, row_to).map_err(sql)?;
     rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
 }
 
@@ -316,18 +318,10 @@ impl Store for SqliteStore {
                 let ids =
                     serde_json::to_string(&ids.iter().map(UserId::as_str).collect::<Vec<_>>())
                         .map_err(|error| StoreError::Internal(error.to_string()))?;
-                self.read(|c| {
-                    c.prepare_cached(&format!(
-                        "SELECT {USER_COLUMNS} FROM users \
-                         WHERE id IN (SELECT value FROM json_each(?1))"
-                    ))
-                    .and_then(|mut query| {
-                        query
-                            .query_map([&ids], user_from_row)?
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(sql)
-                })
+                let sql_text = format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE id IN (SELECT value FROM json_each(?1))"
+                );
+                self.read(|c| query_rows(c, &sql_text, [&ids], user_from_row))
             }
         }
     }
@@ -407,16 +401,11 @@ impl Store for SqliteStore {
 
     async fn blocked_users(&self, blocker: &UserId) -> StoreResult<Vec<UserId>> {
         self.read(|c| {
-            let mut query = c
-                .prepare_cached(
-                    "SELECT blocked_id FROM blocks WHERE blocker_id = ?1
-                     ORDER BY created_at DESC, blocked_id",
-                )
-                .map_err(sql)?;
-            let ids = query
-                .query_map([blocker.as_str()], |row| row.get::<_, String>(0).map(UserId::new))
-                .map_err(sql)?;
-            ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            let sql_text = "SELECT blocked_id FROM blocks WHERE blocker_id = ?1
+                            ORDER BY created_at DESC, blocked_id";
+            query_rows(c, sql_text, [blocker.as_str()], |row| {
+                row.get::<_, String>(0).map(UserId::new)
+            })
         })
     }
 
@@ -531,18 +520,10 @@ impl Store for SqliteStore {
         let phone = phone_number.map(|number| number.as_str().to_string());
         self.writer
             .write(move |c| {
-                let users: Vec<String> = {
-                    let mut query = c
-                        .prepare_cached(
-                            "SELECT id FROM users WHERE phone_verified = 0 AND created_at < ?1
-                             AND (?2 IS NULL OR phone_number = ?2)",
-                        )
-                        .map_err(sql)?;
-                    let ids = query
-                        .query_map(params![millis(created_before), phone], |row| row.get(0))
-                        .map_err(sql)?;
-                    ids.collect::<rusqlite::Result<_>>().map_err(sql)?
-                };
+                let unverified = "SELECT id FROM users WHERE phone_verified = 0 AND created_at < ?1
+                                  AND (?2 IS NULL OR phone_number = ?2)";
+                let params = params![millis(created_before), phone];
+                let users: Vec<String> = query_rows(c, unverified, params, |row| row.get(0))?;
                 let mut ended = Vec::new();
                 for id in users {
                     ended.extend(delete_sessions_of(c, &id)?);
@@ -622,14 +603,10 @@ impl Store for SqliteStore {
 
     async fn user_sessions(&self, user_id: &UserId) -> StoreResult<Vec<Session>> {
         self.read(|c| {
-            let mut statement = c
-                .prepare_cached(&format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 ORDER BY created_at"
-                ))
-                .map_err(sql)?;
-            let sessions =
-                statement.query_map([user_id.as_str()], session_from_row).map_err(sql)?;
-            sessions.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            let sql_text = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 ORDER BY created_at"
+            );
+            query_rows(c, &sql_text, [user_id.as_str()], session_from_row)
         })
     }
 
@@ -739,14 +716,8 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<i64>> {
         self.read(|c| {
-            let mut query =
-                c.prepare_cached(&format!("SELECT seq {UNDELIVERED_BACKLOG}")).map_err(sql)?;
-            let seqs = query
-                .query_map(params![recipient_id.as_str(), after_seq, limit as i64], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .map_err(sql)?;
-            seqs.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            let params = params![recipient_id.as_str(), after_seq, limit as i64];
+            query_rows(c, &format!("SELECT seq {UNDELIVERED_BACKLOG}"), params, |row| row.get(0))
         })
     }
 
@@ -799,20 +770,13 @@ impl Store for SqliteStore {
         let reader = reader.to_string();
         self.writer
             .write(move |c| {
-                let mut update = c
-                    .prepare_cached(
-                        "UPDATE messages SET read_at = ?1, delivered_at = COALESCE(delivered_at, ?1)
-                         WHERE conversation = ?2 AND recipient_id = ?3 AND seq <= ?4
-                           AND read_at IS NULL
-                         RETURNING id",
-                    )
-                    .map_err(sql)?;
-                let ids = update
-                    .query_map(params![millis(at), key, reader, up_to_seq], |row| {
-                        row.get::<_, String>(0).map(MessageId::new)
-                    })
-                    .map_err(sql)?;
-                ids.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+                let update =
+                    "UPDATE messages SET read_at = ?1, delivered_at = COALESCE(delivered_at, ?1)
+                     WHERE conversation = ?2 AND recipient_id = ?3 AND seq <= ?4
+                       AND read_at IS NULL
+                     RETURNING id";
+                let params = params![millis(at), key, reader, up_to_seq];
+                query_rows(c, update, params, |row| row.get::<_, String>(0).map(MessageId::new))
             })
             .await
     }
